@@ -1,0 +1,324 @@
+"""Channel ↔ marker resolution.
+
+Templates are written in marker names (``CD4``, ``FOXP3``, ``viability``); files name their
+channels by detector or fluorochrome ($PnN, e.g. ``B530-A`` or ``FITC-A``) and usually carry the
+marker in $PnS (``CD4``, ``CD4 FITC-A``, ``FoxP3``). This module maps one onto the other per file,
+through a table of canonical markers and their aliases and, where that is not enough, an explicit
+mapping file for the panel.
+
+Resolution of a requested marker, in order:
+
+1. an explicit mapping (``{marker: channel}``) given for the panel;
+2. a channel whose $PnN *is* the requested name (so templates imported from GatingML or
+   FlowJo, whose dimensions are channel names, gate files from the same cytometer);
+3. the channels whose resolved ``marker`` equals the canonical form of the requested name.
+
+Zero candidates or more than one is a :class:`~immunoprofile.errors.PanelError` listing what the
+file offers, so the user can add an alias or a mapping file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from immunoprofile.errors import PanelError
+
+if TYPE_CHECKING:
+    from immunoprofile.io.fcs import FCSSample
+
+#: Canonical marker names and the aliases labs write for them. Matching ignores case, spaces,
+#: hyphens, underscores, dots and slashes, so only spellings that differ beyond that are listed.
+MARKER_ALIASES: dict[str, tuple[str, ...]] = {
+    "FSC-A": ("FSC-A", "FSC", "FS INT", "FS-A", "FSC Area", "FS Lin"),
+    "FSC-H": ("FSC-H", "FS PEAK", "FS-H", "FSC Height"),
+    "FSC-W": ("FSC-W", "FS TOF", "FS-W", "FSC Width"),
+    "SSC-A": ("SSC-A", "SSC", "SS INT", "SS-A", "SSC Area", "SS Log", "SS Lin"),
+    "SSC-H": ("SSC-H", "SS PEAK", "SS-H", "SSC Height"),
+    "SSC-W": ("SSC-W", "SS TOF", "SS-W", "SSC Width"),
+    "Time": ("Time", "HDR-T", "TIME MSW", "Time LSW"),
+    "viability": (
+        "viability", "Live-Dead", "Live/Dead", "LiveDead", "LD", "L/D", "Live Dead",
+        "7-AAD", "7AAD", "DAPI", "PI", "Propidium iodide", "Zombie", "Zombie Aqua",
+        "Zombie NIR", "Zombie Violet", "Zombie UV", "Zombie Yellow", "FVS", "FVS780",
+        "FVS510", "FVS575V", "FVS620", "FVD", "FVD eFluor780", "FVD eFluor506",
+        "Fixable Viability", "Fixable viability dye", "Aqua", "LIVE/DEAD Aqua", "Dead",
+        "Viability dye", "ViaDye", "Viakrome", "SYTOX", "Live",
+    ),
+    "CD3": ("CD3", "CD3e", "CD3 epsilon"),
+    "CD4": ("CD4",),
+    "CD8": ("CD8", "CD8a", "CD8 alpha"),
+    "CD25": ("CD25", "IL-2Ra", "IL2RA", "IL-2R alpha", "IL-2R"),
+    "CD127": ("CD127", "IL-7Ra", "IL7RA", "IL-7R", "IL7R", "IL-7R alpha"),
+    "FOXP3": ("FOXP3", "FoxP3", "Foxp3", "FOXP-3", "Fox P3"),
+    "CD45": ("CD45", "PTPRC"),
+    "CD45RA": ("CD45RA",),
+    "CD45RO": ("CD45RO",),
+    "CD19": ("CD19",),
+    "CD20": ("CD20", "MS4A1"),
+    "CD27": ("CD27",),
+    "CD38": ("CD38",),
+    "CD24": ("CD24",),
+    "CD138": ("CD138", "Syndecan-1", "SDC1"),
+    "IgD": ("IgD",),
+    "IgM": ("IgM",),
+    "IgG": ("IgG",),
+    "IgA": ("IgA",),
+    "CD14": ("CD14",),
+    "CD16": ("CD16", "FcgRIII"),
+    "CD56": ("CD56", "NCAM", "NCAM1"),
+    "HLA-DR": ("HLA-DR", "HLADR", "MHC-II"),
+    "CCR4": ("CCR4", "CD194"),
+    "CCR7": ("CCR7", "CD197"),
+    "CXCR5": ("CXCR5", "CD185"),
+    "PD-1": ("PD-1", "PD1", "CD279"),
+    "Ki67": ("Ki67", "Ki-67", "MKI67"),
+    "CD39": ("CD39",),
+    "HELIOS": ("Helios", "IKZF2"),
+}
+
+#: Fluorochromes and detector names: stripped from $PnS labels such as ``CD4 FITC-A`` so what is
+#: left is the marker. Matched after normalisation (see :func:`normalise`).
+_FLUOROCHROMES = (
+    "FITC", "PE", "PE-Cy5", "PE-Cy5.5", "PE-Cy7", "PE-CF594", "PE-Texas Red", "PE-Dazzle594",
+    "ECD", "PerCP", "PerCP-Cy5.5", "PerCP-eFluor710", "APC", "APC-Cy7", "APC-H7", "APC-R700",
+    "APC-Fire750", "APC-eFluor780", "APC-Vio770", "Alexa Fluor 488", "Alexa Fluor 647",
+    "Alexa Fluor 700", "AF488", "AF647", "AF700", "A488", "A647", "A700", "BV421", "BV480",
+    "BV510", "BV570", "BV605", "BV650", "BV711", "BV750", "BV786", "BUV395", "BUV496",
+    "BUV563", "BUV661", "BUV737", "BUV805", "BB515", "BB700", "eFluor450", "eFluor506",
+    "Pacific Blue", "Pacific Orange", "V450", "V500", "Krome Orange", "KO", "PB", "VioBlue",
+    "VioGreen", "PE-Vio770", "Super Bright 600", "SB600", "Spark NIR 685", "cFluor",
+)
+_DETECTOR = re.compile(r"^(FL\d+|[BVRUYG]\d{3}|[BVRUYG]L?\d+|PMT\d+)(-[AHW])?$", re.IGNORECASE)
+_SUFFIX = re.compile(r"-[AHW]$", re.IGNORECASE)
+_SPLIT = re.compile(r"[\s_|:;,()\[\]]+")
+
+
+def normalise(text: str) -> str:
+    """Fold a marker or channel name for matching: upper case, no spaces, hyphens or dots.
+
+    >>> normalise("IL-7Ra") == normalise("il7ra")
+    True
+    """
+    return re.sub(r"[\s\-_./]+", "", str(text)).upper()
+
+
+def _build_lookup() -> dict[str, str]:
+    lookup: dict[str, str] = {}
+    for canonical, aliases in MARKER_ALIASES.items():
+        for alias in (canonical, *aliases):
+            lookup.setdefault(normalise(alias), canonical)
+    return lookup
+
+
+_LOOKUP = _build_lookup()
+_FLUOR_SET = {normalise(f) for f in _FLUOROCHROMES}
+
+
+def _is_fluorochrome_or_detector(token: str) -> bool:
+    bare = _SUFFIX.sub("", token)
+    return normalise(bare) in _FLUOR_SET or bool(_DETECTOR.match(token))
+
+
+def _known(token: str) -> str:
+    """The canonical marker a single token names, or ""."""
+    hit = _LOOKUP.get(normalise(token))
+    if hit:
+        return hit
+    # "CD45RA-BV421" or "Zombie-Aqua-A": try shorter hyphen prefixes, longest first.
+    parts = token.split("-")
+    for k in range(len(parts) - 1, 0, -1):
+        hit = _LOOKUP.get(normalise("-".join(parts[:k])))
+        if hit:
+            return hit
+    return ""
+
+
+def _marker_from_label(label: str) -> str:
+    label = label.strip()
+    if not label:
+        return ""
+    hit = _known(label)
+    if hit:
+        return hit
+    tokens = [t for t in _SPLIT.split(label) if t]
+    for token in tokens:
+        hit = _known(token)
+        if hit:
+            return hit
+    # Unknown marker: keep what is left once fluorochromes and detectors are stripped, so that
+    # "CCR6 BV605" resolves as CCR6 for a template that asks for it.
+    rest = [t for t in tokens if not _is_fluorochrome_or_detector(t)]
+    return " ".join(rest)
+
+
+def canonical_name(name: str) -> str:
+    """The canonical form of a marker name a user or template writes.
+
+    Known markers map to their canonical spelling (``FoxP3`` → ``FOXP3``, ``7-AAD`` →
+    ``viability``); unknown names are returned stripped, unchanged otherwise.
+    """
+    return _known(name.strip()) or name.strip()
+
+
+def canonical_marker(pnn: str, pns: str = "") -> str:
+    """The canonical marker a channel measures, from its $PnS label and $PnN name.
+
+    Parameters
+    ----------
+    pnn
+        The channel's short name ($PnN), e.g. ``"FITC-A"``, ``"FSC-A"`` or ``"CD4"``.
+    pns
+        The channel's label ($PnS), e.g. ``"CD4"``, ``"CD4 FITC-A"``, ``"FoxP3"``; may be empty.
+
+    Returns
+    -------
+    str
+        A canonical name from :data:`MARKER_ALIASES`, the label with fluorochrome words removed
+        when the marker is not in the table, or ``""`` when the channel names no marker (e.g. an
+        unlabelled fluorescence detector).
+    """
+    pnn = (pnn or "").strip()
+    pns = (pns or "").strip()
+    # Scatter and time are named by $PnN; a $PnS of "FSC-A" says the same thing.
+    by_name = _LOOKUP.get(normalise(pnn), "")
+    if by_name in {"FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time"}:
+        return by_name
+    from_label = _marker_from_label(pns)
+    if from_label:
+        return from_label
+    if by_name:
+        return by_name
+    if _is_fluorochrome_or_detector(pnn):
+        return ""
+    return _marker_from_label(pnn)
+
+
+def _channel_table(source: FCSSample | pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    channels = source if isinstance(source, pd.DataFrame) else source.channels
+    where = "" if isinstance(source, pd.DataFrame) else str(getattr(source, "path", ""))
+    if "marker" not in channels.columns:
+        channels = channels.assign(
+            marker=[canonical_marker(n, s) for n, s in zip(channels["pnn"], channels["pns"])]
+        )
+    return channels, where
+
+
+def describe_channels(source: FCSSample | pd.DataFrame) -> str:
+    """A one-line list of a file's channels and the markers they carry, for error messages."""
+    channels, _ = _channel_table(source)
+    parts = []
+    for pnn, marker in zip(channels["pnn"], channels["marker"]):
+        parts.append(f"{pnn}={marker}" if marker and marker != pnn else str(pnn))
+    return ", ".join(parts)
+
+
+def read_panel_mapping(path: str | Path) -> dict[str, str]:
+    """Read an explicit marker → channel mapping for a panel.
+
+    The file is YAML (``CD4: B530-A``) or CSV/TSV with columns ``marker`` and ``channel``.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in {".csv", ".tsv", ".txt"}:
+            table = pd.read_csv(path, sep=None, engine="python", dtype=str)
+            missing = {"marker", "channel"} - set(table.columns)
+            if missing:
+                raise PanelError(
+                    f"panel mapping {path}: missing column(s) {sorted(missing)}; "
+                    "expected columns 'marker' and 'channel'"
+                )
+            return dict(zip(table["marker"].str.strip(), table["channel"].str.strip()))
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PanelError(f"panel mapping {path}: cannot be read ({exc})") from exc
+    if not isinstance(data, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise PanelError(f"panel mapping {path}: expected lines 'MARKER: CHANNEL'")
+    return {k.strip(): v.strip() for k, v in data.items()}
+
+
+def resolve_markers(
+    source: FCSSample | pd.DataFrame,
+    markers: Iterable[str],
+    *,
+    mapping: Mapping[str, str] | None = None,
+    optional: Iterable[str] = (),
+    what: str = "",
+) -> dict[str, str]:
+    """Map marker names to the $PnN channel names of one file.
+
+    Parameters
+    ----------
+    source
+        An :class:`~immunoprofile.io.fcs.FCSSample` or its ``channels`` table.
+    markers
+        Marker names as a template writes them (``CD4``, ``FoxP3``, ``viability``) or channel
+        names ($PnN) as imported gates use them.
+    mapping
+        Explicit ``{marker: channel}`` entries that take precedence (a channel may be given by
+        $PnN or $PnS).
+    optional
+        Markers that may be absent: they are left out of the result instead of raising.
+    what
+        Who asks (e.g. ``"template treg"``), used in error messages.
+
+    Returns
+    -------
+    dict
+        ``{marker as requested: $PnN}``.
+
+    Raises
+    ------
+    PanelError
+        A required marker is missing, or more than one channel carries it; the message lists
+        every problem and the file's channels.
+    """
+    channels, where = _channel_table(source)
+    pnn = [str(x) for x in channels["pnn"]]
+    pns = [str(x) for x in channels["pns"]]
+    marker_of = [str(x) for x in channels["marker"]]
+    optional = set(optional)
+    mapping = dict(mapping or {})
+    resolved: dict[str, str] = {}
+    missing: list[str] = []
+    ambiguous: list[str] = []
+    for requested in markers:
+        if requested in resolved:
+            continue
+        if requested in mapping:
+            target = mapping[requested]
+            hits = [i for i, (n, s) in enumerate(zip(pnn, pns)) if target in (n, s)]
+        elif pnn.count(requested) == 1:
+            hits = [pnn.index(requested)]
+        else:
+            want = normalise(canonical_name(requested))
+            hits = [i for i, m in enumerate(marker_of) if m and normalise(m) == want]
+        if len(hits) == 1:
+            resolved[requested] = pnn[hits[0]]
+        elif not hits:
+            if requested not in optional:
+                missing.append(requested)
+        else:
+            names = ", ".join(f"{pnn[i]} ({pns[i]})" if pns[i] else pnn[i] for i in hits)
+            ambiguous.append(f"{requested} is carried by several channels: {names}")
+    if missing or ambiguous:
+        who = f"{what} needs" if what else "needs"
+        parts = []
+        if missing:
+            parts.append(f"{who} {', '.join(missing)}")
+        parts.extend(ambiguous)
+        in_file = f"file {where} " if where else "file "
+        raise PanelError(
+            "; ".join(parts)
+            + f"; {in_file}has: {describe_channels(channels)}. "
+            "Add the marker to the file's $PnS labels or give a panel mapping (MARKER: CHANNEL)."
+        )
+    return resolved
