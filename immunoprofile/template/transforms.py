@@ -1,0 +1,238 @@
+"""Transforms a template declares per marker: our own names and GatingML 2.0's.
+
+Every transform is a small frozen dataclass with ``apply`` and ``inverse`` on float64 arrays.
+The GatingML-parameterised ones (``asinh``, ``logicle``, ``hyperlog``, ``log`` and ``linear``
+with T/A) call the same FlowUtils kernels FlowKit uses, so values are bit-identical to FlowKit's
+and gate membership can be compared event for event. ``arcsinh`` (``asinh(x / cofactor)``, the
+conventional flow scale) and the identity are ours; :func:`to_gatingml` converts them to GatingML's
+parameterisation together with the factor by which gate coordinates must be scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from flowutils import transforms as fu
+
+from immunoprofile.errors import TemplateError
+
+
+def _col(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Base class: a monotonic increasing map from linear values to display coordinates."""
+
+    kind: ClassVar[str] = ""
+
+    def apply(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form, e.g. ``{"type": "logicle", "T": 262144, ...}``."""
+        return {"type": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Identity(Transform):
+    """No transform: gate coordinates are linear (compensated) values, as for scatter."""
+
+    kind: ClassVar[str] = "linear"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return _col(x)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return _col(y)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "linear"}
+
+
+@dataclass(frozen=True)
+class Arcsinh(Transform):
+    """``asinh(x / cofactor)``: cofactor 150 for conventional flow, 5 for mass cytometry."""
+
+    cofactor: float = 150.0
+    kind: ClassVar[str] = "arcsinh"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return np.arcsinh(_col(x) / self.cofactor)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return np.sinh(_col(y)) * self.cofactor
+
+
+@dataclass(frozen=True)
+class GMLLinear(Transform):
+    """GatingML ``flin(x, T, A) = (x + A) / (T + A)``."""
+
+    T: float = 262144.0
+    A: float = 0.0
+    kind: ClassVar[str] = "flin"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return (_col(x) + self.A) / (self.T + self.A)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return (_col(y) * (self.T + self.A)) - self.A
+
+
+@dataclass(frozen=True)
+class GMLAsinh(Transform):
+    """GatingML parametrised inverse hyperbolic sine ``fasinh(x, T, M, A)``."""
+
+    T: float = 262144.0
+    M: float = 4.5
+    A: float = 0.0
+    kind: ClassVar[str] = "asinh"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return fu.asinh(_col(x), None, t=self.T, m=self.M, a=self.A)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return fu.asinh_inverse(_col(y), None, t=self.T, m=self.M, a=self.A)
+
+
+@dataclass(frozen=True)
+class Logicle(Transform):
+    """Logicle (Parks et al. 2006) with GatingML's T, W, M, A; output on the 0–1 scale."""
+
+    T: float = 262144.0
+    W: float = 0.5
+    M: float = 4.5
+    A: float = 0.0
+    kind: ClassVar[str] = "logicle"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return fu.logicle(_col(x), None, t=self.T, m=self.M, w=self.W, a=self.A)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return fu.logicle_inverse(_col(y), None, t=self.T, m=self.M, w=self.W, a=self.A)
+
+
+@dataclass(frozen=True)
+class Hyperlog(Transform):
+    """Hyperlog (Bagwell 2005) with GatingML's T, W, M, A."""
+
+    T: float = 262144.0
+    W: float = 0.5
+    M: float = 4.5
+    A: float = 0.0
+    kind: ClassVar[str] = "hyperlog"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return fu.hyperlog(_col(x), None, t=self.T, m=self.M, w=self.W, a=self.A)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return fu.hyperlog_inverse(_col(y), None, t=self.T, m=self.M, w=self.W, a=self.A)
+
+
+@dataclass(frozen=True)
+class GMLLog(Transform):
+    """GatingML ``flog(x, T, M) = log10(x / T) / M + 1`` (undefined, NaN, for x ≤ 0)."""
+
+    T: float = 262144.0
+    M: float = 4.5
+    kind: ClassVar[str] = "log"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return fu.log(_col(x), None, t=self.T, m=self.M)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return fu.log_inverse(_col(y), None, t=self.T, m=self.M)
+
+
+_KINDS: dict[str, type[Transform]] = {
+    "linear": Identity,
+    "identity": Identity,
+    "arcsinh": Arcsinh,
+    "flin": GMLLinear,
+    "asinh": GMLAsinh,
+    "logicle": Logicle,
+    "hyperlog": Hyperlog,
+    "log": GMLLog,
+}
+
+
+def transform_from_dict(spec: Any, *, where: str = "") -> Transform:
+    """Build a transform from its YAML form.
+
+    ``{"type": "linear"}`` is the identity unless ``T`` is given (then GatingML's flin);
+    ``{"type": "arcsinh", "cofactor": 150}``; ``{"type": "logicle", "T":…, "W":…, "M":…,
+    "A":…}``; ``{"type": "asinh", "T":…, "M":…, "A":…}``; ``{"type": "hyperlog", …}``;
+    ``{"type": "log", "T":…, "M":…}``. A bare string names the type with default parameters.
+    """
+    if isinstance(spec, Transform):
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise TemplateError(f"{where}: a transform needs a 'type' (got {spec!r})")
+    params = {k: v for k, v in spec.items() if k != "type"}
+    kind = str(spec["type"]).lower()
+    if kind == "linear" and params:
+        kind = "flin"
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise TemplateError(
+            f"{where}: unknown transform type {spec['type']!r}; "
+            f"use one of {sorted(set(_KINDS) - {'identity'})}"
+        )
+    fields = set(cls.__dataclass_fields__)
+    unknown = set(params) - fields
+    if unknown:
+        raise TemplateError(
+            f"{where}: transform {kind} takes {sorted(fields) or 'no parameters'}, "
+            f"not {sorted(unknown)}"
+        )
+    try:
+        values = {k: float(v) for k, v in params.items()}
+    except (TypeError, ValueError) as exc:
+        raise TemplateError(f"{where}: transform parameters must be numbers ({exc})") from exc
+    transform = cls(**values)
+    _check_parameters(transform, where)
+    return transform
+
+
+def _check_parameters(t: Transform, where: str) -> None:
+    problems = []
+    if isinstance(t, Arcsinh) and not t.cofactor > 0:
+        problems.append("cofactor must be > 0")
+    for name in ("T", "M"):
+        value = getattr(t, name, None)
+        if value is not None and not value > 0:
+            problems.append(f"{name} must be > 0")
+    if isinstance(t, Logicle | Hyperlog):
+        if not 0 <= t.W <= t.M / 2:
+            problems.append("W must lie in [0, M/2]")
+        if not -t.W <= t.A <= t.M - 2 * t.W:
+            problems.append("A must lie in [-W, M - 2W]")
+    if problems:
+        raise TemplateError(f"{where}: invalid {t.kind} transform: {'; '.join(problems)}")
+
+
+def to_gatingml(t: Transform) -> tuple[Transform | None, float]:
+    """GatingML's parameterisation of a transform and the scale applied to gate coordinates.
+
+    Returns ``(gml_transform, factor)``: a coordinate ``y`` in our space is ``y * factor`` in the
+    GatingML space. The identity maps to no transform (``None``), ``arcsinh(x/c)`` to GatingML's
+    asinh with ``A = 0``, ``M = 4.5`` and ``T = c·sinh(M·ln10)``, which is ``asinh(x/c)`` divided
+    by ``M·ln10``.
+    """
+    if isinstance(t, Identity):
+        return None, 1.0
+    if isinstance(t, Arcsinh):
+        m = 4.5
+        ln10 = math.log(10.0)
+        return GMLAsinh(T=t.cofactor * math.sinh(m * ln10), M=m, A=0.0), 1.0 / (m * ln10)
+    return t, 1.0
