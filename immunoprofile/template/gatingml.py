@@ -68,6 +68,10 @@ def _screen_xml(path: Path) -> None:
 
 def _transform_from_fk(xform: Any) -> Transform:
     cls = type(xform).__name__
+    if cls.startswith("WSP"):
+        from immunoprofile.template.flowjo import transform_from_wsp
+
+        return transform_from_wsp(xform)
     if cls == "LogicleTransform":
         return Logicle(T=xform.param_t, W=xform.param_w, M=xform.param_m, A=xform.param_a)
     if cls == "HyperlogTransform":
@@ -134,6 +138,10 @@ class _Converter:
 
     def gate(self, gate: Any) -> Gate:
         cls = type(gate).__name__
+        if cls.startswith("WSP"):
+            from immunoprofile.template.flowjo import gate_from_wsp
+
+            return gate_from_wsp(self, gate)
         dims = tuple(self.dim(d) for d in gate.dimensions) if cls != "BooleanGate" else ()
         if cls == "RectangleGate":
             return RectangleGate(dims=dims, mins=tuple(_f(d.min) for d in gate.dimensions),
