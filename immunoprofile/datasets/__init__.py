@@ -1,0 +1,36 @@
+"""Simulated SLE trial cohorts with known truth (FCS files, sample sheet, truth tables).
+
+``simulate_cohort`` writes a whole randomised trial; ``simulate_tube`` makes one acquisition
+in memory (e.g. a 1M-event file for benchmarks). ``POPULATIONS`` and ``population_members``
+say which per-event labels make up each canonical population.
+"""
+
+from immunoprofile.datasets._cohort import (
+    POPULATIONS,
+    SimulatedCohort,
+    days_since_last_il2_dose,
+    population_members,
+    simulate_cohort,
+)
+from immunoprofile.datasets._events import (
+    SimulatedTube,
+    TubeParams,
+    leaf_labels,
+    simulate_tube,
+    spillover_matrix,
+    tube_labels,
+)
+
+__all__ = [
+    "POPULATIONS",
+    "SimulatedCohort",
+    "SimulatedTube",
+    "TubeParams",
+    "days_since_last_il2_dose",
+    "leaf_labels",
+    "population_members",
+    "simulate_cohort",
+    "simulate_tube",
+    "spillover_matrix",
+    "tube_labels",
+]
