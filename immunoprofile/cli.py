@@ -19,7 +19,9 @@ def _parse_visits(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise click.BadParameter(f"visits must be comma-separated weeks, e.g. 0,2,4,12,24 ({exc})")
+        raise click.BadParameter(
+            f"visits must be comma-separated weeks, e.g. 0,2,4,12,24 ({exc})"
+        ) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
