@@ -63,6 +63,68 @@ def demo(out: Path, seed: int) -> None:
     click.echo(cohort.summary())
 
 
+@main.group()
+def template() -> None:
+    """Validate, import and export gating templates."""
+
+
+@template.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def template_validate(files: tuple[str, ...]) -> None:
+    """Check templates (YAML files or shipped names); every problem is listed with its entry."""
+    from immunoprofile.template import load_template
+
+    failed = 0
+    for f in files:
+        try:
+            t = load_template(f)
+        except ImmunoprofileError as exc:
+            failed += 1
+            click.echo(f"INVALID {exc}", err=True)
+            continue
+        click.echo(f"ok {f}: template {t.name} v{t.version}, {len(t)} populations, "
+                   f"markers {', '.join(t.markers())}")
+    if failed:
+        sys.exit(1)
+
+
+@template.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="YAML template to write.")
+@click.option("--group", default="All Samples", show_default=True,
+              help="FlowJo sample group whose gates to import (.wsp only).")
+@click.option("--sample", "sample_name", default=None,
+              help="FlowJo sample whose gates to import (.wsp only; default: group's first).")
+@click.option("--name", default=None, help="Template name (default: file name).")
+def template_import(source: Path, out: Path, group: str, sample_name: str | None,
+                    name: str | None) -> None:
+    """Import a GatingML 2.0 file or a FlowJo 10 workspace (.wsp) as a YAML template."""
+    from immunoprofile.template import write_template
+    from immunoprofile.template.gatingml import read_flowjo, read_gatingml
+
+    if source.suffix.lower() == ".wsp":
+        t = read_flowjo(source, group=group, sample=sample_name, name=name)
+    else:
+        t = read_gatingml(source, name=name)
+    write_template(t, out)
+    click.echo(f"wrote {out}: {len(t)} populations")
+
+
+@template.command("export")
+@click.argument("template_file")
+@click.option("--sample", "sample_path", type=click.Path(exists=True, dir_okay=False),
+              required=True, help="FCS file whose panel binds marker names to channels.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="GatingML 2.0 file to write.")
+def template_export(template_file: str, sample_path: str, out: Path) -> None:
+    """Export a template bound to one file's panel as GatingML 2.0 (FlowKit reads it)."""
+    from immunoprofile.template.gatingml import write_gatingml
+
+    write_gatingml(template_file, out, sample=sample_path)
+    click.echo(f"wrote {out}")
+
+
 def run() -> None:
     """Entry point that turns our errors into a clean message and exit code 1."""
     try:

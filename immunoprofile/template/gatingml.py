@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,10 @@ def read_flowjo(path: str | Path, *, group: str = "All Samples", sample: str | N
         wsp = fk.parse_wsp(str(path))
     except Exception as exc:  # FlowKit raises assorted errors on malformed workspaces
         raise TemplateError(f"{path}: not a usable FlowJo workspace ({exc})") from exc
+    from urllib.parse import unquote
+
+    from immunoprofile.template import flowjo
+
     groups = wsp.get("groups", {})
     if group not in groups:
         raise TemplateError(f"{path}: no sample group {group!r} (groups: {', '.join(groups)})")
@@ -252,16 +258,39 @@ def read_flowjo(path: str | Path, *, group: str = "All Samples", sample: str | N
             raise TemplateError(f"{path}: sample group {group!r} has no samples")
         sample = samples[0]
     if sample not in wsp["samples"]:
-        raise TemplateError(f"{path}: no sample {sample!r} (samples: {', '.join(samples)})")
+        # FlowJo names a sample after its file unless renamed; its DataSet URI keeps the file,
+        # so a file name or path also finds it.
+        wanted = Path(str(sample)).name
+        by_file = [s for s, d in wsp["samples"].items()
+                   if unquote(str(d.get("sample_uri") or "")).replace("\\", "/")
+                   .rsplit("/", 1)[-1] == wanted]
+        if len(by_file) != 1:
+            raise TemplateError(f"{path}: no sample {sample!r} "
+                                f"(samples: {', '.join(wsp['samples'])})")
+        sample = by_file[0]
     gs = wsp["samples"][sample]["gating_strategy"]
-    return template_from_flowkit(gs, name=name or path.stem, source=str(path))
+    # FlowJo repeats gate names under different parents; population names are ids.
+    qualified = flowjo.qualify_duplicates(gs)
+    template = template_from_flowkit(gs, name=name or path.stem, source=str(path))
+    template = flowjo.rename_populations(template, qualified)
+    return flowjo.group_quadrants(template)
 
 
 # --- template → GatingML ----------------------------------------------------------------------
 
 
-def _path_of(template: Template, name: str) -> tuple[str, ...]:
-    return ("root", *reversed(template.ancestors(name)))
+def gatingml_id(name: str) -> str:
+    """The GatingML id (an XML NCName) a population name is exported under.
+
+    ``"CD4+ T cells"`` → ``"CD4pos_T_cells"``: GatingML ids may not hold spaces or ``+``.
+    """
+    text = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.replace("+", "pos"))
+    return text if re.match(r"[A-Za-z_]", text) else f"_{text}"
+
+
+def _path_of(template: Template, name: str, ids: dict[str, str] | None = None) -> tuple[str, ...]:
+    ids = ids or {}
+    return ("root", *(ids.get(a, a) for a in reversed(template.ancestors(name))))
 
 
 class _Exporter:
@@ -271,6 +300,7 @@ class _Exporter:
         markers = [m for p in template.populations for d in p.gate.dims for m in d.markers()]
         self.channel = resolve_markers(sample, markers, what=f"template {template.name}")
         self.gs = fk.GatingStrategy()
+        self.ids = _unique_ids(template)
         self.xform_ids: dict[Transform, str] = {}
         self.spill = template.compensation == "file" and sample.spillover is not None
         if template.compensation not in ("file", "none"):
@@ -284,8 +314,10 @@ class _Exporter:
         gml, factor = to_gatingml(self.t.transform_for(d))
         xid = None
         if gml is not None:
-            xid = self.xform_ids.setdefault(gml, f"xform{len(self.xform_ids) + 1}")
-            self.gs.add_transform(xid, _fk_transform(gml))
+            if gml not in self.xform_ids:
+                self.xform_ids[gml] = f"xform{len(self.xform_ids) + 1}"
+                self.gs.add_transform(self.xform_ids[gml], _fk_transform(gml))
+            xid = self.xform_ids[gml]
         comp = d.compensation or self.t.compensation
         covered = self.spill and channel in list(self.sample.spillover.columns)
         comp_ref = "FCS" if comp == "file" and covered else "uncompensated"
@@ -297,23 +329,35 @@ class _Exporter:
     def gate(self, pop: Population) -> Any:
         g = pop.gate
         if isinstance(g, BooleanGate):
-            refs = [{"ref": r, "path": _path_of(self.t, r), "complement": neg}
-                    for r, neg in g.refs]
-            return fk.gates.BooleanGate(pop.name, g.op, refs)
+            refs = [{"ref": self.ids[r], "path": _path_of(self.t, r, self.ids),
+                     "complement": neg} for r, neg in g.refs]
+            return fk.gates.BooleanGate(self.ids[pop.name], g.op, refs)
         if isinstance(g, RectangleGate):
             dims = [self.dim_for(d, lo, hi)[0] for d, lo, hi in zip(g.dims, g.mins, g.maxs)]
-            return fk.gates.RectangleGate(pop.name, dims, use_complement=g.complement)
+            return fk.gates.RectangleGate(self.ids[pop.name], dims, use_complement=g.complement)
         pairs = [self.dim_for(d, None, None) for d in g.dims]
         dims = [p[0] for p in pairs]
         f = np.array([p[1] for p in pairs])
         if isinstance(g, PolygonGate):
             verts = [[float(x * f[0]), float(y * f[1])] for x, y in g.vertices]
-            return fk.gates.PolygonGate(pop.name, dims, verts, use_complement=g.complement)
+            return fk.gates.PolygonGate(self.ids[pop.name], dims, verts,
+                                        use_complement=g.complement)
         if isinstance(g, EllipseGate):
             cov = np.asarray(g.covariance) * np.outer(f, f)
-            return fk.gates.EllipsoidGate(pop.name, dims, list(np.asarray(g.mean) * f),
+            return fk.gates.EllipsoidGate(self.ids[pop.name], dims, list(np.asarray(g.mean) * f),
                                           cov.tolist(), g.distance_square)
         raise TemplateError(f"cannot export gate {g!r}")
+
+
+def _unique_ids(template: Template) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for pop in template.populations:
+        base = gid = gatingml_id(pop.name)
+        k = 2
+        while gid in ids.values():
+            gid, k = f"{base}_{k}", k + 1
+        ids[pop.name] = gid
+    return ids
 
 
 def _fk_transform(t: Transform) -> Any:
@@ -333,14 +377,33 @@ def _fk_transform(t: Transform) -> Any:
 
 def template_to_flowkit(template: Template | str | Path,
                         sample: FCSSample | str | Path) -> fk.GatingStrategy:
-    """Bind a template to one file's panel as a FlowKit ``GatingStrategy``."""
+    """Bind a template to one file's panel as a FlowKit ``GatingStrategy``.
+
+    Gate ids are the populations' :func:`gatingml_id`.
+    """
     template = load_template(template)
     if not isinstance(sample, FCSSample):
         sample = read_fcs(sample)
     exp = _Exporter(template, sample)
     for pop in template.populations:
-        exp.gs.add_gate(exp.gate(pop), _path_of(template, pop.name))
+        path = _path_of(template, pop.name, exp.ids)
+        gate = pop.gate
+        if isinstance(gate, RectangleGate | PolygonGate) and gate.complement:
+            # GatingML 2.0 has no complement for geometric gates (FlowKit drops the flag on
+            # export): write the inside as its own gate and the population as NOT of it.
+            inside_id = f"{exp.ids[pop.name]}_inside"
+            inside = replace(pop, gate=replace(gate, complement=False))
+            exp.gs.add_gate(_renamed(exp.gate(inside), inside_id), path)
+            refs = [{"ref": inside_id, "path": path, "complement": False}]
+            exp.gs.add_gate(fk.gates.BooleanGate(exp.ids[pop.name], "not", refs), path)
+            continue
+        exp.gs.add_gate(exp.gate(pop), path)
     return exp.gs
+
+
+def _renamed(gate: Any, gate_id: str) -> Any:
+    gate.gate_name = gate_id
+    return gate
 
 
 def write_gatingml(template: Template | str | Path, path: str | Path, *,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from immunoprofile.errors import TemplateError
@@ -34,7 +35,7 @@ from immunoprofile.template.transforms import Transform, transform_from_dict
 _GATE_KINDS = ("range", "rectangle", "polygon", "ellipse", "quadrant", "and", "or", "not")
 _POP_KEYS = {"name", "parent", "gate", "pct_of", "mfi", "adaptive", "description"}
 _TOP_KEYS = {"name", "version", "description", "compensation", "markers", "transforms",
-             "populations", "qc"}
+             "populations", "qc", "matrices"}
 
 
 class _Problems(list):
@@ -308,6 +309,29 @@ def _gate(spec: Any, where: str, problems: _Problems) -> tuple[str, Any] | None:
     return kind, BooleanGate(op=kind, refs=refs)
 
 
+def _matrices(spec: Any, problems: _Problems) -> dict[str, pd.DataFrame]:
+    """Named spillover matrices: ``{id: {detectors: [...], fluorochromes: [...], values}}``."""
+    out: dict[str, pd.DataFrame] = {}
+    if not isinstance(spec, Mapping):
+        problems.add("matrices", "expected {ID: {detectors, values[, fluorochromes]}}")
+        return out
+    for mid, body in spec.items():
+        where = f"matrices.{mid}"
+        try:
+            detectors = [str(d) for d in body["detectors"]]
+            values = np.asarray(body["values"], dtype=float)
+            rows = [str(f) for f in body.get("fluorochromes", detectors)]
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.add(where, f"needs 'detectors' and numeric 'values' ({exc})")
+            continue
+        if values.shape != (len(rows), len(detectors)):
+            problems.add(where, f"values are {values.shape}, expected "
+                                f"{len(rows)} x {len(detectors)}")
+            continue
+        out[str(mid)] = pd.DataFrame(values, index=rows, columns=detectors)
+    return out
+
+
 def _str_tuple(value: Any, where: str, problems: _Problems) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -338,6 +362,7 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
             transforms[str(marker)] = transform_from_dict(spec, where=f"transforms.{marker}")
         except TemplateError as exc:
             problems.append(str(exc))
+    matrices = _matrices(data.get("matrices") or {}, problems)
     markers = data.get("markers") or {}
     if isinstance(markers, list):
         markers = {"required": markers}
@@ -345,6 +370,7 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
     optional = _str_tuple(markers.get("optional"), "markers.optional", problems)
 
     populations: list[Population] = []
+    broken: set[str] = set()
     raw_pops = data.get("populations")
     if not isinstance(raw_pops, list) or not raw_pops:
         problems.add("populations", "a template needs a non-empty list of populations")
@@ -367,7 +393,8 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
             problems.add(f"{where}.adaptive", "expected a mapping (method and its settings)")
             adaptive = None
         parsed = _gate(entry.get("gate"), f"{where}.gate", problems)
-        if parsed is None:
+        if parsed is None or parsed[1] is None:
+            broken.add(pname)  # reported already; keep references to it from cascading
             continue
         kind, gate = parsed
         common = dict(parent=parent, pct_of=pct_of, mfi=mfi,
@@ -383,9 +410,10 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
         name=name, version=version, populations=populations, transforms=transforms,
         compensation=str(data.get("compensation", "file")), required_markers=required,
         optional_markers=optional, description=str(data.get("description", "")),
-        source=source, qc=dict(data.get("qc") or {}),
+        source=source, qc=dict(data.get("qc") or {}), comp_matrices=matrices,
     )
-    _check_structure(template, problems, declared=bool(required or optional))
+    if not broken:
+        _check_structure(template, problems, declared=bool(required or optional))
     if problems:
         raise TemplateError(
             f"template {source} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
@@ -534,6 +562,10 @@ def template_to_dict(t: Template) -> dict[str, Any]:
         out["transforms"] = {k: v.to_dict() for k, v in t.transforms.items()}
     if t.qc:
         out["qc"] = dict(t.qc)
+    if t.comp_matrices:
+        out["matrices"] = {
+            mid: {"detectors": list(m.columns), "fluorochromes": list(m.index),
+                  "values": m.values.tolist()} for mid, m in t.comp_matrices.items()}
     pops = []
     for p in t.populations:
         entry: dict[str, Any] = {"name": p.name}
