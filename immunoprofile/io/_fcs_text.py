@@ -168,7 +168,8 @@ def to_int(value: str | None) -> int | None:
         sign, digits = text[0], text[1:]
     else:
         sign, digits = "", text
-    if not digits.isdigit() or len(digits) > 30:
+    # isascii: str.isdigit() also accepts '¹' or '٣', which int() refuses.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
         return None
     return int(sign + digits)
 
