@@ -235,9 +235,15 @@ def read_flowjo(path: str | Path, *, group: str = "All Samples", sample: str | N
     group
         The sample group whose gates to take (FlowJo's default group is "All Samples").
     sample
-        Take this sample's gates (with its custom gates) instead of the group's first sample.
+        Take this sample's gates (with its custom gates) instead of the group's first sample:
+        its FlowJo name, or its FCS file name or path (matched to the workspace's DataSet URI).
     name
         Template name (default: the workspace file name without extension).
+
+    Gate names FlowJo repeats under different parents become ``"Parent/Child"`` (with as many
+    ancestors as make them unique); FlowJo quadrant gates (four rectangles ``Q1: …`` …
+    ``Q4: …``) share one quadrant ``group``. FlowJo's biex and log transforms become
+    :class:`~immunoprofile.template.flowjo.FlowJoBiex` and ``FlowJoLog``.
     """
     path = Path(path)
     _screen_xml(path)
