@@ -22,15 +22,21 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import flowkit as fk
 import numpy as np
 from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
 
 from immunoprofile.errors import TemplateError
-from immunoprofile.template.model import BooleanGate, Gate, Population, RectangleGate, Template
 from immunoprofile.template.transforms import Transform
+
+if TYPE_CHECKING:
+    from immunoprofile.template.model import Gate, Population, Template
+
+# The model is imported inside the functions that need it: transforms.py registers FlowJoBiex
+# and FlowJoLog in its _KINDS table, and model.py imports transforms.py, so importing the model
+# here would make that registration circular.
 
 
 def _col(x: np.ndarray) -> np.ndarray:
@@ -220,6 +226,8 @@ def qualify_duplicates(gs: fk.GatingStrategy) -> dict[str, str]:
 
 def rename_populations(template: Template, names: dict[str, str]) -> Template:
     """Rename populations (and every reference to them) by ``{old: new}``."""
+    from immunoprofile.template.model import BooleanGate
+
     if not names:
         return template
 
@@ -245,6 +253,8 @@ def group_quadrants(template: Template) -> Template:
     on each axis, one rectangle per sign combination) get ``group = "Q1-Q4 <x> vs <y>"``, as
     our converter gives GatingML quadrant gates. Anything else is left as plain rectangles.
     """
+    from immunoprofile.template.model import RectangleGate
+
     by_parent: dict[str | None, list[Population]] = {}
     for p in template.populations:
         if _QUADRANT.match(p.name) and isinstance(p.gate, RectangleGate) \
