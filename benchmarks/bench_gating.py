@@ -1,0 +1,141 @@
+"""Gating speed: immunoprofile's engine against FlowKit on the same gates, same file.
+
+A simulated 1M-event Treg tube goes through a Treg-style hierarchy of fixed gates
+(compensation from $SPILLOVER, logicle on every fluorescence gate). Both sides start from a
+sample already in memory; the median of 5 runs is reported, with peak memory (tracemalloc),
+equal counts asserted, and the read time of each side against ``numpy.fromfile`` of the data
+segment as the floor.
+
+Run: ``python benchmarks/bench_gating.py [--events 1000000] [--repeats 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import flowkit as fk
+import numpy as np
+
+import immunoprofile as ip
+from immunoprofile.datasets import simulate_tube
+from immunoprofile.io.fcs_write import write_fcs
+from immunoprofile.template import Logicle, template_from_dict
+from immunoprofile.template.gatingml import gatingml_id, write_gatingml
+
+LOGICLE = {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0}
+
+
+def _lg(asinh150: float) -> float:
+    """A DOMAIN.md cut point on the arcsinh(x/150) scale, as a logicle coordinate."""
+    return float(Logicle().apply(np.array([150 * np.sinh(asinh150)]))[0])
+
+
+def treg_template() -> ip.template.Template:
+    """Nine fixed gates plus a boolean: lymphocytes → … → Treg subsets, logicle throughout."""
+    spec = {
+        "name": "bench_treg", "version": "1", "compensation": "file",
+        "transforms": {"default": LOGICLE, "FSC-A": "linear", "FSC-H": "linear",
+                       "SSC-A": "linear"},
+        "populations": [
+            {"name": "Lymphocytes", "gate": {"polygon": {"dims": ["FSC-A", "SSC-A"],
+             "vertices": [[35000, 2000], [110000, 2000], [110000, 45000], [60000, 60000],
+                          [35000, 40000]]}}},
+            {"name": "Singlets", "parent": "Lymphocytes", "gate": {"polygon": {
+                "dims": ["FSC-A", "FSC-H"], "vertices": [[20000, 15000], [150000, 112000],
+                                                         [150000, 160000], [20000, 24000]]}}},
+            {"name": "Live lymphocytes", "parent": "Singlets",
+             "gate": {"range": {"viability": [None, _lg(2.0)]}}},
+            {"name": "T cells", "parent": "Live lymphocytes",
+             "gate": {"range": {"CD3": [_lg(2.5), None]}}},
+            {"name": "CD4+ T cells", "parent": "T cells",
+             "gate": {"rectangle": {"CD4": [_lg(2.8), None], "CD3": [_lg(2.5), None]}}},
+            {"name": "Treg", "parent": "CD4+ T cells", "gate": {"polygon": {
+                "dims": ["CD127", "CD25"], "vertices": [
+                    [0.0, _lg(3.3)], [_lg(2.2), _lg(3.3)], [_lg(2.8), _lg(5.0)],
+                    [_lg(2.8), 1.0], [0.0, 1.0]]}}},
+            {"name": "FOXP3+ Treg", "parent": "Treg",
+             "gate": {"range": {"FOXP3": [_lg(2.6), None]}}},
+            {"name": "Naive Treg", "parent": "Treg",
+             "gate": {"range": {"CD45RA": [_lg(2.5), None]}}},
+            {"name": "Memory Treg", "parent": "Treg",
+             "gate": {"range": {"CD45RA": [None, _lg(2.5)]}}},
+            {"name": "Conventional CD4", "parent": "CD4+ T cells", "gate": {"not": ["Treg"]}},
+        ],
+    }
+    return template_from_dict(spec, source="benchmark")
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    """Median seconds over ``repeats`` runs and peak traced memory (MiB) of one run."""
+    times = []
+    result = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return statistics.median(times), peak / 2**20, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tube = simulate_tube("treg", args.events, seed=7)
+        path = write_fcs(Path(tmp) / "bench.fcs", tube.events, tube.pnn, tube.pns,
+                         spillover=tube.spillover)
+        template = treg_template()
+
+        t_read, _, sample = _timed(lambda: ip.read_fcs(path), args.repeats)
+        t_fk_read, _, fk_sample = _timed(lambda: fk.Sample(str(path)), args.repeats)
+        begin = int(sample.metadata["begindata"])
+        n_values = sample.n_events * len(sample.channel_names)
+
+        def floor() -> np.ndarray:
+            with open(path, "rb") as fh:
+                fh.seek(begin)
+                return np.fromfile(fh, dtype="<f4", count=n_values)
+
+        t_floor, _, _ = _timed(floor, args.repeats)
+
+        xml = write_gatingml(template, Path(tmp) / "bench.xml", sample=sample)
+        strategy = fk.parse_gating_xml(str(xml))
+
+        t_ours, mem_ours, ours = _timed(lambda: ip.gate_sample(sample, template),
+                                        args.repeats)
+        t_fk, mem_fk, theirs = _timed(lambda: strategy.gate_sample(fk_sample), args.repeats)
+
+    print(f"events: {sample.n_events:,}  channels: {len(sample.channel_names)}  "
+          f"gates: {len(template)}  (median of {args.repeats} runs)")
+    print(f"{'population':<20}{'immunoprofile':>15}{'FlowKit':>12}")
+    for pop in template.populations:
+        gate_path = ("root", *map(gatingml_id, reversed(template.ancestors(pop.name))))
+        n_fk = int(theirs.get_gate_membership(gatingml_id(pop.name), gate_path=gate_path).sum())
+        n_ours = int(ours.membership[pop.name].sum())
+        assert n_ours == n_fk, f"{pop.name}: {n_ours} != {n_fk}"
+        print(f"{pop.name:<20}{n_ours:>15,}{n_fk:>12,}")
+    print("counts: identical")
+    print(f"gating  immunoprofile {t_ours * 1e3:8.1f} ms  peak {mem_ours:7.1f} MiB")
+    print(f"gating  FlowKit       {t_fk * 1e3:8.1f} ms  peak {mem_fk:7.1f} MiB")
+    print(f"gating speed-up (FlowKit / immunoprofile): {t_fk / t_ours:.1f}x")
+    print(f"read    immunoprofile {t_read * 1e3:8.1f} ms  ({t_read / t_floor:.2f}x numpy.fromfile)")
+    print(f"read    FlowKit       {t_fk_read * 1e3:8.1f} ms  ({t_fk_read / t_floor:.2f}x numpy.fromfile)")
+    print(f"read    numpy.fromfile {t_floor * 1e3:7.1f} ms  (floor)")
+
+
+if __name__ == "__main__":
+    main()
