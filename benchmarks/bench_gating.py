@@ -132,8 +132,8 @@ def main() -> None:
     print(f"gating  immunoprofile {t_ours * 1e3:8.1f} ms  peak {mem_ours:7.1f} MiB")
     print(f"gating  FlowKit       {t_fk * 1e3:8.1f} ms  peak {mem_fk:7.1f} MiB")
     print(f"gating speed-up (FlowKit / immunoprofile): {t_fk / t_ours:.1f}x")
-    print(f"read    immunoprofile {t_read * 1e3:8.1f} ms  ({t_read / t_floor:.2f}x numpy.fromfile)")
-    print(f"read    FlowKit       {t_fk_read * 1e3:8.1f} ms  ({t_fk_read / t_floor:.2f}x numpy.fromfile)")
+    for who, secs in (("immunoprofile", t_read), ("FlowKit", t_fk_read)):
+        print(f"read    {who:<13} {secs * 1e3:8.1f} ms  ({secs / t_floor:.2f}x numpy.fromfile)")
     print(f"read    numpy.fromfile {t_floor * 1e3:7.1f} ms  (floor)")
 
 
