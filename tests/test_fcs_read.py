@@ -305,17 +305,18 @@ def test_float_and_double_data(tmp_path: Path, order: str) -> None:
         np.testing.assert_array_equal(sample.events, flowkit_raw(path).astype(np.float32))
 
 
-def test_log_amplification_and_gains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [16, 32])  # 16 bits goes through a lookup table
+def test_log_amplification_and_gains(tmp_path: Path, bits: int) -> None:
     raw = np.array([[0, 0, 0, 0], [512, 512, 512, 100], [1023, 1023, 1023, 1000]], np.uint64)
     kw = keywords_for(
         3,
-        [16] * 4,
+        [bits] * 4,
         byteord="4,3,2,1",
         ranges=[1024] * 4,
         pne=["4,0", "3,2", "4,1", "0,0"],
         png=["1", "1", "2.5", "4"],
     )
-    path = write(tmp_path, build_fcs(kw, pack_ints(raw, [2] * 4, ">"), version="3.0"))
+    path = write(tmp_path, build_fcs(kw, pack_ints(raw, [bits // 8] * 4, ">"), version="3.0"))
     sample = read_quiet(path)
     x = raw.astype(np.float64)
     expected = np.column_stack(

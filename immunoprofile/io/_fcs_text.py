@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -414,3 +415,25 @@ def data_span(
     if first < HEADER_SIZE or last < first:
         raise Corrupt(f"the DATA offsets {first}-{last} are impossible")
     return base + first, last - first + 1
+
+
+def next_pow2(x: float) -> int:
+    """The power of two at or above ``x`` (FlowIO's integer mask is this minus one)."""
+    n = math.ceil(x)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def ascii_values(
+    data: bytes, tot: int | None, par: int
+) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """Delimited ASCII events (values split by blanks or commas) and a column accessor."""
+    words = data.replace(b",", b" ").split()
+    if tot is None:
+        tot = len(words) // par
+    if len(words) < tot * par:
+        raise Corrupt(f"the ASCII DATA segment holds {len(words)} values, not {tot * par}")
+    try:
+        values = np.array([float(w) for w in words[: tot * par]]).reshape(tot, par)
+    except ValueError as exc:
+        raise Corrupt(f"the ASCII DATA segment holds a non-number ({exc})") from None
+    return values.astype(np.float32), lambda j: values[:, j]
