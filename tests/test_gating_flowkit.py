@@ -153,3 +153,21 @@ def test_gatingml_export_round_trip(tmp_path: Path) -> None:
         expected = int(ours.membership[pop.name].sum())
         assert fk_result.get_gate_membership(gid, gate_path=gate_path).sum() == expected
         assert int(reread.membership[gid].sum()) == expected
+
+
+@pytest.fixture(scope="module")
+def simulated_fcs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from immunoprofile.datasets import simulate_tube
+    from immunoprofile.io.fcs_write import write_fcs
+
+    tube = simulate_tube("treg", 20_000, seed=3)
+    out = tmp_path_factory.mktemp("sim") / "treg.fcs"
+    return write_fcs(out, tube.events, tube.pnn, tube.pns, spillover=tube.spillover)
+
+
+@pytest.mark.parametrize("xform", sorted(TRANSFORMS))
+def test_equal_to_flowkit_on_simulated_file(simulated_fcs: Path, xform: str) -> None:
+    markers = {"a": "CD3", "b": "CD4", "c": "CD25", "d": "CD127"}
+    template = _template(ip.read_fcs(simulated_fcs), xform, markers)
+    counts = _compare(simulated_fcs, template)
+    assert 0 < counts["Q++"] < counts["A+"]
