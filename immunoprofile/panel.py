@@ -298,6 +298,9 @@ def resolve_markers(
             hits = [i for i, (n, s) in enumerate(zip(pnn, pns)) if target in (n, s)]
         elif pnn.count(requested) == 1:
             hits = [pnn.index(requested)]
+        elif "_" in requested and [n.replace("/", "_") for n in pnn].count(requested) == 1:
+            # FlowJo writes "/" in channel names as "_" (FL1/H becomes FL1_H).
+            hits = [[n.replace("/", "_") for n in pnn].index(requested)]
         else:
             want = normalise(canonical_name(requested))
             hits = [i for i, m in enumerate(marker_of) if m and normalise(m) == want]

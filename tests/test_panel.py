@@ -90,3 +90,8 @@ def test_mapping_files(tmp_path) -> None:
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(PanelError, match="missing column"):
         read_panel_mapping(bad)
+
+
+def test_flowjo_slash_underscore_channel_names() -> None:
+    ch = _channels([("FL1/H", ""), ("FL2-H", "")])
+    assert resolve_markers(ch, ["FL1_H"]) == {"FL1_H": "FL1/H"}

@@ -152,6 +152,8 @@ class GMLLog(Transform):
         return fu.log_inverse(_col(y), None, t=self.T, m=self.M)
 
 
+from immunoprofile.template.flowjo import FlowJoBiex, FlowJoLog  # noqa: E402 (needs Transform)
+
 _KINDS: dict[str, type[Transform]] = {
     "linear": Identity,
     "identity": Identity,
@@ -161,6 +163,8 @@ _KINDS: dict[str, type[Transform]] = {
     "logicle": Logicle,
     "hyperlog": Hyperlog,
     "log": GMLLog,
+    "flowjo_biex": FlowJoBiex,
+    "flowjo_log": FlowJoLog,
 }
 
 
