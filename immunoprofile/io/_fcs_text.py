@@ -394,10 +394,14 @@ def data_span(
                 f"the HEADER (bytes {head[0]}-{head[1]}) and TEXT ($BEGINDATA/$ENDDATA "
                 f"{text[0]}-{text[1]}) disagree about the DATA segment and neither fits the file"
             )
+        reason = (
+            "only they fit the events"
+            if scores["HEADER"] != scores["TEXT"]
+            else f"as FCS {header.version} readers do"
+        )
         notes.append(
             f"the HEADER and TEXT disagree about the DATA offsets (HEADER {head[0]}-{head[1]}, "
-            f"$BEGINDATA/$ENDDATA {text[0]}-{text[1]}); used the {which} ones, which fit "
-            f"the event count"
+            f"$BEGINDATA/$ENDDATA {text[0]}-{text[1]}); used the {which} ones ({reason})"
         )
         span = head if which == "HEADER" else text
     elif head_ok:

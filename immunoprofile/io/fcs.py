@@ -52,7 +52,8 @@ class FCSSample:
         The file the data came from.
     events
         ``(n_events, n_channels)`` float32 array of linear values, as FlowKit's ``Sample``
-        calls raw: log-amplified ($PnE) channels decoded and $PnG gains divided out.
+        calls raw: log-amplified ($PnE) channels decoded and $PnG gains divided out (a
+        ``Time`` channel is multiplied by $TIMESTEP instead).
     channels
         One row per channel (in file order, index 0..n-1) with columns ``pnn`` ($PnN),
         ``pns`` ($PnS, "" if absent), ``pnr`` ($PnR as float), ``pne`` ($PnE as "f1,f2"),
@@ -125,6 +126,15 @@ def read_fcs(path: str | Path, *, dataset: int = 0) -> FCSSample:
     FCSWarning
         For each quirk read around (off-by-one or missing HEADER offsets, HEADER/TEXT
         disagreement, several data sets, repeated channel names, unusable spillover...).
+
+    Notes
+    -----
+    - Keywords of the supplemental TEXT segment ($BEGINSTEXT) are merged into
+      ``metadata``; the primary TEXT wins when both hold a keyword.
+    - A channel named ``Time`` is scaled by $TIMESTEP and not divided by its $PnG, as in
+      FlowKit; a $TIMESTEP that is not a number leaves it unscaled (FlowKit refuses it).
+    - Repeated $PnN names are kept as written (with a warning); select channels by
+      position, or treat a name that matches several channels as ambiguous.
     """
     path = Path(path)
     dataset = operator.index(dataset)
