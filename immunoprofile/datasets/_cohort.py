@@ -222,7 +222,10 @@ def _patient_effects(arm: str, week: float, resp: dict[str, float], z: dict[str,
         for row, (leaves, values) in _drug_rows(drug).items():
             peak = max(abs(math.log(v)) for v in values) or 1.0
             eff = _row_log_effect(drug, values, week)
-            eff = resp[drug] * eff + z[f"{drug}:{row}"] * abs(eff) / peak
+            # One response strength per patient and drug moves all its readouts together
+            # (a strong telitacicept responder loses naive B and plasmablasts alike).
+            key = f"{drug}:MFI" if leaves is None else drug
+            eff = resp[drug] * eff + z[key] * abs(eff) / peak
             if leaves is None:
                 mfi_log[row.split()[0]] = mfi_log.get(row.split()[0], 0.0) + eff
             else:
@@ -303,8 +306,8 @@ def _make_design(n_per_arm: int, arms: Sequence[str], seed: int) -> pd.DataFrame
         prng = _seed(seed, 1, i + 1)
         h = _draw_baseline(prng)
         resp = {d: 1.0 if prng.random() < RESPONDER_P else PARTIAL for d in ("tel", "il2")}
-        z = {f"{d}:{row}": float(prng.normal(0.0, MFI_EFFECT_SD if "MFI" in row else EFFECT_SD))
-             for d in ("tel", "il2") for row in _drug_rows(d)}
+        z = {"tel": float(prng.normal(0.0, EFFECT_SD)), "il2": float(prng.normal(0.0, EFFECT_SD)),
+             "il2:MFI": float(prng.normal(0.0, MFI_EFFECT_SD))}
         rows.append({"patient_id": f"P{i + 1:0{width}d}", "arm": arm, "patient_index": i + 1,
                      "enrolment_day": int(enrol[i]),
                      "tel_response": resp["tel"] if "tel" in DRUGS[arm] else math.nan,
@@ -365,7 +368,7 @@ def _effects_table(arms: Sequence[str], weeks: Sequence[float]) -> pd.DataFrame:
                                        "expected_fold_change", "full_response_fold_change"])
 
 
-_ZERO_Z: dict[str, float] = {f"{d}:{row}": 0.0 for d in ("tel", "il2") for row in _drug_rows(d)}
+_ZERO_Z: dict[str, float] = {"tel": 0.0, "il2": 0.0, "il2:MFI": 0.0}
 
 
 def _batches(design: pd.DataFrame, weeks: Sequence[float], seed: int) -> dict[tuple, str]:
@@ -375,7 +378,10 @@ def _batches(design: pd.DataFrame, weeks: Sequence[float], seed: int) -> dict[tu
               for pid in design.sort_values("enrolment_day", kind="stable")["patient_id"]]
     out, i, b = {}, 0, 0
     while i < len(visits):
-        size = int(rng.integers(2, 5))
+        left = len(visits) - i
+        size = left if left <= 4 else int(rng.integers(2, 5))
+        if left - size == 1:  # never leave a lone visit for the last batch
+            size -= 1
         b += 1
         for v in visits[i:i + size]:
             out[v] = f"B{b:02d}"
