@@ -139,7 +139,7 @@ def test_blank_header_offsets_read_like_the_original() -> None:
     # fake_large_fcs.fcs is the Fortessa file with blank HEADER DATA offsets (FlowKit refuses it).
     blank = corpus_path("vendors", "fake_large_fcs", "fake_large_fcs.fcs")
     original = corpus_path("vendors", "Fortessa", "FCS_3.0_Fortessa_PBS_Specimen_001_A1_A01.fcs")
-    with pytest.warns(FCSWarning, match="HEADER's DATA offsets are blank"):
+    with pytest.warns(FCSWarning, match="HEADER.s DATA offsets are both blank"):
         sample = read_fcs(blank)
     np.testing.assert_array_equal(sample.events, read_fcs(original).events)
     np.testing.assert_allclose(sample.events, _flowkit_raw(original), rtol=1e-6)

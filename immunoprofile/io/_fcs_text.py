@@ -212,6 +212,8 @@ def parse_spillover(value: str, pnn: list[str], pns: list[str]) -> tuple[list[st
     n = to_int(parts[0])
     if n is None or n < 1 or n > len(pnn):
         raise Corrupt(f"its size {parts[0][:20]!r} is not a channel count between 1 and {len(pnn)}")
+    if len(parts) == 1 + n:
+        raise Corrupt(f"it names {n} channels but gives no coefficients")
     if len(parts) < 1 + n + n * n:
         raise Corrupt(f"it lists {len(parts) - 1} items where {n} names and {n * n} values are due")
     labels = []
@@ -354,7 +356,8 @@ def byte_order(kw: dict[str, str], lay: Layout, notes: list[str]) -> str | list[
 
 
 def _shown(span: tuple[int | None, int | None]) -> str:
-    return " and ".join("blank" if v is None else str(v) for v in span)
+    words = ["blank" if v is None else str(v) for v in span]
+    return f"both {words[0]}" if words[0] == words[1] else " and ".join(words)
 
 
 def data_span(
