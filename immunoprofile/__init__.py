@@ -13,11 +13,12 @@ from immunoprofile.errors import (
     TemplateError,
 )
 from immunoprofile.gating import GatingResult, gate_sample
-from immunoprofile.io import FCSSample, read_fcs
+from immunoprofile.io import FCSSample, FCSWarning, read_fcs
 
 __all__ = [
     "FCSError",
     "FCSSample",
+    "FCSWarning",
     "GatingResult",
     "ImmunoprofileError",
     "PanelError",

@@ -9,7 +9,7 @@ needs it, and range tests on monotonic transforms are decided in linear space.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pandas as pd
 from flowutils import gating as fu_gating
 
 from immunoprofile.errors import TemplateError
+from immunoprofile.gating.adaptive import Placer
 from immunoprofile.gating.events import EventSpace
 from immunoprofile.io.fcs import FCSSample, read_fcs
 from immunoprofile.panel import resolve_markers
@@ -26,6 +27,7 @@ from immunoprofile.template.model import (
     EllipseGate,
     Gate,
     PolygonGate,
+    Population,
     RectangleGate,
     Template,
 )
@@ -152,6 +154,7 @@ def gate_sample(
     sample_id: str | None = None,
     mapping: dict[str, str] | None = None,
     event_mask: np.ndarray | None = None,
+    adaptive: bool = True,
 ) -> GatingResult:
     """Compensate, transform and gate one sample with one template.
 
@@ -168,6 +171,9 @@ def gate_sample(
     event_mask
         Events allowed into the root populations (e.g. those passing acquisition QC); all
         events by default.
+    adaptive
+        Place adaptive gates from this sample's data (default); ``False`` freezes them at
+        their default positions.
 
     Returns
     -------
@@ -193,22 +199,35 @@ def gate_sample(
     n = sample.n_events
     root = np.ones(n, bool) if event_mask is None else np.asarray(event_mask, bool)
     membership: dict[str, np.ndarray] = {}
+    placer = Placer(space, membership)
+    positions: dict[str, dict[str, Any]] = {}
+    applied: list[Population] = []
     for pop in template.populations:
         if pop.name in skipped:
+            applied.append(pop)
             continue
         parent = root if pop.parent is None else membership[pop.parent]
         if isinstance(pop.gate, BooleanGate):
             membership[pop.name] = _boolean(pop.gate, membership) & parent
+            applied.append(pop)
             continue
         idx = np.flatnonzero(parent)
+        gate = pop.gate
+        if pop.adaptive and adaptive:
+            gate, positions[pop.name] = placer.place(pop, idx)
+            pop = replace(pop, gate=gate)
+        applied.append(pop)
         mask = np.zeros(n, bool)
-        mask[idx[_inside(space, pop.gate, idx)]] = True
+        mask[idx[_inside(space, gate, idx)]] = True
         membership[pop.name] = mask
 
-    counts = _counts_table(template, membership, skipped, space, int(root.sum()))
+    placed = template.with_populations(applied)
+    counts = _counts_table(placed, membership, skipped, space, int(root.sum()))
+    counts["adaptive_fallback"] = [
+        bool(positions.get(p, {}).get("fallback", False)) for p in counts["population"]]
     return GatingResult(
-        sample_id=sample_id, template=template, counts=counts, membership=membership,
-        n_events=n, channels=channel_of, not_measured=skipped,
+        sample_id=sample_id, template=placed, counts=counts, membership=membership,
+        n_events=n, channels=channel_of, not_measured=skipped, gate_positions=positions,
     )
 
 

@@ -1,5 +1,5 @@
 """Input: FCS files and sample sheets."""
 
-from immunoprofile.io.fcs import FCSSample, read_fcs
+from immunoprofile.io.fcs import FCSSample, FCSWarning, read_fcs
 
-__all__ = ["FCSSample", "read_fcs"]
+__all__ = ["FCSSample", "FCSWarning", "read_fcs"]

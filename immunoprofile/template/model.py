@@ -271,6 +271,8 @@ class Template:
         deps = [pop.parent] if pop.parent else []
         if isinstance(pop.gate, BooleanGate):
             deps += [ref for ref, _ in pop.gate.refs]
+        if pop.adaptive and pop.adaptive.get("reference"):
+            deps.append(str(pop.adaptive["reference"]))
         return deps
 
     def needed_markers(self, name: str) -> set[str]:

@@ -401,7 +401,9 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
                       description=str(entry.get("description", "")))
         if kind == "quadrant":
             for qname, qgate in gate:
-                populations.append(Population(name=qname, gate=qgate, group=pname, **common))
+                populations.append(Population(name=qname, gate=qgate, group=pname,
+                                              adaptive=dict(adaptive) if adaptive else None,
+                                              **common))
         elif gate is not None:
             populations.append(Population(name=pname, gate=gate,
                                           adaptive=dict(adaptive) if adaptive else None,
