@@ -26,3 +26,13 @@ def corpus_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     return corpus_path()
+
+
+@pytest.fixture(scope="session")
+def sim_cohort(tmp_path_factory: pytest.TempPathFactory):
+    """A simulated trial cohort shared by the session: 4 arms × 2 patients × 3 visits × 2 tubes
+    (48 FCS files, 30k events each) with per-batch staining shifts and time artefacts."""
+    from immunoprofile.datasets import simulate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    return simulate_cohort(out, patients_per_arm=2, n_events=30_000, visits=(0, 2, 12), seed=11)

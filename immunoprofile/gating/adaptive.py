@@ -282,16 +282,29 @@ class Placer:
         expected = np.asarray(spec["expected"], dtype=float)
         window = np.asarray(spec.get("window", [[-np.inf, np.inf]] * 2), dtype=float)
         inside = np.all((means >= window[:, 0]) & (means <= window[:, 1]), axis=1)
-        ok = inside & (gmm.weights_ >= float(spec.get("min_weight", 0.1)))
+        ok = inside & (gmm.weights_ >= float(spec.get("min_weight", 0.02)))
         if not ok.any():
             raise _Fallback("no mixture component inside the window")
-        k = int(np.argmin(np.where(ok, np.linalg.norm((means - expected) / scale, axis=1),
-                                   np.inf)))
-        cov = gmm.covariances_[k] * np.outer(scale, scale)
-        d2 = float(spec.get("distance_square", 6.0))
-        placed = {"center": means[k].tolist(), "weight": float(gmm.weights_[k]),
-                  "covariance": cov.tolist(), "distance_square": d2}
-        return EllipseGate(dims=gate.dims, mean=tuple(means[k]),
+        nearest = int(np.argmin(np.where(ok, np.linalg.norm((means - expected) / scale,
+                                                            axis=1), np.inf)))
+        if spec.get("merge", True):
+            # The lymphocyte cloud is often fitted by several components (T/B and NK differ
+            # in side scatter): take every component whose centre lies in the window and
+            # gate the moment-matched Gaussian of their mixture.
+            chosen = np.flatnonzero(ok)
+        else:
+            chosen = np.array([nearest])
+        w = gmm.weights_[chosen] / gmm.weights_[chosen].sum()
+        mu = (w[:, None] * gmm.means_[chosen]).sum(axis=0)
+        spread = [gmm.covariances_[k] + np.outer(gmm.means_[k] - mu, gmm.means_[k] - mu)
+                  for k in chosen]
+        cov = np.tensordot(w, np.asarray(spread), axes=1) * np.outer(scale, scale)
+        center = mu * scale
+        d2 = float(spec.get("distance_square", 9.0))
+        placed = {"center": center.tolist(), "components": int(chosen.size),
+                  "weight": float(gmm.weights_[chosen].sum()), "covariance": cov.tolist(),
+                  "distance_square": d2}
+        return EllipseGate(dims=gate.dims, mean=tuple(center),
                            covariance=tuple(map(tuple, cov)), distance_square=d2), placed
 
     def _singlets(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:

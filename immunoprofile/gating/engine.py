@@ -125,9 +125,16 @@ def _boolean(gate: BooleanGate, membership: dict[str, np.ndarray]) -> np.ndarray
 
 
 def _not_measured(template: Template, channel_of: dict[str, str]) -> dict[str, str]:
+    """Populations that cannot be gated on this file, with the reason.
+
+    A population with ``if_missing: pass`` whose markers are absent is not listed here but in
+    :func:`_passed_through`: its parent's events flow on to its children.
+    """
     out: dict[str, str] = {}
     for pop in template.populations:
         lacking = sorted(m for d in pop.gate.dims for m in d.markers() if m not in channel_of)
+        if lacking and pop.if_missing == "pass" and pop.parent not in out:
+            continue
         if lacking:
             out[pop.name] = f"needs {', '.join(lacking)}, absent from the file"
         elif pop.parent in out:
@@ -136,6 +143,16 @@ def _not_measured(template: Template, channel_of: dict[str, str]) -> dict[str, s
             gone = [r for r, _ in pop.gate.refs if r in out]
             if gone:
                 out[pop.name] = f"depends on {', '.join(gone)}, not measured"
+    return out
+
+
+def _passed_through(template: Template, channel_of: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for pop in template.populations:
+        lacking = sorted(m for d in pop.gate.dims for m in d.markers() if m not in channel_of)
+        if lacking and pop.if_missing == "pass":
+            out[pop.name] = (f"gate not applied: needs {', '.join(lacking)}, absent from the "
+                             "file; parent events passed through")
     return out
 
 
@@ -194,6 +211,7 @@ def gate_sample(
     channel_of = resolve_markers(sample, required, mapping=mapping, what=who)
     channel_of.update(resolve_markers(sample, optional, mapping=mapping, optional=optional))
     skipped = _not_measured(template, channel_of)
+    passed = _passed_through(template, channel_of)
     space = EventSpace(sample, template, channel_of)
 
     n = sample.n_events
@@ -207,6 +225,10 @@ def gate_sample(
             applied.append(pop)
             continue
         parent = root if pop.parent is None else membership[pop.parent]
+        if pop.name in passed:
+            membership[pop.name] = parent.copy()
+            applied.append(pop)
+            continue
         if isinstance(pop.gate, BooleanGate):
             membership[pop.name] = _boolean(pop.gate, membership) & parent
             applied.append(pop)
@@ -222,7 +244,7 @@ def gate_sample(
         membership[pop.name] = mask
 
     placed = template.with_populations(applied)
-    counts = _counts_table(placed, membership, skipped, space, int(root.sum()))
+    counts = _counts_table(placed, membership, skipped | passed, space, int(root.sum()))
     counts["adaptive_fallback"] = [
         bool(positions.get(p, {}).get("fallback", False)) for p in counts["population"]]
     return GatingResult(
@@ -231,13 +253,14 @@ def gate_sample(
     )
 
 
-def _counts_table(template: Template, membership: dict[str, np.ndarray], skipped: dict[str, str],
+def _counts_table(template: Template, membership: dict[str, np.ndarray], notes: dict[str, str],
                   space: EventSpace, n_root: int) -> pd.DataFrame:
     totals = {name: int(m.sum()) for name, m in membership.items()}
     rows = []
     for pop in template.populations:
         row: dict[str, Any] = {"population": pop.name, "parent": pop.parent or ""}
-        measured = pop.name in membership
+        # A passed-through gate has membership (its parent's) but no count of its own.
+        measured = pop.name in membership and pop.name not in notes
         count = totals.get(pop.name)
         parent_count = n_root if pop.parent is None else totals.get(pop.parent)
         row["count"] = count if measured else None
@@ -252,7 +275,7 @@ def _counts_table(template: Template, membership: dict[str, np.ndarray], skipped
                 value = float(np.median(values[membership[pop.name]]))
             row[f"mfi_median_{marker}"] = value
         row["measured"] = measured
-        row["note"] = skipped.get(pop.name, "")
+        row["note"] = notes.get(pop.name, "")
         rows.append(row)
     table = pd.DataFrame(rows)
     for col in ("count", "parent_count"):

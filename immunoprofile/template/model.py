@@ -164,6 +164,11 @@ class Population:
         Quadrant gates expand into one rectangle population per quadrant sharing a group name.
     description
         Free text for humans.
+    if_missing
+        ``"not_measured"`` (default): when the file lacks one of the gate's markers, the
+        population and its descendants are reported as not measured. ``"pass"``: the gate is
+        skipped and its parent's events pass through (for optional steps such as singlets on
+        cytometers that export no FSC-H).
     """
 
     name: str
@@ -174,6 +179,7 @@ class Population:
     adaptive: dict[str, Any] | None = field(default=None, hash=False, compare=True)
     group: str | None = None
     description: str = ""
+    if_missing: str = "not_measured"
 
 
 @dataclass

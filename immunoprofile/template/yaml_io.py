@@ -33,7 +33,8 @@ from immunoprofile.template.model import (
 from immunoprofile.template.transforms import Transform, transform_from_dict
 
 _GATE_KINDS = ("range", "rectangle", "polygon", "ellipse", "quadrant", "and", "or", "not")
-_POP_KEYS = {"name", "parent", "gate", "pct_of", "mfi", "adaptive", "description"}
+_POP_KEYS = {"name", "parent", "gate", "pct_of", "mfi", "adaptive", "description",
+             "if_missing"}
 _TOP_KEYS = {"name", "version", "description", "compensation", "markers", "transforms",
              "populations", "qc", "matrices"}
 
@@ -397,7 +398,10 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
             broken.add(pname)  # reported already; keep references to it from cascading
             continue
         kind, gate = parsed
-        common = dict(parent=parent, pct_of=pct_of, mfi=mfi,
+        if_missing = str(entry.get("if_missing", "not_measured"))
+        if if_missing not in ("not_measured", "pass"):
+            problems.add(f"{where}.if_missing", "use 'not_measured' or 'pass'")
+        common = dict(parent=parent, pct_of=pct_of, mfi=mfi, if_missing=if_missing,
                       description=str(entry.get("description", "")))
         if kind == "quadrant":
             for qname, qgate in gate:
@@ -582,6 +586,8 @@ def template_to_dict(t: Template) -> dict[str, Any]:
             entry["mfi"] = list(p.mfi)
         if p.description:
             entry["description"] = p.description
+        if p.if_missing != "not_measured":
+            entry["if_missing"] = p.if_missing
         pops.append(entry)
     out["populations"] = pops
     return out

@@ -1,0 +1,148 @@
+"""The shipped Treg / B-cell / plasma-cell templates against known truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunoprofile as ip
+from immunoprofile.io.fcs_write import write_fcs
+from immunoprofile.template import load_template, shipped_templates
+
+READOUTS = [  # (template, panel, population, reference)
+    ("treg", "treg", "Treg", "CD4+ T cells"),
+    ("bcell", "bcell", "B cells", "Live lymphocytes"),
+    ("plasma", "bcell", "Plasmablasts", "B cells"),
+]
+
+
+def test_shipped_templates_are_valid_and_named() -> None:
+    names = shipped_templates()
+    assert {"treg", "bcell", "plasma"} <= set(names)
+    treg = load_template("treg")
+    assert {"Treg", "CD4+ T cells", "FOXP3+ Treg", "Naive Treg", "Memory Treg",
+            "Conventional CD4", "Live lymphocytes"} <= set(treg.population_names)
+    assert treg["Treg"].pct_of[0] == "CD4+ T cells"
+    bcell = load_template("bcell")
+    assert {"B cells", "Naive B", "Unswitched memory B", "Switched memory B",
+            "Double negative B", "Transitional B"} <= set(bcell.population_names)
+    assert bcell["B cells"].pct_of == ("Live lymphocytes",)
+    assert load_template("plasma")["Plasmablasts"].pct_of[0] == "B cells"
+
+
+def _accuracy(cohort, *, adaptive: bool) -> pd.DataFrame:
+    out = cohort.out
+    truth = cohort.truth.set_index(["sample_id", "population"])["count"]
+    rows = []
+    for _, r in cohort.samplesheet.iterrows():
+        sample = ip.read_fcs(out / r.path)
+        labels = pd.read_parquet(out / r.path.replace(".fcs", ".labels.parquet"))
+        # The truth table leaves out events of planted time artefacts, as QC would.
+        keep = ~labels["artefact"].to_numpy()
+        for template, panel, pop, ref in READOUTS:
+            if panel != r.panel:
+                continue
+            res = ip.gate_sample(sample, template, event_mask=keep, adaptive=adaptive)
+            counts = res.counts.set_index("population")["count"]
+            est = 100 * counts[pop] / counts[ref]
+            true = 100 * truth[(r.sample_id, pop)] / truth[(r.sample_id, ref)]
+            rows.append({"sample_id": r.sample_id, "batch": r.batch, "readout": f"{pop} % {ref}",
+                         "estimate": est, "truth": true, "rel_error": abs(est - true) / true,
+                         "n_true": truth[(r.sample_id, pop)]})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_templates_recover_truth_on_simulated_cohort(sim_cohort) -> None:
+    assert len(sim_cohort.samplesheet) >= 40
+    assert sim_cohort.samplesheet["batch"].nunique() >= 4  # per-batch staining shifts
+    adaptive = _accuracy(sim_cohort, adaptive=True)
+    frozen = _accuracy(sim_cohort, adaptive=False)
+    summary = pd.concat({
+        "adaptive": adaptive.groupby("readout")["rel_error"].agg(["median", "max"]),
+        "frozen at defaults": frozen.groupby("readout")["rel_error"].agg(["median", "max"]),
+    }, axis=1)
+    print("\nrelative error against the truth table (48 files):\n" + summary.round(4).to_string())
+    for readout, errors in adaptive.groupby("readout")["rel_error"]:
+        assert errors.median() < 0.05, readout
+        assert errors.max() < 0.20, readout
+
+
+def _rewrite(src: ip.FCSSample, path: Path, *, drop: tuple[str, ...] = (),
+             unlabel: tuple[str, ...] = ()) -> Path:
+    """A copy of a sample without some channels, or with some $PnS labels blanked."""
+    keep = [i for i, m in enumerate(src.channels["marker"]) if m not in drop]
+    pnn = [src.channels["pnn"][i] for i in keep]
+    pns = ["" if src.channels["marker"][i] in unlabel else src.channels["pns"][i] for i in keep]
+    spill = src.spillover.loc[[c for c in src.spillover.index if c in pnn],
+                              [c for c in src.spillover.columns if c in pnn]]
+    return write_fcs(path, src.events[:, keep], pnn, pns, spillover=spill)
+
+
+def test_missing_required_marker_names_template_and_file(sim_cohort, tmp_path: Path) -> None:
+    row = sim_cohort.samplesheet.query("panel == 'treg'").iloc[0]
+    src = ip.read_fcs(sim_cohort.out / row.path)
+    path = _rewrite(src, tmp_path / "no_cd25.fcs", unlabel=("CD25",))
+    with pytest.raises(ip.PanelError, match=r"template treg needs CD25; file .*no_cd25.fcs has: "):
+        ip.gate_sample(path, "treg")
+
+
+def test_optional_markers_absent_are_not_measured(sim_cohort, tmp_path: Path) -> None:
+    """No CD24 and no FSC-H: transitional B not measured, singlets skipped, the rest gates."""
+    row = sim_cohort.samplesheet.query("panel == 'bcell'").iloc[0]
+    src = ip.read_fcs(sim_cohort.out / row.path)
+    full = ip.gate_sample(src, "bcell").counts.set_index("population")
+    path = _rewrite(src, tmp_path / "lean.fcs", drop=("CD24", "FSC-H"))
+    lean = ip.gate_sample(path, "bcell").counts.set_index("population")
+    assert not lean.loc["Transitional B", "measured"]
+    assert "needs CD24" in lean.loc["Transitional B", "note"]
+    assert not lean.loc["Singlets", "measured"]
+    assert "parent events passed through" in lean.loc["Singlets", "note"]
+    assert lean.loc["Naive B", "measured"]
+    b_full = full.loc["B cells", "pct_of_live_lymphocytes"]
+    b_lean = lean.loc["B cells", "pct_of_live_lymphocytes"]
+    assert b_lean == pytest.approx(b_full, rel=0.05)  # doublets removed by lineage gates mostly
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", ["treg", "bcell", "plasma"])
+def test_corpus_files_lack_markers_with_a_clear_error(name: str) -> None:
+    from conftest import corpus_path
+
+    path = corpus_path("flowkit", "100715.fcs")
+    with pytest.raises(ip.PanelError) as err:
+        ip.gate_sample(path, name)
+    msg = str(err.value)
+    assert msg.startswith(f"template {name} needs ")
+    assert "100715.fcs has: " in msg and "V655-A=CD4" in msg
+
+
+def test_adaptive_positions_are_recorded(sim_cohort) -> None:
+    row = sim_cohort.samplesheet.query("panel == 'treg'").iloc[0]
+    res = ip.gate_sample(sim_cohort.out / row.path, "treg")
+    pos = res.gate_positions
+    assert pos["T cells"]["method"] == "valley" and not pos["T cells"]["fallback"]
+    assert 1.5 <= pos["T cells"]["placed"]["CD3"] <= 3.8
+    assert pos["Lymphocytes"]["method"] == "mixture"
+    assert {"shift_CD25", "shift_CD127"} <= set(pos["Treg"]["placed"])
+    # The applied template holds the placed gates (what plots draw).
+    assert res.template["T cells"].gate.mins[0] == pos["T cells"]["placed"]["CD3"]
+    assert "adaptive_fallback" in res.counts.columns
+
+
+def test_fallback_when_data_do_not_support_the_gate(sim_cohort) -> None:
+    """Only T cells (no CD3− peak): the CD3 valley falls back to the default and says so."""
+    row = sim_cohort.samplesheet.query("panel == 'treg'").iloc[0]
+    sample = ip.read_fcs(sim_cohort.out / row.path)
+    labels = pd.read_parquet(sim_cohort.out / row.path.replace(".fcs", ".labels.parquet"))
+    only_t = labels["label"].astype(str).str.startswith(("cd4", "cd8", "treg")).to_numpy()
+    res = ip.gate_sample(sample, "treg", event_mask=only_t)
+    rec = res.gate_positions["T cells"]
+    assert rec["fallback"] and "peak" in rec["reason"]
+    assert res.template["T cells"].gate.mins[0] == 2.5
+    table = res.counts.set_index("population")
+    assert bool(table.loc["T cells", "adaptive_fallback"])
+    assert np.isfinite(table.loc["Treg", "pct_of_cd4pos_t_cells"])
