@@ -1,0 +1,5 @@
+"""Plots (scanpy-style ``pl``): each plot in its own private module, re-exported here."""
+
+from immunoprofile.pl._gating import gating, save_gating_pngs
+
+__all__ = ["gating", "save_gating_pngs"]
