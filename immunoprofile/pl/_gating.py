@@ -129,7 +129,8 @@ def gating(
 
 
 # Fixed geometry in inches: the panels all have the same furniture (three title lines, one
-# axis label each way), and computing it is 5x faster than constrained layout at save time.
+# axis label each way); constrained layout would measure every text again at save time
+# (~0.3 s of CPU for the Treg figure, saving 0.67 s → 0.39 s).
 _PANEL_W, _PANEL_H, _TOP, _BOTTOM = 3.4, 3.3, 0.3, 0.35
 _LEFT, _RIGHT, _GAP_W, _GAP_H, _LABELS = 0.7, 0.15, 0.75, 1.05, 0.45
 
