@@ -31,3 +31,13 @@ __all__ = [
     "read_fcs",
     "template",
 ]
+
+
+def __getattr__(name: str):
+    # Plotting and analysis load matplotlib, scanpy and friends: import them on first use so
+    # that `import immunoprofile` stays quick for pipelines that only gate.
+    if name in ("pl", "tl", "datasets", "batch", "tables"):
+        import importlib
+
+        return importlib.import_module(f"immunoprofile.{name}")
+    raise AttributeError(f"module 'immunoprofile' has no attribute {name!r}")

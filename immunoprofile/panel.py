@@ -116,6 +116,7 @@ def _build_lookup() -> dict[str, str]:
 
 
 _LOOKUP = _build_lookup()
+_SCATTER_TIME = frozenset({"FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time"})
 _FLUOR_SET = {normalise(f) for f in _FLUOROCHROMES}
 
 
@@ -133,7 +134,8 @@ def _known(token: str) -> str:
     parts = token.split("-")
     for k in range(len(parts) - 1, 0, -1):
         hit = _LOOKUP.get(normalise("-".join(parts[:k])))
-        if hit:
+        # Scatter and time are never found by prefix: "SSC-B-A" is its own detector.
+        if hit and hit not in _SCATTER_TIME:
             return hit
     return ""
 
@@ -186,7 +188,7 @@ def canonical_marker(pnn: str, pns: str = "") -> str:
     pns = (pns or "").strip()
     # Scatter and time are named by $PnN; a $PnS of "FSC-A" says the same thing.
     by_name = _LOOKUP.get(normalise(pnn), "")
-    if by_name in {"FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time"}:
+    if by_name in _SCATTER_TIME:
         return by_name
     from_label = _marker_from_label(pns)
     if from_label:

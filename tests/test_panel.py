@@ -95,3 +95,9 @@ def test_mapping_files(tmp_path) -> None:
 def test_flowjo_slash_underscore_channel_names() -> None:
     ch = _channels([("FL1/H", ""), ("FL2-H", "")])
     assert resolve_markers(ch, ["FL1_H"]) == {"FL1_H": "FL1/H"}
+
+
+def test_extra_scatter_detectors_are_not_scatter_by_prefix() -> None:
+    assert canonical_marker("SSC-B-A", "") == "SSC-B-A"
+    ch = _channels([("SSC-A", ""), ("SSC-B-A", "")])
+    assert resolve_markers(ch, ["SSC-A"]) == {"SSC-A": "SSC-A"}

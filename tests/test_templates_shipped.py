@@ -146,3 +146,41 @@ def test_fallback_when_data_do_not_support_the_gate(sim_cohort) -> None:
     table = res.counts.set_index("population")
     assert bool(table.loc["T cells", "adaptive_fallback"])
     assert np.isfinite(table.loc["Treg", "pct_of_cd4pos_t_cells"])
+
+
+@pytest.fixture(scope="session")
+def alt_cohort(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    from alt_cohort import make_alt_cohort
+
+    return make_alt_cohort(tmp_path_factory.mktemp("alt"), n_samples=24, n_events=30_000,
+                           seed=0)
+
+
+@pytest.mark.slow
+def test_templates_on_an_independently_generated_cohort(alt_cohort: pd.DataFrame) -> None:
+    """Detector-named channels ($PnS only carries markers), another spillover, other shapes,
+    scatter scale and staining shifts: the same accuracy bounds."""
+    readouts = {"treg": [("treg", "Treg", "CD4+ T cells", "true_treg_pct_of_cd4")],
+                "bcell": [("bcell", "B cells", "Live lymphocytes", "true_b_pct_of_live"),
+                          ("plasma", "Plasmablasts", "B cells", "true_pb_pct_of_b")]}
+    rows = []
+    for _, r in alt_cohort.iterrows():
+        sample = ip.read_fcs(r.path)
+        assert sample.channels["pnn"].str.match(r"^(FSC|SSC|Time|[A-Z]{1,2}\d{3})").all()
+        for template, pop, ref, column in readouts[r.panel]:
+            counts = ip.gate_sample(sample, template).counts.set_index("population")["count"]
+            est = 100 * counts[pop] / counts[ref]
+            rows.append({"readout": pop, "rel_error": abs(est - r[column]) / r[column]})
+    table = pd.DataFrame(rows).groupby("readout")["rel_error"].agg(["median", "max", "size"])
+    print("\nindependent cohort, relative error:\n" + table.round(4).to_string())
+    assert (table["size"] == 24).all()
+    assert (table["median"] < 0.05).all()
+    assert (table["max"] < 0.20).all()
+
+
+def test_empty_parent_falls_back_instead_of_failing(sim_cohort) -> None:
+    row = sim_cohort.samplesheet.query("panel == 'treg'").iloc[0]
+    sample = ip.read_fcs(sim_cohort.out / row.path)
+    res = ip.gate_sample(sample, "treg", event_mask=np.zeros(sample.n_events, bool))
+    assert res.gate_positions["Lymphocytes"]["fallback"]
+    assert res.counts["count"].fillna(0).sum() == 0

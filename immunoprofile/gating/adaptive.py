@@ -53,6 +53,8 @@ from immunoprofile.template.transforms import Identity
 
 METHODS = ("valley", "reference", "align", "mixture", "singlets")
 _MAX_FIT_EVENTS = 20_000
+# A mixture on FSC/SSC is stable from a few thousand events; more only costs time.
+_MIXTURE_EVENTS = 5_000
 
 
 class _Fallback(Exception):
@@ -138,6 +140,8 @@ class Placer:
         record: dict[str, Any] = {"method": method, "fallback": False, "reason": "",
                                   "n_events": int(idx.size)}
         try:
+            if idx.size == 0:
+                raise _Fallback("the parent population is empty")
             if method == "valley":
                 gate, placed = self._valley(pop, spec, idx)
             elif method == "reference":
@@ -265,44 +269,44 @@ class Placer:
         return _shift(gate, shifts), placed
 
     def _mixture(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
+        """The lymphocyte cloud: the densest peak inside the window, and the mixture
+        components near it (T/B and NK differ in side scatter), as one ellipse."""
         from sklearn.mixture import GaussianMixture
 
         gate = pop.gate
         if len(gate.dims) != 2:
             raise TemplateError(f"population {pop.name!r}: mixture gates are 2-D")
-        sub = _subsample(idx, _MAX_FIT_EVENTS)
-        if sub.size < int(spec.get("min_events", 500)):
-            raise _Fallback(f"{sub.size} events, too few for a mixture")
+        sub = _subsample(idx, int(spec.get("fit_events", _MIXTURE_EVENTS)))
         pts = np.column_stack([self.values(d, sub) for d in gate.dims])
+        window = np.asarray(spec.get("window", [[-np.inf, np.inf]] * 2), dtype=float)
         pts = pts[np.all(np.isfinite(pts), axis=1)]
+        in_window = np.all((pts >= window[:, 0]) & (pts <= window[:, 1]), axis=1)
+        if in_window.sum() < int(spec.get("min_events", 500)):
+            raise _Fallback(f"{int(in_window.sum())} events in the window, too few for a "
+                            "mixture")
+        peak = _density_peak(pts[in_window])
         scale = np.std(pts, axis=0) + 1e-12
-        gmm = GaussianMixture(n_components=int(spec.get("components", 4)), random_state=0,
+        gmm = GaussianMixture(n_components=int(spec.get("components", 5)), random_state=0,
                               covariance_type="full").fit(pts / scale)
         means = gmm.means_ * scale
-        expected = np.asarray(spec["expected"], dtype=float)
-        window = np.asarray(spec.get("window", [[-np.inf, np.inf]] * 2), dtype=float)
-        inside = np.all((means >= window[:, 0]) & (means <= window[:, 1]), axis=1)
-        ok = inside & (gmm.weights_ >= float(spec.get("min_weight", 0.02)))
-        if not ok.any():
-            raise _Fallback("no mixture component inside the window")
-        nearest = int(np.argmin(np.where(ok, np.linalg.norm((means - expected) / scale,
-                                                            axis=1), np.inf)))
-        if spec.get("merge", True):
-            # The lymphocyte cloud is often fitted by several components (T/B and NK differ
-            # in side scatter): take every component whose centre lies in the window and
-            # gate the moment-matched Gaussian of their mixture.
-            chosen = np.flatnonzero(ok)
-        else:
-            chosen = np.array([nearest])
+        covs = gmm.covariances_ * np.outer(scale, scale)
+        ok = gmm.weights_ >= float(spec.get("min_weight", 0.02))
+        # The component whose own Gaussian best explains the peak.
+        dist = np.array([_mahalanobis(peak, m, c) for m, c in zip(means, covs)])
+        if not np.any(ok & (dist < 3.0)):
+            raise _Fallback("no mixture component at the densest point of the window")
+        k = int(np.argmin(np.where(ok, dist, np.inf)))
+        merge = float(spec.get("merge_distance", 3.0))
+        chosen = np.flatnonzero(ok & (np.array([_mahalanobis(m, means[k], covs[k])
+                                                for m in means]) <= merge))
         w = gmm.weights_[chosen] / gmm.weights_[chosen].sum()
-        mu = (w[:, None] * gmm.means_[chosen]).sum(axis=0)
-        spread = [gmm.covariances_[k] + np.outer(gmm.means_[k] - mu, gmm.means_[k] - mu)
-                  for k in chosen]
-        cov = np.tensordot(w, np.asarray(spread), axes=1) * np.outer(scale, scale)
-        center = mu * scale
+        center = (w[:, None] * means[chosen]).sum(axis=0)
+        cov = sum(wi * (covs[j] + np.outer(means[j] - center, means[j] - center))
+                  for wi, j in zip(w, chosen))
         d2 = float(spec.get("distance_square", 9.0))
-        placed = {"center": center.tolist(), "components": int(chosen.size),
-                  "weight": float(gmm.weights_[chosen].sum()), "covariance": cov.tolist(),
+        placed = {"center_x": float(center[0]), "center_y": float(center[1]),
+                  "peak_x": float(peak[0]), "peak_y": float(peak[1]),
+                  "components": int(chosen.size), "weight": float(gmm.weights_[chosen].sum()),
                   "distance_square": d2}
         return EllipseGate(dims=gate.dims, mean=tuple(center),
                            covariance=tuple(map(tuple, cov)), distance_square=d2), placed
@@ -334,6 +338,20 @@ class Placer:
         poly = PolygonGate(dims=tuple(replace(d, transform=Identity()) for d in gate.dims),
                            vertices=verts)
         return poly, {"ratio_mode": mode, "ratio_low": lo, "ratio_high": hi}
+
+
+def _mahalanobis(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
+    d = np.asarray(x, float) - np.asarray(mean, float)
+    return float(np.sqrt(d @ np.linalg.solve(cov, d)))
+
+
+def _density_peak(pts: np.ndarray, bins: int = 64) -> np.ndarray:
+    """The densest point of a 2-D cloud (smoothed histogram mode)."""
+    from scipy.ndimage import gaussian_filter
+
+    hist, xe, ye = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins)
+    i, j = np.unravel_index(np.argmax(gaussian_filter(hist, 1.5)), hist.shape)
+    return np.array([(xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2])
 
 
 def _shift(gate: Gate, shifts: dict[str, float]) -> Gate:
