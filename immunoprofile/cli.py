@@ -125,6 +125,115 @@ def template_export(template_file: str, sample_path: str, out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
+@main.command()
+@click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--template", "-t", "templates", multiple=True, required=True,
+              help="Shipped template name (treg, bcell, plasma), YAML file or folder; "
+                   "repeatable.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder to write.")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Local worker processes [default: all cores].")
+@click.option("--scheduler", default=None,
+              help="dask.distributed scheduler address (tcp://host:8786): run there instead.")
+@click.option("--keep-events", type=click.IntRange(0, 10_000_000), default=20_000,
+              show_default=True, help="QC-passing events kept per sample for AnnData.")
+@click.option("--resume", is_flag=True,
+              help="Skip samples already done for the same file, templates and settings.")
+@click.option("--strict", is_flag=True, help="Missing FCS files are sheet errors.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate the sheet and templates, show the plan, gate nothing.")
+@click.option("--no-qc", is_flag=True, help="Skip acquisition QC.")
+@click.option("--no-plots", is_flag=True, help="Skip per-sample gating plots.")
+@click.option("--frozen", is_flag=True, help="Keep adaptive gates at their default positions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Event subsample seed.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None,
+         scheduler: str | None, keep_events: int, resume: bool, strict: bool, dry_run: bool,
+         no_qc: bool, no_plots: bool, frozen: bool, seed: int, progress: bool) -> None:
+    """Gate every sample of SHEET with every template that fits it.
+
+    Exit code 0 when every sample was gated, 3 when some failed (see errors.csv), 1 when
+    nothing usable came out or the sheet or templates are invalid, 2 on usage errors.
+    """
+    from immunoprofile.batch import BatchSettings, gate_samples, plan, resolve_templates
+    from immunoprofile.io.samplesheet import read_samplesheet
+
+    parsed = read_samplesheet(sheet, strict=strict)
+    resolved = resolve_templates(templates)
+    if dry_run:
+        table = plan(parsed, resolved)
+        click.echo(f"sheet ok: {len(parsed)} samples, timepoints {', '.join(parsed.timepoints)}")
+        for t in resolved:
+            click.echo(f"template {t.name} v{t.version}: {len(t)} populations")
+        click.echo(table.to_string(index=False))
+        missing = int((~table["exists"]).sum())
+        if missing:
+            click.echo(f"{missing} file(s) missing: they will fail on their own", err=True)
+        return
+    settings = BatchSettings(keep_events=keep_events, seed=seed, qc=not no_qc,
+                             plots=not no_plots, adaptive=not frozen)
+    with _progress(progress, len(parsed)) as report:
+        result = gate_samples(parsed, resolved, out, workers=workers, scheduler=scheduler,
+                              resume=resume, settings=settings, progress=report)
+    n_failed = sum(o.status == "failed" for o in result.outcomes)
+    click.echo(f"{len(result.outcomes) - n_failed}/{len(result.outcomes)} samples gated, "
+               f"{len(result.errors)} error row(s); tables in {out}")
+    if len(result.errors):
+        click.echo(f"see {out / 'errors.csv'}", err=True)
+    sys.exit(result.exit_code)
+
+
+class _progress:
+    """A rich progress bar (samples, events/s, ETA) fed by the batch's callback."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled and total > 0
+        self.total = total
+        self.events = 0
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.start = time.perf_counter()
+        self.bar = Progress(TextColumn("gating"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            transient=False)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("gate", total=self.total, rate="")
+        return self.update
+
+    def update(self, outcome, done: int, total: int) -> None:
+        import time
+
+        self.events += outcome.n_events
+        rate = self.events / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, completed=done, rate=f"{rate:,.0f} events/s")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False
+
+
+@main.command()
+def schema() -> None:
+    """Print the documented, versioned columns of every output table."""
+    from immunoprofile.tables import schema_markdown
+
+    click.echo(schema_markdown())
+
+
 def run() -> None:
     """Entry point that turns our errors into a clean message and exit code 1."""
     try:

@@ -1,0 +1,164 @@
+"""The per-sample subset table: its schema (documented here, once), writers and the wide pivot.
+
+``subsets.parquet`` / ``subsets.csv`` are long: one row per sample × template × population.
+The schema is versioned: ``SCHEMA_VERSION`` is written into ``run.json`` and the Parquet file
+metadata, and ``immunoprofile schema`` prints this documentation. A wide pivot
+(``subsets_wide.csv``, one row per sample) is a convenience built from the long table, never a
+second truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One documented column (``name`` may be a pattern such as ``pct_of_<ref>``)."""
+
+    name: str
+    dtype: str
+    description: str
+
+
+SUBSETS: tuple[Column, ...] = (
+    Column("sample_id", "string", "Sample id from the sample sheet."),
+    Column("patient_id", "category", "Patient; a visit is keyed by (patient_id, timepoint)."),
+    Column("arm", "category", "Randomised arm, as named in the sample sheet."),
+    Column("timepoint", "ordered category", "Visit; ordered by `week` when given, otherwise "
+           "naturally (W2 before W12)."),
+    Column("<sheet column>", "as in the sheet", "Every other sample-sheet column (week, batch, "
+           "panel, visit_date, lymphocytes_per_ul, days_since_last_il2_dose, …) is carried."),
+    Column("template", "string", "Gating template name."),
+    Column("template_version", "string", "Gating template version."),
+    Column("population", "string", "Population name (unique within the template)."),
+    Column("parent", "string", "Parent population ('' for a root population)."),
+    Column("count", "Int64", "Events in the population (null when not measured)."),
+    Column("parent_count", "Int64", "Events in the parent (root: events passing QC)."),
+    Column("pct_parent", "float64", "100 × count / parent_count."),
+    Column("pct_of_<ref>", "float64", "100 × count / count of the named reference population "
+           "(`pct_of` in the template); <ref> is the reference name in snake case with '+' "
+           "as 'pos' (`pct_of_cd4pos_t_cells`, `pct_of_live_lymphocytes`). Null in rows of "
+           "populations that do not declare that reference."),
+    Column("abs_per_ul", "float64", "Cells per µL of blood when count inputs are given: dual "
+           "platform = lymphocytes_per_ul × count / count of the template's lymphocyte "
+           "reference (`Live lymphocytes`); single platform = count / bead events × "
+           "beads_per_test / blood_volume_ul."),
+    Column("abs_method", "string", "'dual_platform', 'beads' or '' (no absolute count)."),
+    Column("mfi_median_<marker>", "float64", "Median of compensated linear values of the "
+           "marker in the population (markers the template lists under `mfi`)."),
+    Column("measured", "bool", "False when the file lacks a marker the gate needs (optional "
+           "markers), or the gate was skipped (`if_missing: pass`)."),
+    Column("note", "string", "Why a population was not measured, '' otherwise."),
+    Column("adaptive_fallback", "bool", "An adaptive gate fell back to its default position "
+           "(see qc.csv for where gates landed)."),
+    Column("flag_rare", "bool", "Fewer events than the rare-population threshold (default "
+           "50): percentages are imprecise."),
+    Column("file_sha256", "string", "SHA-256 of the FCS file gated."),
+)
+
+QC: tuple[Column, ...] = (
+    Column("sample_id", "string", "Sample id."),
+    Column("n_events", "int64", "Events in the file."),
+    Column("n_removed", "int64", "Events failing acquisition QC (any reason)."),
+    Column("pct_removed", "float64", "100 × n_removed / n_events."),
+    Column("removed_margin", "int64", "Events on the scatter margins ($PnR) or below floor."),
+    Column("removed_flow_rate", "int64", "Events in time windows with abnormal flow rate."),
+    Column("removed_signal_shift", "int64", "Events in time windows with shifted signal."),
+    Column("qc_flags", "string", "QC warnings, '; '-joined."),
+    Column("<template>/<population>/<setting>", "float64", "Where an adaptive gate landed "
+           "(threshold, shift…); `…/fallback` is 1 when it fell back to its default."),
+)
+
+ERRORS: tuple[Column, ...] = (
+    Column("sample_id", "string", "Sample id ('' for sheet-level problems)."),
+    Column("path", "string", "The FCS file."),
+    Column("template", "string", "Template concerned ('' when the file itself failed)."),
+    Column("stage", "string", "'read', 'qc', 'fit' (no template fits / a marker is missing), "
+           "'gate' or 'output'."),
+    Column("error", "string", "What went wrong."),
+    Column("hint", "string", "What to do about it."),
+)
+
+EVENTS: tuple[Column, ...] = (
+    Column("event_index", "int64", "The event's row in its FCS file (0-based)."),
+    Column("transformed/<marker>", "float32", "Compensated, transformed value (the template's "
+           "transform) of each marker the templates read."),
+    Column("compensated/<marker>", "float32", "Compensated linear value."),
+    Column("<template>/<population>", "bool", "Gate membership."),
+)
+
+TABLES = {
+    "subsets.parquet / subsets.csv (one row per sample × template × population)": SUBSETS,
+    "qc.csv (one row per sample)": QC,
+    "errors.csv (one row per failed sample or sample × template)": ERRORS,
+    "events/<sample_id>.parquet (seeded subsample of QC-passing events)": EVENTS,
+}
+
+
+def register(title: str, columns: tuple[Column, ...]) -> None:
+    """Add another output table's columns to the documentation (later stages call this)."""
+    TABLES[title] = columns
+
+
+def schema_markdown() -> str:
+    """The documentation of every output table, as Markdown (``immunoprofile schema``)."""
+    lines = [f"# immunoprofile output tables (schema {SCHEMA_VERSION})", ""]
+    for title, columns in TABLES.items():
+        lines += [f"## {title}", "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.dtype} | {c.description} |" for c in columns]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write(tmp)`` to a temporary name beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = None) -> Path:
+    """Parquet with ``schema_version`` (and any ``metadata``) in the file's key-value metadata."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
+                                         **(metadata or {})}).encode()
+    arrow = arrow.replace_schema_metadata(meta)
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def wide(subsets: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:
+    """One row per sample; columns ``<template>/<population>/<measure>``."""
+    measures = [c for c in subsets.columns
+                if c in ("count", "pct_parent", "abs_per_ul") or c.startswith("pct_of_")]
+    long = subsets.melt(id_vars=["sample_id", "template", "population"], value_vars=measures,
+                        var_name="measure").dropna(subset=["value"])
+    long["column"] = long["template"] + "/" + long["population"] + "/" + long["measure"]
+    table = long.pivot_table(index="sample_id", columns="column", values="value",
+                             aggfunc="first", sort=False)
+    meta = subsets[id_columns].drop_duplicates("sample_id").set_index("sample_id")
+    return meta.join(table, how="left").reset_index()
