@@ -121,10 +121,13 @@ def _events(sample: FCSSample, results: list[GatingResult], mask: np.ndarray,
     return frame
 
 
-def gate_one(row: dict, templates: list[Template], out: Path, settings: BatchSettings,
-             digest: str) -> tuple[int, list[dict[str, str]]]:
-    """Read, QC and gate one sample with every template that fits; write its parts."""
-    from immunoprofile.batch import _error, _part, named_in_panel
+def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
+    """Read, QC and gate one sample with every template that fits.
+
+    Returns ``(sample, qc_mask, results, errors, qc_summary)``; ``sample`` is None when the
+    file could not be read.
+    """
+    from immunoprofile.batch import _error, named_in_panel
 
     sid = str(row["sample_id"])
     errors: list[dict[str, str]] = []
@@ -133,7 +136,7 @@ def gate_one(row: dict, templates: list[Template], out: Path, settings: BatchSet
         try:
             sample = read_fcs(row["path"])
         except FCSError as exc:
-            return 0, [_error(row, "", "read", exc)]
+            return None, None, [], [_error(row, "", "read", exc)], {}
     read_warnings = [str(w.message) for w in caught]
 
     mask = np.ones(sample.n_events, bool)
@@ -170,6 +173,28 @@ def gate_one(row: dict, templates: list[Template], out: Path, settings: BatchSet
     if not results and not errors:
         errors.append(_error(row, "", "fit", "no template fits this sample: "
                              + " | ".join(unfit)))
+    return sample, mask, results, errors, qc_summary
+
+
+def events_for_sample(row: dict, templates: list[Template],
+                      settings: BatchSettings) -> pd.DataFrame:
+    """The event subsample a batch run keeps for one sample, computed afresh (no files)."""
+    sample, mask, results, errors, _ = _gate_all(row, templates, settings)
+    if not results:
+        raise ImmunoprofileError(f"sample {row['sample_id']}: "
+                                 + "; ".join(e["error"] for e in errors))
+    return _events(sample, results, mask, settings, str(row["sample_id"]))
+
+
+def gate_one(row: dict, templates: list[Template], out: Path, settings: BatchSettings,
+             digest: str) -> tuple[int, list[dict[str, str]]]:
+    """Read, QC and gate one sample with every template that fits; write its parts."""
+    from immunoprofile.batch import _part
+
+    sid = str(row["sample_id"])
+    sample, mask, results, errors, qc_summary = _gate_all(row, templates, settings)
+    if sample is None:
+        return 0, errors
     if not results:
         return sample.n_events, errors
 

@@ -227,6 +227,24 @@ class _progress:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the .h5ad files [default: RUN_DIR/anndata].")
+@click.option("--n-per-sample", type=click.IntRange(1, None), default=None,
+              help="Events per sample [default: the smallest sample's, so all contribute "
+                   "equally]; more than the run kept re-reads the FCS files.")
+@click.option("--population", default=None,
+              help="Parent population of the events [default: Live lymphocytes].")
+def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
+             population: str | None) -> None:
+    """Write one AnnData per timepoint (and panel) plus samples.h5ad from a gate run."""
+    from immunoprofile.assemble import assemble_run
+
+    for path in assemble_run(run_dir, out, n_per_sample=n_per_sample, population=population):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
     from immunoprofile.tables import schema_markdown

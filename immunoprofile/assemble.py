@@ -1,0 +1,300 @@
+"""AnnData from a batch run: events per timepoint, and samples × populations.
+
+Follows scverse conventions: ``var_names`` are marker names with the detector in
+``var['channel']``; ``X`` holds transformed values and ``layers['compensated']`` the linear
+compensated ones; ``obs`` carries ``sample_id``, the sample metadata as categoricals,
+``event_index`` (the event's row in its FCS file), one boolean column per gated population
+(``<template>/<population>``) and ``population``, the deepest gate the event reached;
+``uns['immunoprofile']`` holds provenance. Events come from the subsamples the batch run kept
+(``events/<sample_id>.parquet``); FCS files are re-read only when more events are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from immunoprofile._version import __version__
+from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.template.yaml_io import load_template
+
+DEFAULT_POPULATION = "Live lymphocytes"
+
+
+class RunFolder:
+    """Read access to a batch run folder (what ``immunoprofile gate`` wrote)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir)
+        if not (self.path / "subsets.parquet").is_file():
+            raise ImmunoprofileError(f"{self.path} is not a run folder (no subsets.parquet): "
+                                     "run `immunoprofile gate` first")
+        self.manifest = json.loads((self.path / "run.json").read_text()) \
+            if (self.path / "run.json").is_file() else {}
+        self.subsets = pd.read_parquet(self.path / "subsets.parquet")
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        cols = list(self.subsets.columns)
+        return cols[: cols.index("template")]
+
+    def samples(self) -> pd.DataFrame:
+        """One row per gated sample with its sheet metadata (categoricals kept)."""
+        return (self.subsets[self.metadata_columns].drop_duplicates("sample_id")
+                .reset_index(drop=True))
+
+    def templates(self) -> dict[str, Any]:
+        folder = self.path / "templates"
+        return {p.stem: load_template(p) for p in sorted(folder.glob("*.yaml"))}
+
+    def events(self, sample_id: str) -> tuple[pd.DataFrame, dict]:
+        path = self.path / "events" / f"{sample_id}.parquet"
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
+        return table.to_pandas(), meta
+
+
+def _panel_of(samples: pd.DataFrame) -> pd.Series:
+    if "panel" in samples.columns:
+        return samples["panel"].astype(str).replace({"nan": "", "None": ""})
+    return pd.Series([""] * len(samples), index=samples.index)
+
+
+def _parent_column(columns: list[str], population: str | None) -> str:
+    wanted = population or DEFAULT_POPULATION
+    if wanted in columns:
+        return wanted
+    hits = [c for c in columns if "/" in c and c.split("/", 1)[1] == wanted]
+    if not hits:
+        raise ImmunoprofileError(f"population {wanted!r} is not among the gated populations "
+                                 f"({', '.join(c for c in columns if '/' in c)})")
+    return hits[0]
+
+
+def _deepest(frame: pd.DataFrame, member_cols: list[str], templates: dict) -> np.ndarray:
+    """Per event, the deepest population it is a member of (ties: template order)."""
+    label = np.full(len(frame), "", dtype=object)
+    best = np.full(len(frame), -1)
+    for col in member_cols:
+        tname, pop = col.split("/", 1)
+        template = templates.get(tname)
+        depth = template.depth(pop) if template is not None and pop in template else 0
+        hit = frame[col].to_numpy(bool) & (depth > best)
+        label[hit] = pop
+        best[hit] = depth
+    return label
+
+
+def timepoint_anndata(
+    run_dir: str | Path,
+    timepoint: str,
+    *,
+    population: str | None = None,
+    panel: str | None = None,
+    n_per_sample: int | None = None,
+    proportional: bool = False,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Events of one timepoint as AnnData (subsampled per sample from a parent population).
+
+    Parameters
+    ----------
+    run_dir
+        A batch run folder.
+    timepoint
+        The visit, as named in the sample sheet.
+    population
+        Parent population the events come from (``"Live lymphocytes"`` by default, or
+        ``"<template>/<population>"``).
+    panel
+        Which tube when the study has several (the sheet's ``panel`` column).
+    n_per_sample
+        Events per sample. Default: as many as the smallest sample has, so that each sample
+        contributes equally; with ``proportional=True`` the same fraction of every sample.
+        Asking for more than the run kept re-reads and re-gates the FCS files.
+    seed
+        Subsampling seed.
+    """
+    run = RunFolder(run_dir)
+    samples = run.samples()
+    samples = samples[samples["timepoint"].astype(str) == str(timepoint)]
+    if samples.empty:
+        raise ImmunoprofileError(f"no samples at timepoint {timepoint!r} in {run.path}")
+    panels = _panel_of(samples)
+    if panels.nunique() > 1:
+        if panel is None:
+            raise ImmunoprofileError(f"timepoint {timepoint!r} has several panels "
+                                     f"({', '.join(sorted(panels.unique()))}): choose one")
+        samples = samples[panels == panel]
+    elif panel is not None and not (panels == panel).any():
+        raise ImmunoprofileError(f"no samples of panel {panel!r} at {timepoint!r}")
+    templates = run.templates()
+    rng = np.random.default_rng(seed)
+
+    frames, channels, parent_col = [], {}, None
+    for _, s in samples.iterrows():
+        frame, meta = run.events(s["sample_id"])
+        parent_col = _parent_column(list(frame.columns), population)
+        frame = frame[frame[parent_col].to_numpy(bool)]
+        frames.append((s, frame))
+        for marker, pnn in meta.get("channels", {}).items():
+            channels.setdefault(marker, set()).add(pnn)
+    available = min(len(f) for _, f in frames)
+    if n_per_sample is None:
+        n_per_sample = available
+    kept_limit = max(len(f) for _, f in frames)
+    if n_per_sample > kept_limit and not proportional:
+        frames = _regate(run, frames, n_per_sample, parent_col, seed)
+
+    pieces = []
+    for s, frame in frames:
+        if proportional:
+            k = round(len(frame) * min(1.0, n_per_sample / max(available, 1)))
+        else:
+            k = min(n_per_sample, len(frame))
+        pick = np.sort(rng.choice(len(frame), k, replace=False)) if k < len(frame) \
+            else np.arange(len(frame))
+        part = frame.iloc[pick].copy()
+        for col in samples.columns:
+            part[col] = s[col]
+        pieces.append(part)
+    events = pd.concat(pieces, ignore_index=True)
+    return _to_anndata(events, samples, channels, templates, parent_col, {
+        "timepoint": str(timepoint), "panel": panel or (panels.iloc[0] if len(panels) else ""),
+        "population": parent_col, "n_per_sample": int(n_per_sample),
+        "proportional": proportional, "seed": seed}, run)
+
+
+def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, channels: dict,
+                templates: dict, parent_col: str, params: dict, run: RunFolder) -> ad.AnnData:
+    markers = [c.split("/", 1)[1] for c in events.columns if c.startswith("transformed/")]
+    # Markers some tubes of the panel lack stay NaN for those samples.
+    X = events[[f"transformed/{m}" for m in markers]].to_numpy(np.float32)
+    comp = events[[f"compensated/{m}" for m in markers]].to_numpy(np.float32)
+    member_cols = [c for c in events.columns if "/" in c
+                   and not c.startswith(("transformed/", "compensated/"))]
+    obs = pd.DataFrame(index=pd.Index([f"{sid}:{i}" for sid, i in
+                                       zip(events["sample_id"], events["event_index"])],
+                                      name="cell"))
+    obs["sample_id"] = pd.Categorical(events["sample_id"].astype(str),
+                                      categories=list(samples["sample_id"].astype(str)))
+    for col in samples.columns:
+        if col == "sample_id":
+            continue
+        values = events[col].to_numpy()
+        src = samples[col]
+        if isinstance(src.dtype, pd.CategoricalDtype):
+            obs[col] = pd.Categorical(values, categories=src.cat.categories,
+                                      ordered=src.cat.ordered)
+        elif pd.api.types.is_numeric_dtype(src):
+            obs[col] = values
+        else:
+            obs[col] = pd.Categorical(pd.Series(values).astype(str).to_numpy())
+    obs["event_index"] = events["event_index"].to_numpy(np.int64)
+    for col in member_cols:
+        obs[col] = events[col].to_numpy(bool)
+    labels = _deepest(events, member_cols, templates)
+    obs["population"] = pd.Categorical(labels)
+    var = pd.DataFrame(index=pd.Index(markers, name="marker"))
+    var["channel"] = [";".join(sorted(channels.get(m, []))) for m in markers]
+    adata = ad.AnnData(X=X, obs=obs, var=var, layers={"compensated": comp})
+    adata.uns["immunoprofile"] = {
+        "version": __version__, "run": str(run.path.resolve()),
+        "schema_version": run.manifest.get("schema_version", ""),
+        "templates": {n: {"version": t.version} for n, t in templates.items()},
+        **params,
+    }
+    return adata
+
+
+def _regate(run: RunFolder, frames: list, n: int, parent_col: str, seed: int) -> list:
+    """More events than the run kept: re-read, re-QC and re-gate each file."""
+    from immunoprofile.batch import BatchSettings
+    from immunoprofile.batch_task import events_for_sample
+
+    settings = BatchSettings(**{**run.manifest.get("settings", {}), "keep_events": n,
+                                "seed": seed})
+    templates = list(run.templates().values())
+    paths = {i["sample_id"]: i["path"] for i in run.manifest.get("inputs", [])}
+    out = []
+    for s, _ in frames:
+        row = {**s.to_dict(), "path": paths[s["sample_id"]]}
+        frame = events_for_sample(row, templates, settings)
+        out.append((s, frame[frame[parent_col].to_numpy(bool)]))
+    return out
+
+
+def sample_anndata(run_dir: str | Path) -> ad.AnnData:
+    """Visits × populations: counts in ``X``, parent counts and percentages in layers.
+
+    One row per visit (``patient_id``, ``timepoint``): the tubes of a visit (Treg, B cell)
+    join on it. ``var_names`` are ``<template>/<population>``; layers ``parent_count``,
+    ``pct_parent`` and ``abs_per_ul`` (NaN where not available); ``var`` holds ``template``,
+    ``population``, ``parent`` (as ``<template>/<parent>``); ``obs`` the visit's metadata and
+    ``sample_id`` (the tubes' ids joined by ';').
+    """
+    run = RunFolder(run_dir)
+    sub = run.subsets.copy()
+    sub["var"] = sub["template"].astype(str) + "/" + sub["population"].astype(str)
+    sub["visit"] = sub["patient_id"].astype(str) + "_" + sub["timepoint"].astype(str)
+    visits = sub.drop_duplicates("visit")
+    # A visit's tubes share patient, arm and timepoint; `panel` describes a tube, not a visit.
+    meta_cols = [c for c in run.metadata_columns if c not in ("sample_id", "panel")]
+    obs = visits.set_index("visit")[meta_cols].copy()
+    obs.index.name = "visit"
+    obs["sample_id"] = sub.groupby("visit", sort=False)["sample_id"].agg(
+        lambda s: ";".join(dict.fromkeys(s.astype(str))))
+    order = list(dict.fromkeys(sub["var"]))
+
+    def matrix(value: str) -> np.ndarray:
+        wide = sub.pivot_table(index="visit", columns="var", values=value, aggfunc="first",
+                               sort=False, dropna=False)
+        return wide.reindex(index=obs.index, columns=order).to_numpy(np.float64)
+
+    var = sub.drop_duplicates("var").set_index("var")[["template", "population", "parent"]]
+    var = var.reindex(order).astype(str)
+    var["parent"] = np.where(var["parent"] != "", var["template"] + "/" + var["parent"], "")
+    layers = {"parent_count": matrix("parent_count"), "pct_parent": matrix("pct_parent")}
+    if "abs_per_ul" in sub.columns:
+        layers["abs_per_ul"] = matrix("abs_per_ul")
+    adata = ad.AnnData(X=matrix("count"), obs=obs, var=var, layers=layers)
+    adata.uns["immunoprofile"] = {"version": __version__, "run": str(run.path.resolve()),
+                                  "schema_version": run.manifest.get("schema_version", "")}
+    return adata
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    """Write an AnnData atomically."""
+    from immunoprofile.tables import atomic_write
+
+    return atomic_write(Path(path), lambda tmp: adata.write_h5ad(tmp))
+
+
+def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
+                 n_per_sample: int | None = None, population: str | None = None) -> list[Path]:
+    """Write ``<timepoint>.h5ad`` (or ``<timepoint>_<panel>.h5ad`` when tubes differ) per
+    timepoint and ``samples.h5ad`` into ``out`` (default ``RUN_DIR/anndata``)."""
+    run = RunFolder(run_dir)
+    out = Path(out) if out else run.path / "anndata"
+    samples = run.samples()
+    panels = _panel_of(samples)
+    several = panels.nunique() > 1
+    written = []
+    for tp in samples["timepoint"].cat.categories if isinstance(
+            samples["timepoint"].dtype, pd.CategoricalDtype) else samples["timepoint"].unique():
+        here = samples["timepoint"].astype(str) == str(tp)
+        if not here.any():
+            continue
+        for panel in (sorted(panels[here].unique()) if several else [None]):
+            name = f"{tp}_{panel}.h5ad" if panel else f"{tp}.h5ad"
+            adata = timepoint_anndata(run.path, str(tp), panel=panel, population=population,
+                                      n_per_sample=n_per_sample)
+            written.append(write_h5ad(adata, out / name))
+    written.append(write_h5ad(sample_anndata(run.path), out / "samples.h5ad"))
+    return written
