@@ -270,10 +270,23 @@ def sample_anndata(run_dir: str | Path) -> ad.AnnData:
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
-    """Write an AnnData atomically."""
+    """Write an AnnData atomically.
+
+    Gate-membership columns are named ``<template>/<population>`` (a public interface).
+    anndata 0.12 stores such keys in HDF5 with a FutureWarning that a later release will
+    refuse them; that warning is silenced here, and the names will need an encoding when the
+    project moves to an anndata that refuses them.
+    """
+    import warnings
+
     from immunoprofile.tables import atomic_write
 
-    return atomic_write(Path(path), lambda tmp: adata.write_h5ad(tmp))
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Forward slashes", category=FutureWarning)
+            adata.write_h5ad(tmp)
+
+    return atomic_write(Path(path), write)
 
 
 def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
