@@ -245,6 +245,34 @@ def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--control", required=True, help="Control arm, as named in the sample sheet.")
+@click.option("--baseline", required=True, help="Baseline timepoint, as named in the sheet.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: RUN_DIR/compare].")
+@click.option("--covariate", "covariates", multiple=True,
+              help="Sample-sheet column to adjust for (repeatable), e.g. batch.")
+@click.option("--pair", "pairs", multiple=True,
+              help="Two treatment arms to compare, ARM:REFERENCE (repeatable), e.g. COMBO:IL2.")
+@click.option("--responder", default="Treg>=1.5", show_default=True,
+              help="Responder rule POPULATION>=FOLD (or <=FOLD) of its pct_parent; '' for none.")
+@click.option("--no-plots", is_flag=True, help="Skip plots.")
+def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
+            covariates: tuple[str, ...], pairs: tuple[str, ...], responder: str,
+            no_plots: bool) -> None:
+    """Compare arms over time: differential abundance and state, response tracking."""
+    from immunoprofile.compare import compare_run
+
+    result = compare_run(run_dir, control=control, baseline=baseline, out=out, pairs=pairs,
+                         covariates=covariates, responder=responder or None,
+                         plots=not no_plots)
+    da = result.abundance
+    n_sig = int((da["fdr"] < 0.05).sum()) if len(da) else 0
+    click.echo(f"{len(da)} abundance and {len(result.state)} state tests "
+               f"({n_sig} abundance results at FDR < 0.05); tables in {result.out}")
+
+
+@main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
     from immunoprofile.tables import schema_markdown

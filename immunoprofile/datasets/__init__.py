@@ -12,6 +12,7 @@ from immunoprofile.datasets._cohort import (
     population_members,
     simulate_cohort,
 )
+from immunoprofile.datasets._counts import SimulatedCounts, simulate_counts
 from immunoprofile.datasets._events import (
     SimulatedTube,
     TubeParams,
@@ -24,12 +25,14 @@ from immunoprofile.datasets._events import (
 __all__ = [
     "POPULATIONS",
     "SimulatedCohort",
+    "SimulatedCounts",
     "SimulatedTube",
     "TubeParams",
     "days_since_last_il2_dose",
     "leaf_labels",
     "population_members",
     "simulate_cohort",
+    "simulate_counts",
     "simulate_tube",
     "spillover_matrix",
     "tube_labels",

@@ -1,0 +1,229 @@
+"""Differential abundance and differential state across arms over time.
+
+Abundance: for every gated population (and every cluster), its count against its parent (or a
+named reference population) per sample, on the empirical logit scale
+``log((count + ½) / (n − count + ½))``, in the arm × timepoint mixed model of
+:mod:`immunoprofile.tl._models` (patient random intercept; the residual variance carries the
+overdispersion beyond binomial sampling, as a logit-normal GLMM does). Estimates are log odds
+ratios. State: the median MFI of a marker in a population, on the log scale (arcsinh(x/150)
+when some medians are not positive), in the same model; estimates are log fold changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tl._models import RESULT_COLUMNS, Design, add_fdr, fit_contrasts
+
+ABUNDANCE_MODEL = "lmm_logit: empirical logit, arm×timepoint, patient random intercept"
+STATE_MODEL_LOG = "lmm_log_mfi: log median MFI, arm×timepoint, patient random intercept"
+STATE_MODEL_ASINH = "lmm_asinh_mfi: arcsinh(MFI/150), arm×timepoint, patient random intercept"
+RARE_MEDIAN_COUNT = 20
+
+
+def _load(data: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    from immunoprofile.assemble import RunFolder
+
+    return RunFolder(data).subsets
+
+
+def _check(table: pd.DataFrame, needed: Iterable[str]) -> None:
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ImmunoprofileError(f"the table lacks column(s) {', '.join(missing)}")
+
+
+def _design(control: str, baseline: str, pairs: Iterable, covariates: Iterable[str]) -> Design:
+    parsed = []
+    for pair in pairs:
+        if isinstance(pair, str):
+            if ":" not in pair:
+                raise ImmunoprofileError(f"pair {pair!r} must read ARM:REFERENCE_ARM")
+            pair = tuple(pair.split(":", 1))
+        parsed.append((str(pair[0]), str(pair[1])))
+    return Design(control=str(control), baseline=str(baseline), pairs=tuple(parsed),
+                  covariates=tuple(covariates))
+
+
+def _validate_names(table: pd.DataFrame, design: Design) -> None:
+    arms = set(table["arm"].astype(str))
+    tps = set(table["timepoint"].astype(str))
+    if design.control not in arms:
+        raise ImmunoprofileError(f"control arm {design.control!r} is not in the data "
+                                 f"(arms: {', '.join(sorted(arms))})")
+    if design.baseline not in tps:
+        raise ImmunoprofileError(f"baseline {design.baseline!r} is not a timepoint "
+                                 f"(timepoints: {', '.join(sorted(tps))})")
+    for a, b in design.pairs:
+        for arm in (a, b):
+            if arm not in arms:
+                raise ImmunoprofileError(f"pair arm {arm!r} is not in the data")
+
+
+def _frame(rows: pd.DataFrame, design: Design) -> pd.DataFrame:
+    keep = ["sample_id", "patient_id", "arm", "timepoint", *design.covariates]
+    return rows[[c for c in dict.fromkeys(keep) if c in rows.columns]].copy()
+
+
+def differential_abundance(
+    data: pd.DataFrame | str | Path,
+    *,
+    control: str,
+    baseline: str,
+    pairs: Iterable[str | tuple[str, str]] = (),
+    covariates: Iterable[str] = (),
+    reference: str | Iterable[str] = "parent",
+    populations: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Test every population's abundance across arms and timepoints.
+
+    Parameters
+    ----------
+    data
+        The long subset table (``subsets.parquet``), a clusters table in the same shape
+        (``template`` = ``clusters:<panel>``, ``population`` = cluster), or a run folder.
+    control, baseline
+        The control arm and the baseline timepoint, as named in the sample sheet.
+    pairs
+        Extra arm pairs for ``change_vs_arm`` (``"COMBO:IL2"`` or tuples).
+    covariates
+        Sample-sheet columns entered in every model (``batch``, ``days_since_last_il2_dose``).
+    reference
+        What counts are tested against: ``"parent"`` and/or population names of the same
+        template (e.g. ``("parent", "Live lymphocytes")``: frequency among lymphocytes follows
+        absolute counts, which the parent does not when the parent moves too). Each reference
+        gives its own rows (column ``reference``); a population is not tested against itself
+        or a reference it is not part of.
+    populations
+        Restrict to these populations (all by default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per population × contrast with the columns ``template, population,
+        contrast_type, arm, reference_arm, timepoint, baseline, estimate`` (log odds ratio),
+        ``ci_low, ci_high, pvalue, fdr`` (Benjamini–Hochberg within each contrast and
+        reference), ``model, n_samples, n_patients, warning``, and ``reference``.
+    """
+    table = _load(data)
+    _check(table, ["sample_id", "patient_id", "arm", "timepoint", "template", "population",
+                   "count", "parent_count"])
+    design = _design(control, baseline, pairs, covariates)
+    _validate_names(table, design)
+    if "measured" in table.columns:
+        table = table[table["measured"].astype(bool)]
+    references = [reference] if isinstance(reference, str) else list(reference)
+    wanted = set(populations) if populations is not None else None
+    ancestry = _ancestry(table)
+    results = []
+    for (template, population), rows in table.groupby(["template", "population"], sort=False,
+                                                       observed=True):
+        if wanted is not None and population not in wanted:
+            continue
+        for ref_name in references:
+            if ref_name == "parent":
+                n = rows["parent_count"].astype(float).to_numpy()
+            elif ref_name == population or ref_name not in ancestry.get((template, population),
+                                                                         ()):
+                continue
+            else:
+                ref = table[(table["template"] == template) & (table["population"] == ref_name)]
+                n = rows["sample_id"].map(ref.set_index("sample_id")["count"]).astype(float)
+                n = n.to_numpy()
+                if ref_name == rows["parent"].iloc[0]:
+                    continue  # the parent already gives these rows
+            res = _abundance_rows(rows, n, design)
+            res.insert(0, "population", population)
+            res.insert(0, "template", template)
+            res["reference"] = ref_name
+            results.append(res)
+    if not results:
+        return pd.DataFrame(columns=[*RESULT_COLUMNS, "reference"])
+    out = add_fdr(pd.concat(results, ignore_index=True), extra_keys=["reference"])
+    return out[[*RESULT_COLUMNS, "reference"]]
+
+
+def _abundance_rows(rows: pd.DataFrame, n: np.ndarray, design: Design) -> pd.DataFrame:
+    frame = _frame(rows, design)
+    count = rows["count"].astype(float).to_numpy()
+    ok = np.isfinite(count) & np.isfinite(n) & (n > 0)
+    frame["value"] = np.where(ok, np.log((count + 0.5) / (np.maximum(n - count, 0) + 0.5)),
+                              np.nan)
+    res = fit_contrasts(frame, design, model_name=ABUNDANCE_MODEL)
+    median = float(np.nanmedian(np.where(ok, count, np.nan))) if ok.any() else 0.0
+    if median < RARE_MEDIAN_COUNT:
+        note = f"rare population (median count {median:g})"
+        res["warning"] = [f"{w}; {note}" if w else note for w in res["warning"]]
+    return res
+
+
+def _ancestry(table: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
+    """``{(template, population): its ancestors}`` from the table's parent column."""
+    if "parent" not in table.columns:
+        return {}
+    parent = {(t, p): q for t, p, q in table[["template", "population", "parent"]]
+              .drop_duplicates().itertuples(index=False)}
+    out = {}
+    for (t, p) in parent:
+        seen, q = set(), parent.get((t, p), "")
+        while q and q not in seen:
+            seen.add(q)
+            q = parent.get((t, q), "")
+        out[(t, p)] = seen
+    return out
+
+
+def differential_state(
+    data: pd.DataFrame | str | Path,
+    *,
+    control: str,
+    baseline: str,
+    markers: Iterable[str] | None = None,
+    pairs: Iterable[str | tuple[str, str]] = (),
+    covariates: Iterable[str] = (),
+    populations: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Test every population's median marker intensity (``mfi_median_<marker>`` columns).
+
+    Same contrasts and columns as :func:`differential_abundance`, plus ``marker``;
+    ``estimate`` is a log fold change of the median MFI (natural log), or a difference on the
+    arcsinh(x/150) scale when some medians are ≤ 0 (the ``model`` column says which).
+    """
+    table = _load(data)
+    design = _design(control, baseline, pairs, covariates)
+    _validate_names(table, design)
+    mfi_cols = [c for c in table.columns if c.startswith("mfi_median_")]
+    if markers is not None:
+        mfi_cols = [f"mfi_median_{m}" for m in markers if f"mfi_median_{m}" in table.columns]
+    wanted = set(populations) if populations is not None else None
+    results = []
+    for (template, population), rows in table.groupby(["template", "population"], sort=False,
+                                                       observed=True):
+        if wanted is not None and population not in wanted:
+            continue
+        for col in mfi_cols:
+            values = rows[col].astype(float).to_numpy()
+            if not np.isfinite(values).any():
+                continue
+            frame = _frame(rows, design)
+            if np.nanmin(values) > 0:
+                frame["value"], model = np.log(values), STATE_MODEL_LOG
+            else:
+                frame["value"], model = np.arcsinh(values / 150.0), STATE_MODEL_ASINH
+            res = fit_contrasts(frame, design, model_name=model)
+            res.insert(0, "marker", col.removeprefix("mfi_median_"))
+            res.insert(0, "population", population)
+            res.insert(0, "template", template)
+            results.append(res)
+    columns = [*RESULT_COLUMNS[:2], "marker", *RESULT_COLUMNS[2:]]
+    if not results:
+        return pd.DataFrame(columns=columns)
+    out = add_fdr(pd.concat(results, ignore_index=True))
+    return out[columns]

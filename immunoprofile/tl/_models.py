@@ -1,0 +1,202 @@
+"""Longitudinal arm × time models and the contrasts the trial asks about.
+
+One model per readout (a population's abundance, a marker's MFI in a population, a cytokine):
+
+``value ~ 0 + cell(arm, timepoint) + covariates,  random intercept per patient``
+
+fitted by REML with statsmodels' ``MixedLM``. Cell-means coding makes every contrast a linear
+combination of cell means ``L·β`` with variance ``L Σ Lᵀ``; intervals and p-values use a t
+distribution with ``n_patients − n_arms`` degrees of freedom (the between-patient units left
+after the arm means), which keeps small trials (8–15 patients per arm) calibrated.
+
+Contrasts (one output row each):
+
+``arm_vs_control``      arm − control at a timepoint
+``change_from_baseline`` within an arm, timepoint − baseline
+``change_vs_control``   (arm_t − arm_baseline) − (control_t − control_baseline)
+``change_vs_arm``       the same between two named arms (``--pair COMBO:IL2``)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.regression.mixed_linear_model import MixedLM
+from statsmodels.stats.multitest import multipletests
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from immunoprofile.errors import ImmunoprofileError
+
+#: Output columns shared by every comparison table (a public interface).
+RESULT_COLUMNS = ["template", "population", "contrast_type", "arm", "reference_arm",
+                  "timepoint", "baseline", "estimate", "ci_low", "ci_high", "pvalue", "fdr",
+                  "model", "n_samples", "n_patients", "warning"]
+
+
+@dataclass(frozen=True)
+class Design:
+    """Who is compared with whom: names come from the sample sheet, whatever they are."""
+
+    control: str
+    baseline: str
+    pairs: tuple[tuple[str, str], ...] = ()
+    covariates: tuple[str, ...] = ()
+    alpha: float = 0.05
+
+
+def _cell(arm: str, tp: str) -> str:
+    return f"{arm}@{tp}"
+
+
+def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.DataFrame:
+    """Fit the mixed model to one readout and evaluate every contrast.
+
+    Parameters
+    ----------
+    data
+        One row per sample with ``value``, ``patient_id``, ``arm``, ``timepoint`` and any
+        covariates; rows with a missing value are dropped.
+    design
+        Control arm, baseline timepoint, extra arm pairs, covariates.
+    model_name
+        Written into the ``model`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per contrast (without ``template``/``population``/``fdr``).
+    """
+    data = data.dropna(subset=["value"]).copy()
+    arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
+    tps = _ordered_timepoints(data)
+    rows: list[dict] = []
+    n_patients = data["patient_id"].nunique()
+    if design.control not in arms or design.baseline not in tps or n_patients <= len(arms):
+        note = (f"control {design.control!r} or baseline {design.baseline!r} absent, or too "
+                "few patients")
+        return pd.DataFrame([_empty_row(model_name, len(data), n_patients, note)])
+    data["cell"] = [_cell(a, t) for a, t in zip(data["arm"].astype(str),
+                                                data["timepoint"].astype(str))]
+    cells = sorted(data["cell"].unique())
+    X = pd.get_dummies(data["cell"]).reindex(columns=cells, fill_value=0).astype(float)
+    for cov in design.covariates:
+        if cov not in data.columns:
+            raise ImmunoprofileError(f"covariate {cov!r} is not a sample-sheet column")
+        col = data[cov]
+        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+            X[cov] = (col - col.mean()).fillna(0.0).astype(float)
+        else:
+            dummies = pd.get_dummies(col.astype(str), prefix=cov, drop_first=True, dtype=float)
+            X = pd.concat([X, dummies], axis=1)
+    X = X.loc[:, X.std(axis=0).gt(0) | X.columns.isin(cells)]
+    beta, cov_beta, warning = _fit(data["value"].to_numpy(float), X.to_numpy(float),
+                                   data["patient_id"].astype(str).to_numpy())
+    if beta is None:
+        return pd.DataFrame([_empty_row(model_name, len(data), n_patients, warning)])
+    index = {c: i for i, c in enumerate(X.columns)}
+    df = max(n_patients - len(arms), 1)
+    tcrit = stats.t.ppf(1 - design.alpha / 2, df)
+
+    def add(kind: str, arm: str, ref: str, tp: str, base: str,
+            terms: list[tuple[str, float]]) -> None:
+        if any(c not in index for c, _ in terms):
+            return
+        L = np.zeros(len(index))
+        for c, w in terms:
+            L[index[c]] += w
+        est = float(L @ beta)
+        se = float(np.sqrt(max(L @ cov_beta @ L, 0.0)))
+        p = float(2 * stats.t.sf(abs(est) / se, df)) if se > 0 else np.nan
+        cell_rows = data["cell"].isin([c for c, _ in terms])
+        rows.append({"contrast_type": kind, "arm": arm, "reference_arm": ref,
+                     "timepoint": tp, "baseline": base, "estimate": est,
+                     "ci_low": est - tcrit * se, "ci_high": est + tcrit * se, "pvalue": p,
+                     "model": model_name, "n_samples": int(cell_rows.sum()),
+                     "n_patients": int(data.loc[cell_rows, "patient_id"].nunique()),
+                     "warning": warning})
+
+    b = design.baseline
+    for arm in arms:
+        for tp in tps:
+            if arm != design.control:
+                add("arm_vs_control", arm, design.control, tp, "",
+                    [(_cell(arm, tp), 1), (_cell(design.control, tp), -1)])
+            if tp != b:
+                add("change_from_baseline", arm, "", tp, b,
+                    [(_cell(arm, tp), 1), (_cell(arm, b), -1)])
+                if arm != design.control:
+                    add("change_vs_control", arm, design.control, tp, b,
+                        _did(arm, design.control, tp, b))
+    for arm, ref in design.pairs:
+        for tp in tps:
+            if tp != b:
+                add("change_vs_arm", arm, ref, tp, b, _did(arm, ref, tp, b))
+    return pd.DataFrame(rows)
+
+
+def _did(arm: str, ref: str, tp: str, base: str) -> list[tuple[str, float]]:
+    return [(_cell(arm, tp), 1), (_cell(arm, base), -1), (_cell(ref, tp), -1),
+            (_cell(ref, base), 1)]
+
+
+def _fit(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
+    """REML fit; returns (β, Cov(β), warning text) or (None, None, reason)."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = MixedLM(y, X, groups)
+            result = None
+            for method in ("lbfgs", "bfgs", "powell"):
+                result = model.fit(reml=True, method=method)
+                if result.converged:
+                    break
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            return None, None, f"model failed: {exc}"
+    if result is None:
+        return None, None, "model failed"
+    if not result.converged:
+        notes.append("did not converge")
+    if any(issubclass(w.category, ConvergenceWarning) and "boundary" in str(w.message)
+           for w in caught):
+        notes.append("patient variance on the boundary (0)")
+    k = X.shape[1]
+    beta = np.asarray(result.fe_params)[:k]
+    cov = np.asarray(result.cov_params())[:k, :k]
+    if not np.all(np.isfinite(cov)):
+        return None, None, "model failed: singular covariance"
+    return beta, cov, "; ".join(notes)
+
+
+def _ordered_timepoints(data: pd.DataFrame) -> list[str]:
+    col = data["timepoint"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = set(col.astype(str))
+        return [str(c) for c in col.cat.categories if str(c) in present]
+    return [str(t) for t in pd.unique(col.astype(str))]
+
+
+def _empty_row(model: str, n: int, n_patients: int, note: str) -> dict:
+    return {"contrast_type": "", "arm": "", "reference_arm": "", "timepoint": "",
+            "baseline": "", "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+            "pvalue": np.nan, "model": model, "n_samples": n, "n_patients": n_patients,
+            "warning": note}
+
+
+def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
+    """Benjamini–Hochberg within each contrast (type, arm, reference arm, timepoint,
+    baseline, and ``extra_keys``); for state tables a family spans every population × marker
+    of one contrast."""
+    table = table.copy()
+    table["fdr"] = np.nan
+    keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline", *extra_keys]
+    for _, idx in table.groupby(keys, sort=False).groups.items():
+        p = table.loc[idx, "pvalue"]
+        ok = p.notna()
+        if ok.any():
+            table.loc[p[ok].index, "fdr"] = multipletests(p[ok], method="fdr_bh")[1]
+    return table
