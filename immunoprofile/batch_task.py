@@ -80,7 +80,9 @@ def _rows(result: GatingResult, row: dict, digest: str, settings: BatchSettings)
         table.insert(i, k, v)
     table["abs_per_ul"] = abs_value.to_numpy()
     table["abs_method"] = abs_method.to_numpy()
-    table["flag_rare"] = (table["count"].fillna(0) < settings.rare_threshold) & table["measured"]
+    # plain bool as documented (an Int64 count would make it pandas' nullable "boolean")
+    rare = (table["count"].fillna(0) < settings.rare_threshold) & table["measured"]
+    table["flag_rare"] = rare.to_numpy(dtype=bool)
     table["file_sha256"] = digest
     return table
 

@@ -119,7 +119,7 @@ def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
     for col in NUMERIC_COLUMNS:
         if col not in table.columns:
             continue
-        values = pd.to_numeric(table[col].replace("", np.nan), errors="coerce")
+        values = pd.to_numeric(table[col].where(table[col].ne("")), errors="coerce")
         bad = values.isna() & table[col].ne("")
         for i in np.flatnonzero(bad.to_numpy()):
             problems.append(f"{_line(i)}: {col} {table[col].iloc[i]!r} is not a number")
@@ -130,8 +130,10 @@ def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
     if "week" in table.columns:
         weeks = table.groupby("timepoint")["week"].nunique()
         for tp in weeks[weeks > 1].index:
-            problems.append(f"timepoint {tp!r} has several weeks: "
-                            f"{sorted(table.loc[table['timepoint'] == tp, 'week'].unique())}")
+            at = table["timepoint"].eq(tp).to_numpy()
+            values = ", ".join(f"{w:g}" for w in sorted(table.loc[at, "week"].dropna().unique()))
+            rows = ", ".join(_line(i) for i in np.flatnonzero(at))
+            problems.append(f"timepoint {tp!r} has several weeks ({values}): {rows}")
 
     base = path.resolve().parent
     resolved = [str(p if Path(p).is_absolute() else base / p) for p in table["path"]]
