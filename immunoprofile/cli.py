@@ -246,6 +246,35 @@ def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--n-clusters", type=click.IntRange(2, 400), default=20, show_default=True,
+              help="FlowSOM metaclusters per panel.")
+@click.option("--events-per-sample", type=click.IntRange(10, None), default=5000,
+              show_default=True, help="Events from every sample in the pooled subsample the "
+              "model is fitted on (fewer if the smallest sample has fewer); all are mapped.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--xdim", type=click.IntRange(2, 100), default=14, show_default=True,
+              help="SOM grid width.")
+@click.option("--ydim", type=click.IntRange(2, 100), default=14, show_default=True,
+              help="SOM grid height.")
+def cluster(run_dir: Path, n_clusters: int, events_per_sample: int, seed: int, xdim: int,
+            ydim: int) -> None:
+    """FlowSOM per panel, fitted once on all timepoints and mapped onto every event.
+
+    Writes the labels into the .h5ad files (assembling them first when missing),
+    clusters.parquet, cluster_annotation.csv and cluster_agreement.csv in RUN_DIR.
+    """
+    from immunoprofile.cluster import cluster_run
+
+    result = cluster_run(run_dir, n_clusters=n_clusters, events_per_sample=events_per_sample,
+                         seed=seed, xdim=xdim, ydim=ydim)
+    for panel, n in result.events_per_sample.items():
+        click.echo(f"panel {panel or '(single)'}: fitted on {n} events per sample")
+    for path in [*result.h5ad, *result.paths.values()]:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--control", required=True, help="Control arm, as named in the sample sheet.")
 @click.option("--baseline", required=True, help="Baseline timepoint, as named in the sheet.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -275,7 +304,16 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
 @main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
+    import importlib
+
     from immunoprofile.tables import schema_markdown
+
+    # Later stages document their tables when imported.
+    for module in ("immunoprofile.compare", "immunoprofile.cluster"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
 
     click.echo(schema_markdown())
 

@@ -117,7 +117,9 @@ TEL_COUNT = {"Naive B": (["b_naive"], (0.85, 0.75, 0.5, 0.4)),
              "Double negative B": (["b_double_negative"], (0.95, 0.9, 0.8, 0.7)),
              "Plasmablasts": (["plasmablast"], (0.85, 0.7, 0.55, 0.5)),
              "Plasma cells": (["plasma_cell"], (0.9, 0.75, 0.6, 0.5))}
-DRUGS = {"TEL": ("tel",), "IL2": ("il2",), "COMBO": ("tel", "il2"), "SOC": ()}
+# PBO (placebo on top of standard of care) receives nothing either: a second untreated arm
+# makes null trials for calibration.
+DRUGS = {"TEL": ("tel",), "IL2": ("il2",), "COMBO": ("tel", "il2"), "SOC": (), "PBO": ()}
 # He et al. 2020: 1 MIU every other day, 2 weeks on / 2 weeks off, 3 cycles.
 IL2_DOSE_DAYS = np.array([s + 2 * k for s in (0, 28, 56) for k in range(7)])
 

@@ -6,8 +6,9 @@ One model per readout (a population's abundance, a marker's MFI in a population,
 
 fitted by REML with statsmodels' ``MixedLM``. Cell-means coding makes every contrast a linear
 combination of cell means ``L·β`` with variance ``L Σ Lᵀ``; intervals and p-values use a t
-distribution with ``n_patients − n_arms`` degrees of freedom (the between-patient units left
-after the arm means), which keeps small trials (8–15 patients per arm) calibrated.
+distribution with split-plot degrees of freedom: contrasts within patients (changes from
+baseline, and differences of changes) use the residual df, contrasts between arms at one visit
+use ``n_patients − n_arms``. This keeps small trials (8–15 patients per arm) calibrated.
 
 Contrasts (one output row each):
 
@@ -92,14 +93,21 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
         else:
             dummies = pd.get_dummies(col.astype(str), prefix=cov, drop_first=True, dtype=float)
             X = pd.concat([X, dummies], axis=1)
-    X = X.loc[:, X.std(axis=0).gt(0) | X.columns.isin(cells)]
+    X, dropped = _drop_confounded(X, cells)
     beta, cov_beta, warning = _fit(data["value"].to_numpy(float), X.to_numpy(float),
                                    data["patient_id"].astype(str).to_numpy())
+    if dropped:
+        note = f"covariate(s) {', '.join(dropped)} confounded with arm×timepoint: dropped"
+        warning = f"{warning}; {note}" if warning else note
     if beta is None:
         return pd.DataFrame([_empty_row(model_name, len(data), n_patients, warning)])
     index = {c: i for i, c in enumerate(X.columns)}
-    df = max(n_patients - len(arms), 1)
-    tcrit = stats.t.ppf(1 - design.alpha / 2, df)
+    # Split-plot degrees of freedom: a contrast whose weights cancel within every arm is
+    # estimated within patients (residual df); one that compares arms also carries the
+    # between-patient variance (patients minus arm means).
+    df_between = max(n_patients - len(arms), 1)
+    df_within = max(len(data) - n_patients - (len(cells) - len(arms))
+                    - (X.shape[1] - len(cells)), 1)
 
     def add(kind: str, arm: str, ref: str, tp: str, base: str,
             terms: list[tuple[str, float]]) -> None:
@@ -110,6 +118,10 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
             L[index[c]] += w
         est = float(L @ beta)
         se = float(np.sqrt(max(L @ cov_beta @ L, 0.0)))
+        within = all(abs(sum(w for c, w in terms if c.split("@", 1)[0] == a)) < 1e-12
+                     for a in arms)
+        df = df_within if within else df_between
+        tcrit = stats.t.ppf(1 - design.alpha / 2, df)
         p = float(2 * stats.t.sf(abs(est) / se, df)) if se > 0 else np.nan
         cell_rows = data["cell"].isin([c for c, _ in terms])
         rows.append({"contrast_type": kind, "arm": arm, "reference_arm": ref,
@@ -136,6 +148,23 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
             if tp != b:
                 add("change_vs_arm", arm, ref, tp, b, _did(arm, ref, tp, b))
     return pd.DataFrame(rows)
+
+
+def _drop_confounded(X: pd.DataFrame, cells: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Drop covariate columns that add nothing beyond the cell means (e.g. `week`, which is
+    fixed within a timepoint), keeping the design full rank."""
+    keep, dropped = list(cells), []
+    rank = np.linalg.matrix_rank(X[keep].to_numpy(float))
+    for col in X.columns:
+        if col in cells:
+            continue
+        trial = np.linalg.matrix_rank(X[[*keep, col]].to_numpy(float))
+        if trial > rank:
+            keep.append(col)
+            rank = trial
+        else:
+            dropped.append(str(col))
+    return X[keep], dropped
 
 
 def _did(arm: str, ref: str, tp: str, base: str) -> list[tuple[str, float]]:
