@@ -542,5 +542,24 @@ def simulate_cohort(
     for df, name in ((samplesheet, "samplesheet"), (truth_df, "truth"), (effects, "effects"),
                      (design_out, "design"), (pd.DataFrame(qc), "qc_truth")):
         _write_csv(df, out / f"{name}.csv")
-    return SimulatedCohort(out=out, samplesheet=samplesheet, truth=truth_df, design=design_out,
-                           effects=effects, n_events_total=n_total)
+    cohort = SimulatedCohort(out=out, samplesheet=samplesheet, truth=truth_df,
+                             design=design_out, effects=effects, n_events_total=n_total)
+    _add_serology(cohort, seed)
+    return cohort
+
+
+def _add_serology(cohort: SimulatedCohort, seed: int) -> None:
+    """Cytokine bead-array files and the clinical table, from the same patients and visits.
+
+    Each lives in its own module (``_cba.py``: CBA FCS files, standards and their sheet;
+    ``_clinical.py``: the clinical table), linked to the cell counts of this cohort.
+    """
+    import importlib
+
+    for module, function in (("immunoprofile.datasets._clinical", "simulate_clinical"),
+                             ("immunoprofile.datasets._cba", "simulate_cba")):
+        try:
+            simulate = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError):
+            continue  # not built yet
+        simulate(cohort, seed=seed)
