@@ -259,6 +259,12 @@ class SimulatedCohort:
         One row per patient: arm, baseline parameters, responder status.
     effects
         Planted fold changes per population × arm × week.
+    clinical
+        One row per patient × visit: SLEDAI-2K, C3, C4, anti-dsDNA, immunoglobulins…
+        (``clinical.csv``).
+    cba_sheet, cytokine_truth
+        The cytometric bead-array sheet (``cba/cba_sheet.csv``: standards, blanks and one
+        serum sample per visit) and the true concentrations (``cba/cytokine_truth.csv``).
     """
 
     out: Path
@@ -267,6 +273,9 @@ class SimulatedCohort:
     design: pd.DataFrame
     effects: pd.DataFrame
     n_events_total: int = 0
+    clinical: pd.DataFrame | None = None
+    cba_sheet: pd.DataFrame | None = None
+    cytokine_truth: pd.DataFrame | None = None
 
     def summary(self) -> str:
         """A short human-readable summary of the cohort and its true readouts."""
