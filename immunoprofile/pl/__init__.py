@@ -3,3 +3,6 @@
 from immunoprofile.pl._gating import gating, save_gating_pngs
 
 __all__ = ["gating", "save_gating_pngs"]
+from immunoprofile.pl._compare import boxplots, effects_heatmap, trajectories, volcano
+
+__all__ += ["boxplots", "effects_heatmap", "trajectories", "volcano"]
