@@ -143,7 +143,7 @@ def _plots(result: Comparison, subsets: pd.DataFrame, folder: Path) -> None:
                 & (result.response["population"] == population)).any():
             pl.trajectories(result.response, population=population, template=template,
                             save=folder / f"trajectory_{template}_{population}.png")
-    if not result.abundance.empty:
+    if (result.abundance["contrast_type"] == "change_vs_control").any():
         pl.effects_heatmap(result.abundance, save=folder / "effects_heatmap.png")
         for kind in ("change_vs_control", "arm_vs_control"):
             if (result.abundance["contrast_type"] == kind).any():
