@@ -302,6 +302,17 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write [default: RUN_DIR/report.html].")
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write one self-contained HTML report (images embedded, no network) for a run."""
+    from immunoprofile.report import write_report
+
+    click.echo(f"wrote {write_report(run_dir, out)}")
+
+
+@main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
     import importlib
