@@ -6,3 +6,6 @@ __all__ = ["gating", "save_gating_pngs"]
 from immunoprofile.pl._compare import boxplots, effects_heatmap, trajectories, volcano
 
 __all__ += ["boxplots", "effects_heatmap", "trajectories", "volcano"]
+from immunoprofile.pl._embedding import abundance_bars, cluster_heatmap, ridges, umap  # noqa: E402
+
+__all__ += ["abundance_bars", "cluster_heatmap", "ridges", "umap"]

@@ -1,6 +1,35 @@
-"""Tools (scanpy's ``tl``): clustering, embedding, comparisons across arms over time."""
+"""Tools (scanpy's ``tl``): clustering, embedding, comparisons across arms over time.
 
+Each tool lives in its own private module and writes its results into named slots of the
+AnnData (``key_added``), or returns a new object with ``copy=True``.
+"""
+
+from immunoprofile.tl._annotate import (
+    agreement_table,
+    annotate_clusters,
+    cluster_agreement,
+    cluster_f1,
+    marker_thresholds,
+)
 from immunoprofile.tl._differential import differential_abundance, differential_state
+from immunoprofile.tl._flowsom import flowsom, flowsom_map, fluorescence_markers
+from immunoprofile.tl._leiden import leiden
 from immunoprofile.tl._response import ResponderRule, response
+from immunoprofile.tl._umap import umap
 
-__all__ = ["ResponderRule", "differential_abundance", "differential_state", "response"]
+__all__ = [
+    "ResponderRule",
+    "agreement_table",
+    "annotate_clusters",
+    "cluster_agreement",
+    "cluster_f1",
+    "differential_abundance",
+    "differential_state",
+    "flowsom",
+    "flowsom_map",
+    "fluorescence_markers",
+    "leiden",
+    "marker_thresholds",
+    "response",
+    "umap",
+]

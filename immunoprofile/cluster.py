@@ -1,0 +1,231 @@
+"""Run-level clustering: one FlowSOM model per panel, every timepoint mapped onto it.
+
+For each panel (tube) of a run, :func:`cluster_run`
+
+1. draws a balanced subsample pooled over all timepoints: the same number of events from every
+   sample (``events_per_sample``, or fewer when the smallest sample has fewer), so no sample or
+   visit dominates the model;
+2. fits one FlowSOM model on it (:func:`immunoprofile.tl.flowsom`);
+3. maps every event of every timepoint's ``.h5ad`` onto that model
+   (:func:`immunoprofile.tl.flowsom_map`), so cluster 7 at week 0 is cluster 7 at week 12, and
+   re-writes the files atomically with the labels (``obs['flowsom']``, ``obs['flowsom_node']``)
+   and the model (``uns['flowsom']``);
+4. writes ``clusters.parquet`` (sample × cluster counts, which ``compare`` tests like gated
+   populations), ``cluster_annotation.csv`` and ``cluster_agreement.csv``.
+
+Files are read one at a time (twice: once to subsample, once to map), so memory holds one
+timepoint plus the pooled subsample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from immunoprofile.assemble import RunFolder, assemble_run, write_h5ad
+from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tables import Column, register, write_csv, write_parquet
+
+CLUSTERS: tuple[Column, ...] = (
+    Column("sample_id", "string", "Sample id from the sample sheet."),
+    Column("panel", "string", "Panel (tube) the clustering was fitted on ('' for one-tube "
+           "studies); clusters of different panels are unrelated."),
+    Column("cluster", "string", "FlowSOM metacluster ('0', '1', …), the same model at every "
+           "timepoint of the panel."),
+    Column("count", "int64", "Events of the sample in the cluster (zeros included)."),
+    Column("parent_count", "int64", "Events of the sample in the clustered data (its events "
+           "in the timepoint's .h5ad: the parent population, Live lymphocytes by default)."),
+    Column("pct", "float64", "100 × count / parent_count."),
+    Column("<sheet column>", "as in the sheet", "patient_id, arm, timepoint, week, batch, … "
+           "as in subsets.parquet."),
+)
+ANNOTATION: tuple[Column, ...] = (
+    Column("panel", "string", "Panel."),
+    Column("cluster", "string", "Metacluster."),
+    Column("n_events", "int64", "Events of the cluster in the balanced subsample the model "
+           "was fitted on."),
+    Column("pct_events", "float64", "100 × n_events / subsample size."),
+    Column("population", "string", "Dominant gated population (deepest gate reached) over all "
+           "mapped events."),
+    Column("population_fraction", "float64", "Share of the cluster's events in it."),
+    Column("phenotype", "string", "Marker rule, e.g. `CD3+ CD4+ CD25+ CD127-`: `+` when the "
+           "cluster median is above the marker's threshold (bimodal valley, or 3 SD above a "
+           "lone negative peak; see immunoprofile.tl.marker_thresholds)."),
+    Column("median_<marker>", "float64", "Median transformed value in the subsample."),
+    Column("threshold_<marker>", "float64", "The marker's +/- threshold."),
+)
+AGREEMENT: tuple[Column, ...] = (
+    Column("panel", "string", "Panel."),
+    Column("cluster", "string", "Metacluster."),
+    Column("population", "string", "Gated population (deepest gate reached)."),
+    Column("count", "int64", "Events in both, over all mapped events."),
+    Column("frac_of_cluster", "float64", "count / events of the cluster."),
+    Column("frac_of_population", "float64", "count / events of the population."),
+)
+register("clusters.parquet (one row per sample × cluster)", CLUSTERS)
+register("cluster_annotation.csv (one row per panel × cluster)", ANNOTATION)
+register("cluster_agreement.csv (one row per panel × cluster × gated population)", AGREEMENT)
+
+KEY = "flowsom"
+
+
+@dataclass
+class ClusterRunResult:
+    """What :func:`cluster_run` wrote and the per-panel tables."""
+
+    h5ad: list[Path] = field(default_factory=list)
+    clusters: pd.DataFrame | None = None
+    annotation: pd.DataFrame | None = None
+    agreement: pd.DataFrame | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    events_per_sample: dict[str, int] = field(default_factory=dict)
+
+
+def _event_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.h5ad") if p.name != "samples.h5ad")
+
+
+def _panel(adata: ad.AnnData) -> str:
+    return str(adata.uns.get("immunoprofile", {}).get("panel", "") or "")
+
+
+def cluster_run(
+    run_dir: str | Path,
+    *,
+    n_clusters: int = 20,
+    events_per_sample: int = 5000,
+    seed: int = 0,
+    xdim: int = 14,
+    ydim: int = 14,
+    markers: Sequence[str] | None = None,
+) -> ClusterRunResult:
+    """Cluster a run: one FlowSOM model per panel, fitted on a balanced pooled subsample.
+
+    Parameters
+    ----------
+    run_dir
+        A gate run folder; its ``anndata/`` folder is assembled first when missing.
+    n_clusters
+        Metaclusters per panel.
+    events_per_sample
+        Events drawn from every sample for fitting (fewer when the smallest sample has fewer:
+        every sample contributes equally). All events are mapped afterwards.
+    seed
+        Seed of the subsample and of the SOM.
+    xdim, ydim
+        SOM grid. 14 × 14 by default rather than FlowSOM's 10 × 10: over all lymphocytes one
+        lineage dominates (T cells are ~70% of a B-cell tube), and with 100 nodes the 7% B
+        cells get too few nodes for their subsets (on simulated cohorts, transitional and
+        double-negative B cells merged into neighbours at 10 × 10 for most seeds).
+    markers
+        Markers to cluster on (default: each panel's fluorescence markers).
+    """
+    from immunoprofile.tl import (
+        agreement_table,
+        annotate_clusters,
+        flowsom,
+        flowsom_map,
+        marker_thresholds,
+    )
+
+    run = RunFolder(run_dir)
+    folder = run.path / "anndata"
+    if not _event_files(folder):
+        assemble_run(run.path)
+    files = _event_files(folder)
+    if not files:
+        raise ImmunoprofileError(f"no timepoint .h5ad files in {folder}: run "
+                                 "`immunoprofile assemble` first")
+
+    # Pass 1: per panel, a random order of each sample's events (trimmed to a common size).
+    rng = np.random.default_rng(seed)
+    by_panel: dict[str, list[tuple[Path, ad.AnnData]]] = {}
+    for path in files:
+        adata = ad.read_h5ad(path)
+        keep = [rng.permutation(idx)[:events_per_sample] for _, idx in
+                adata.obs.groupby("sample_id", observed=True).indices.items()]
+        if not keep:
+            continue
+        by_panel.setdefault(_panel(adata), []).append((path, adata[np.concatenate(keep)]
+                                                       .copy()))
+        del adata
+
+    result = ClusterRunResult()
+    counts, annotations, agreements = [], [], []
+    for panel, parts in by_panel.items():
+        sizes = pd.concat([p.obs["sample_id"].astype(str).value_counts() for _, p in parts])
+        n = int(min(events_per_sample, sizes.min()))
+        result.events_per_sample[panel] = n
+        pooled = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
+                           uns_merge="first")
+        flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
+                seed=seed, key_added=KEY)
+        cross = None
+        for path, _ in parts:  # pass 2: map every event, re-write the file
+            adata = ad.read_h5ad(path)
+            flowsom_map(adata, pooled, key=KEY)
+            result.h5ad.append(write_h5ad(adata, path))
+            counts.append(_sample_counts(adata, panel))
+            if "population" in adata.obs:
+                here = pd.crosstab(adata.obs[KEY], adata.obs["population"].astype(str),
+                                   dropna=False)
+                cross = here if cross is None else cross.add(here, fill_value=0)
+            del adata
+        agreement = agreement_table(cross) if cross is not None else None
+        thresholds = marker_thresholds(pooled, pooled.uns[KEY]["params"]["markers"])
+        table = annotate_clusters(pooled, KEY, thresholds=thresholds, agreement=agreement,
+                                  population_key="population" if agreement is not None
+                                  else None)
+        for m, t in thresholds.items():
+            table[f"threshold_{m}"] = t
+        table.insert(0, "panel", panel)
+        annotations.append(table)
+        if agreement is not None:
+            agreement.insert(0, "panel", panel)
+            agreements.append(agreement)
+
+    result.clusters = _with_metadata(pd.concat(counts, ignore_index=True), run)
+    result.annotation = pd.concat(annotations, ignore_index=True)
+    result.paths["clusters"] = write_parquet(
+        result.clusters, run.path / "clusters.parquet",
+        metadata={"n_clusters": n_clusters, "seed": seed, "xdim": xdim, "ydim": ydim,
+                  "events_per_sample": result.events_per_sample})
+    result.paths["annotation"] = write_csv(result.annotation,
+                                           run.path / "cluster_annotation.csv")
+    if agreements:
+        result.agreement = pd.concat(agreements, ignore_index=True)
+        result.paths["agreement"] = write_csv(result.agreement,
+                                              run.path / "cluster_agreement.csv")
+    return result
+
+
+def _first_per_sample(adata: ad.AnnData, n: int) -> ad.AnnData:
+    """The first ``n`` events of each sample (already in random order)."""
+    rank = adata.obs.groupby("sample_id", observed=True).cumcount().to_numpy()
+    return adata[rank < n].copy()
+
+
+def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
+    table = pd.crosstab(adata.obs["sample_id"].astype(str), adata.obs[KEY], dropna=False)
+    long = table.stack().rename("count").reset_index()
+    long.columns = ["sample_id", "cluster", "count"]
+    long["cluster"] = long["cluster"].astype(str)
+    long["count"] = long["count"].astype(np.int64)
+    long["parent_count"] = long["sample_id"].map(table.sum(axis=1)).astype(np.int64)
+    long["pct"] = 100 * long["count"] / long["parent_count"].replace(0, np.nan)
+    long.insert(1, "panel", panel)
+    return long
+
+
+def _with_metadata(counts: pd.DataFrame, run: RunFolder) -> pd.DataFrame:
+    meta = run.samples()
+    meta = meta.assign(sample_id=meta["sample_id"].astype(str))
+    meta = meta.drop(columns=[c for c in ("panel",) if c in meta.columns])
+    out = counts.merge(meta, on="sample_id", how="left", validate="many_to_one")
+    first = ["sample_id", "panel", "cluster", "count", "parent_count", "pct"]
+    return out[first + [c for c in out.columns if c not in first]]

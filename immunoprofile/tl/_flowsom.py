@@ -1,0 +1,234 @@
+"""FlowSOM clustering through the maintained ``flowsom`` package, with a model that travels.
+
+:func:`flowsom` trains a self-organising map (SOM) on the marker matrix and groups its nodes
+into metaclusters (``flowsom.models.FlowSOMEstimator``: SOM, then hierarchical clustering of the
+node codes). The fitted model is kept in ``adata.uns[key_added]`` as plain arrays (node codes and
+the node → metacluster map), so that it survives an ``.h5ad`` round trip and other events can be
+mapped onto the same clusters with :func:`flowsom_map` (a cohort's timepoints clustered
+once and compared cluster by cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from immunoprofile.errors import ImmunoprofileError
+
+# Names that are not fluorescence markers of a cell: scatter, the clock and dyes that only say
+# whether a cell was alive. Compared case-insensitively; scatter by prefix (FSC-A, SSC-H, ...).
+_SCATTER_PREFIXES = ("fsc", "ssc")
+_NOT_MARKERS = {"time", "viability", "live", "dead", "live/dead", "livedead", "live_dead",
+                "zombie", "dapi", "7-aad", "7aad", "pi", "event_length", "width"}
+
+
+# Modules whose numba functions are compiled without ``cache=True``: umap-learn's graph and
+# layout code alone costs ~15 s of compilation in every new process (measured: scanpy
+# neighbors + UMAP of 3,000 events 27 s cold, 5 s with these cached).
+_NUMBA_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse",
+                  "pynndescent.pynndescent_", "pynndescent.utils", "pynndescent.distances",
+                  "pynndescent.rp_trees", "flowsom.models._som")
+
+
+def cache_numba(modules: Sequence[str] = _NUMBA_MODULES) -> None:
+    """Let numba cache the compiled code of the clustering libraries on disk.
+
+    Turns on numba's own on-disk cache (what ``@njit(cache=True)`` does) for the jitted
+    functions of umap-learn, pynndescent and flowsom that do not ask for it. The cache sits
+    beside the packages or in ``NUMBA_CACHE_DIR``; numba invalidates it when a package's
+    source changes. Functions numba cannot cache simply stay uncached. Idempotent.
+    """
+    import importlib
+    import warnings
+
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, Dispatcher) and isinstance(obj._cache, NullCache):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    obj.enable_caching()
+
+
+def fluorescence_markers(adata: AnnData) -> list[str]:
+    """The markers clustering uses by default.
+
+    ``var_names`` without scatter (``FSC*``, ``SSC*``), ``Time``, viability dyes and markers
+    with missing values (markers some tubes of a pooled panel lack are NaN there).
+
+    Parameters
+    ----------
+    adata
+        Events × markers, as :func:`immunoprofile.assemble.timepoint_anndata` builds them.
+    """
+    out = []
+    for i, name in enumerate(map(str, adata.var_names)):
+        low = name.lower()
+        if low.startswith(_SCATTER_PREFIXES) or low in _NOT_MARKERS or "viab" in low:
+            continue
+        column = np.asarray(adata.X[:, i])
+        if np.isnan(column).any():
+            continue
+        out.append(name)
+    if not out:
+        raise ImmunoprofileError("no fluorescence markers left to cluster on (all var_names "
+                                 "are scatter, Time, viability or contain NaN): pass markers=")
+    return out
+
+
+def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
+                  layer: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Resolve ``markers`` (default: :func:`fluorescence_markers`) and return them with their
+    values as a C-contiguous float64 matrix (what the numba SOM code expects)."""
+    markers = fluorescence_markers(adata) if markers is None else [str(m) for m in markers]
+    missing = [m for m in markers if m not in adata.var_names]
+    if missing:
+        raise ImmunoprofileError(f"markers {missing} are not in var_names "
+                                 f"({', '.join(map(str, adata.var_names))})")
+    values = adata[:, markers].layers[layer] if layer else adata[:, markers].X
+    X = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+    if np.isnan(X).any():
+        bad = [m for m, col in zip(markers, X.T) if np.isnan(col).any()]
+        raise ImmunoprofileError(f"markers {bad} have missing values (a tube without them?): "
+                                 "leave them out of markers=")
+    return markers, X
+
+
+def flowsom(
+    adata: AnnData,
+    *,
+    markers: Sequence[str] | None = None,
+    n_clusters: int = 20,
+    xdim: int = 10,
+    ydim: int = 10,
+    rlen: int = 10,
+    seed: int = 0,
+    key_added: str = "flowsom",
+    copy: bool = False,
+) -> AnnData | None:
+    """FlowSOM clustering (self-organising map, then metaclustering of its nodes).
+
+    Parameters
+    ----------
+    adata
+        Events × markers with transformed values in ``X``.
+    markers
+        Markers to cluster on (default: fluorescence markers, see
+        :func:`fluorescence_markers`).
+    n_clusters
+        Metaclusters.
+    xdim, ydim
+        SOM grid. A rare population needs a few nodes of its own: when one population
+        dominates the events (T cells in a B-cell tube clustered over all lymphocytes), a
+        larger grid (e.g. 14 × 14) keeps small subsets apart.
+    rlen
+        Passes over the data while training the SOM.
+    seed
+        Seed of the SOM initialisation and training.
+    key_added
+        ``obs[key_added]``: metacluster per event (categorical ``'0'``, ``'1'``, …);
+        ``obs[key_added + '_node']``: SOM node (the row of the codes); ``uns[key_added]``:
+        the model (``params``, ``codes``, ``node_metacluster``).
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The new object when ``copy=True``.
+    """
+    from flowsom.models import FlowSOMEstimator
+
+    cache_numba(["flowsom.models._som"])
+    adata = adata.copy() if copy else adata
+    markers, X = marker_matrix(adata, markers)
+    if xdim * ydim > X.shape[0]:
+        raise ImmunoprofileError(f"{X.shape[0]} events cannot train a {xdim}×{ydim} SOM: "
+                                 "use a smaller grid or more events")
+    if not 2 <= n_clusters <= xdim * ydim:
+        raise ImmunoprofileError(f"n_clusters must be between 2 and {xdim * ydim} (the SOM "
+                                 f"nodes), not {n_clusters}")
+    estimator = FlowSOMEstimator(xdim=xdim, ydim=ydim, rlen=rlen, seed=seed,
+                                 n_clusters=n_clusters)
+    estimator.fit(X)
+    codes = np.asarray(estimator.codes, dtype=np.float64)
+    # fit() keeps the node -> metacluster map only in a private attribute; the hierarchical
+    # clustering of the codes is deterministic, so asking the public model again gives it.
+    node_metacluster = np.asarray(estimator.metacluster_model.fit_predict(codes), dtype=np.int64)
+    model = {
+        "params": {"markers": list(markers), "n_clusters": int(n_clusters), "xdim": int(xdim),
+                   "ydim": int(ydim), "rlen": int(rlen), "seed": int(seed),
+                   "method": "flowsom.models.FlowSOMEstimator", "flowsom": _version()},
+        "codes": codes,
+        "node_metacluster": node_metacluster,
+    }
+    _assign(adata, X, model, key_added)
+    return adata if copy else None
+
+
+def flowsom_map(
+    adata: AnnData,
+    model_from: AnnData | Mapping[str, Any],
+    *,
+    key: str = "flowsom",
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Map events onto a fitted FlowSOM model: nearest SOM node, then its metacluster.
+
+    Parameters
+    ----------
+    adata
+        Events with the model's markers in ``var_names``.
+    model_from
+        An AnnData clustered by :func:`flowsom` (its ``uns[key]``), or that model dict.
+    key
+        Where the model sits in ``model_from.uns``.
+    key_added
+        Slots to write (default: ``key``); the model is copied to ``uns[key_added]``.
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+    """
+    model = model_from.uns.get(key) if isinstance(model_from, AnnData) else model_from
+    if not isinstance(model, Mapping) or "codes" not in model:
+        raise ImmunoprofileError(f"no FlowSOM model in uns[{key!r}]: run ip.tl.flowsom first")
+    adata = adata.copy() if copy else adata
+    params = dict(model["params"])
+    markers = [str(m) for m in params["markers"]]
+    _, X = marker_matrix(adata, markers)
+    model = {"params": params, "codes": np.asarray(model["codes"], dtype=np.float64),
+             "node_metacluster": np.asarray(model["node_metacluster"], dtype=np.int64)}
+    _assign(adata, X, model, key_added or key)
+    return adata if copy else None
+
+
+def _assign(adata: AnnData, X: np.ndarray, model: dict, key_added: str) -> None:
+    from flowsom.models import map_data_to_codes
+
+    cache_numba(["flowsom.models._som"])
+    nodes, _ = map_data_to_codes(X, np.ascontiguousarray(model["codes"]))
+    nodes = nodes.astype(np.int64)
+    meta = model["node_metacluster"][nodes]
+    categories = [str(i) for i in range(int(model["params"]["n_clusters"]))]
+    adata.obs[key_added] = pd.Categorical.from_codes(meta, categories=categories)
+    adata.obs[f"{key_added}_node"] = nodes
+    params = dict(model["params"])
+    params["markers"] = list(params["markers"])
+    adata.uns[key_added] = {"params": params, "codes": model["codes"],
+                            "node_metacluster": model["node_metacluster"]}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("flowsom")
