@@ -68,6 +68,28 @@ def test_planted_artefacts_found_and_clean_events_kept(simulated, kind, art, see
     assert len(result.windows) == result.params["n_windows"] == 200
 
 
+def test_planted_signal_step_and_burst(tmp_path):
+    # Beyond the simulator's clog and drift: one laser's two detectors dim by 30% for a tenth
+    # of the run (flow unchanged), and a burst doubles the rate for 3% of it.
+    tube = simulate_tube("bcell", N_EVENTS, seed=5)
+    t = tube.events[:, -1]
+    step = (t >= 0.4 * t.max()) & (t < 0.5 * t.max())
+    events = tube.events.copy()
+    events[step, 3:5] *= 0.7  # FITC-A, PerCP-Cy5.5-A
+    result = acquisition_qc(_write(tmp_path / "step.fcs", events, tube.pnn, tube.pns))
+    failed = ~result.mask
+    assert failed[step].mean() >= 0.9 and failed[~step].mean() < 0.01, result.removed
+    assert result.removed["flow_rate"] == 0
+    burst = (t >= 0.6 * t.max()) & (t < 0.63 * t.max())
+    events = np.concatenate([tube.events, tube.events[burst]])
+    order = np.argsort(events[:, -1], kind="stable")
+    in_burst = np.concatenate([burst, np.ones(burst.sum(), bool)])[order]
+    result = acquisition_qc(_write(tmp_path / "burst.fcs", events[order], tube.pnn, tube.pns))
+    failed = ~result.mask
+    assert failed[in_burst].mean() >= 0.9 and failed[~in_burst].mean() < 0.01, result.removed
+    assert result.windows.loc[result.windows["flagged_rate"], "rate_z"].max() > 6
+
+
 def test_windows_table(simulated):
     tube, sample = simulated[("treg", "clog", 1)]
     result = acquisition_qc(sample)

@@ -1,24 +1,18 @@
 """Acquisition QC before gating: margin events and time windows with an abnormal flow rate or a
 shifted signal, returned as a mask with the reasons (the input events are never changed).
 
-The checks re-implement the published methods of flowAI (Monaco et al., Bioinformatics 2016)
-and PeacoQC (Emmaneel et al., Cytometry A 2022) from their descriptions, not their code:
-
-- **Margins**: events at or beyond the ends of a channel's range on FSC-A and SSC-A (optionally
-  fluorescence). The top is $PnR - 1 decoded as the reader decodes values ($PnE, $PnG); the
-  bottom a negative floor, a small fraction of the range below zero.
-- **Time windows**: equal-time windows on the Time channel (aligned to its tick, resets joined
-  into one clock), by default one per 100 events, at most 200.
-- **Flow rate** (flowAI): each window's log rate against a robust linear trend (Theil–Sen), in
-  units of its Poisson error inflated by the over-dispersion between neighbouring windows.
-- **Signal** (flowAI's changepoints, PeacoQC's peak trajectories): per channel, the events are
-  split at the valleys between density peaks (arcsinh scale) and each peak's median is followed
-  window by window, in units of its sampling error (from neighbouring windows). The run is cut
-  into segments of constant level (binary segmentation); the level shared by most events is the
-  reference, and segments (or single windows) away from it in two or more channels are flagged.
-- Flagged stretches lose lone windows (chance among hundreds of tests), close gaps of one or two
-  windows, and have their edges re-estimated, since the windows at a clog's ends or a drift's
-  onset are only partly affected: a CUSUM for rate steps, a ramp-or-step fit for signal.
+Re-implemented from the published methods of flowAI (Monaco et al. 2016) and PeacoQC (Emmaneel
+et al. 2022), not their code. Margins: events at the top of a channel's range ($PnR - 1 decoded
+as the reader decodes values) or below a negative floor, on FSC-A and SSC-A. Time: equal-time
+windows on the Time channel (whole ticks of a coarse clock; resets joined into one clock).
+Flow rate: each window's log rate against a robust linear trend, in Poisson errors inflated by
+the over-dispersion between neighbours. Signal: per channel, the median of each density peak
+(PeacoQC's peak trajectories, arcsinh scale) per window, in sampling errors; the run is cut
+into segments of constant level (binary segmentation, as flowAI's changepoints) and segments
+or windows away from the level shared by most events, in two or more channels, are flagged.
+Flagged stretches drop lone windows, close small gaps and have their edges refitted (a CUSUM
+for rate steps, a ramp-or-step fit for signal), since a clog's or drift's edge windows are
+only partly affected.
 """
 
 from __future__ import annotations
@@ -52,8 +46,10 @@ _ALLOWANCE = 2.0  # CUSUM allowance (SD) for rate edges: a clog starts and ends 
 _CUSUM_LIMIT = 1.5  # SD the sum may fall below its peak before the search stops
 _EDGE_REACH = 30  # windows an edge fit looks at on either side of a stretch's edge
 _MAX_GAP = 2  # clean windows between two flagged stretches that are closed
+_LONG = 5  # windows a segment needs for one channel alone to flag it
 _FLAG_PCT = 1.0  # a check removing at least this % of events is named in the flags
-_MAX_WINDOWS = 200
+_MAX_WINDOWS = 200  # by default
+_MAX_WINDOWS_ASKED = 2000  # when asked for more (Theil–Sen and segmentation grow with it)
 _MIN_WINDOWS = 10
 
 
@@ -66,19 +62,16 @@ class QCResult:
     mask
         Boolean per event, True where the event passes every check.
     removed
-        Events removed per reason (``"margin"``, ``"flow_rate"``, ``"signal_shift"``); an event
-        failing several checks counts under each.
+        Events removed per reason (:data:`REASONS`); an event failing several counts in each.
     n_events, n_removed
         Events in the sample and events failing any check.
     windows
-        One row per time window: ``start``, ``end`` (Time units on a clock joined across resets),
-        ``n_events``, ``rate`` (events per Time unit), ``rate_z``, ``signal_z`` (largest |z| of
-        the peak medians), ``flagged_rate``, ``flagged_signal`` and ``median_<$PnN>`` (linear)
-        per signal channel. Empty when the time-based checks did not run.
-    flags
-        Human-readable warnings.
-    params
-        The settings and channels used.
+        One row per time window: ``start``, ``end`` (Time units, on a clock joined across
+        resets), ``n_events``, ``rate`` (per Time unit), ``rate_z``, ``signal_z`` (largest |z|
+        of the peak medians), ``flagged_rate``, ``flagged_signal`` and ``median_<$PnN>``
+        (linear) per signal channel; empty when the time-based checks did not run.
+    flags, params
+        Human-readable warnings; the settings and channels used.
     """
 
     mask: np.ndarray
@@ -131,19 +124,19 @@ def acquisition_qc(
     margin, flow_rate, signal
         Which checks to run.
     window_seconds, n_windows
-        Window width in Time units (seconds when the file has $TIMESTEP) or number of windows;
-        default one window per ``2 * min_events_per_window`` events, at most 200.
+        Window width in Time units (seconds when the file has $TIMESTEP) or number of windows
+        (at most 2000); default one window per ``2 * min_events_per_window`` events, at most
+        200.
     max_rate_deviation, max_signal_deviation
         Thresholds in robust standard errors (6, as PeacoQC's MAD rule: hundreds of windows are
-        tested, and clean simulated files then lose nothing).
+        tested).
     min_events_per_window
         Windows with fewer events get no signal medians (a clog's windows are judged by rate).
     margin_fluorescence
         Also remove events at the margins of the signal channels.
     margin_range
-        Fractions of each channel's top of range (``$PnR - 1`` decoded): events at or below the
-        first, or at or above the second, are margin events. DOMAIN's gating margin of 2.5e5 on
-        the 18-bit scale is ``(-0.005, 0.954)``.
+        Fractions of each channel's top of range: events at or below the first, or at or above
+        the second, are margin events (DOMAIN's gating margin 2.5e5 is ``(-0.005, 0.954)``).
 
     Returns
     -------
@@ -171,7 +164,7 @@ def acquisition_qc(
     if margin and n:
         m_idx = _scatter_indices(table) + (sig_idx if margin_fluorescence else [])
         params["margin_channels"] = [table["pnn"][i] for i in m_idx]
-        bad, notes = _margins(sample, m_idx, margin_range)
+        bad, notes, params["margin_counts"] = _margins(sample, m_idx, margin_range)
         flags += notes
         removed["margin"] = int(bad.sum())
         fail |= bad
@@ -190,7 +183,8 @@ def acquisition_qc(
                 bad = np.repeat(windows[col].to_numpy(), np.diff(bounds)) if len(windows) else False
                 removed[reason] = int(np.sum(bad))
                 fail |= bad
-    for reason, what in zip(REASONS, ("margin QC", "flow-rate QC", "signal-shift QC")):
+    where = ", ".join(f"{c} {k}" for c, k in params.get("margin_counts", {}).items() if k)
+    for reason, what in zip(REASONS, (f"margin QC ({where})", "flow-rate QC", "signal-shift QC")):
         if n and 100.0 * removed[reason] / n >= _FLAG_PCT:
             flags.append(f"{100.0 * removed[reason] / n:.1f}% of events removed by {what}")
     return QCResult(mask=~fail, removed=removed, n_events=n, n_removed=int(fail.sum()),
@@ -251,9 +245,9 @@ def _range_top(row: pd.Series) -> float:
 
 
 def _margins(sample: FCSSample, idx: list[int], margin_range: tuple[float, float]
-             ) -> tuple[np.ndarray, list[str]]:
+             ) -> tuple[np.ndarray, list[str], dict[str, int]]:
     bad = np.zeros(sample.n_events, bool)
-    notes = []
+    notes, counts = [], {}
     for i in idx:
         x, row = sample.events[:, i], sample.channels.iloc[i]
         top = _range_top(row)
@@ -270,7 +264,8 @@ def _margins(sample: FCSSample, idx: list[int], margin_range: tuple[float, float
             # float32 rounding of a value written as $PnR - 1 must still count as saturated.
             hit |= (x >= margin_range[1] * top * (1 - 1e-6)) | (x <= margin_range[0] * top)
         bad |= hit
-    return bad, notes
+        counts[str(row["pnn"])] = int(hit.sum())
+    return bad, notes, counts
 
 
 # --------------------------------------------------------------------------- time windows
@@ -299,7 +294,8 @@ def _clock(t: np.ndarray) -> tuple[np.ndarray, int]:
 def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_windows, k_rate,
              k_signal, min_events):
     n = sample.n_events
-    names = [str(sample.channels["pnn"][i]) for i in sig_idx]
+    pnn = [str(sample.channels["pnn"][i]) for i in sig_idx]
+    names = [c if pnn.count(c) == 1 else f"{c}#{i}" for c, i in zip(pnn, sig_idx)]  # repeats
     empty = (_empty_windows(names), np.array([0, n]), {})
     t = sample.events[:, t_idx].astype(np.float64)
     if not np.isfinite(t).all():
@@ -315,7 +311,7 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
     if n_windows is None:
         n_windows = (math.ceil(span / window_seconds) if window_seconds
                      else min(_MAX_WINDOWS, n // (2 * min_events)))
-    n_windows = max(int(n_windows), 1)
+    n_windows = min(max(int(n_windows), 1), _MAX_WINDOWS_ASKED)
     uniq = np.unique(clock)
     tick = float(np.diff(uniq).min()) if uniq.size > 1 else span
     coarse = span / tick < 20 * n_windows
@@ -469,10 +465,11 @@ def _signal_evidence(events, idx, counts, min_events, k, table):
         return np.where(moved >= lin, np.abs(value - ref), 0.0)
 
     # Acquisition artefacts move several detectors; one trajectory alone is more often a mixed
-    # basin whose median flips. So a segment is shifted when trajectories of two channels differ
-    # from the reference beyond k and by _MIN_SIGNAL_SHIFT, or all of them together do
-    # (chi-square with each term capped at k², so that none decides alone).
+    # basin whose median flips for a window or two. So a segment is shifted when trajectories of
+    # two channels (one, if it lasts _LONG windows) differ from the reference beyond k and by
+    # _MIN_SIGNAL_SHIFT, or all of them together do (chi-square, each term capped at k²).
     flag = np.zeros(w_n, bool)
+    chi2_limit = stats.chi2.isf(2 * stats.norm.sf(k), y.shape[1])  # as unlikely as |z| > k
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         if members[i]:
             continue
@@ -481,20 +478,14 @@ def _signal_evidence(events, idx, counts, min_events, k, table):
                               posinf=0.0, neginf=0.0)
         shift = np.where(seg_w[i] > 0, relevant(level[i]), 0.0)
         big = (np.abs(t) > k) & (shift > _MIN_SIGNAL_SHIFT)
-        joint = (np.minimum(t**2, k**2).sum() > _chi2_limit(t.size, k)
-                 and shift.mean() > _MIN_SIGNAL_SHIFT / 2)
-        flag[a:b] = np.unique(owner[big]).size >= 2 or joint
+        joint = (np.minimum(t**2, k**2).sum() > chi2_limit and shift.mean() > _MIN_SIGNAL_SHIFT / 2)
+        flag[a:b] = np.unique(owner[big]).size >= (1 if b - a >= _LONG else 2) or joint
     dev = np.where(weight > 0, y - ref, 0.0)
     z = dev * np.sqrt(weight) / sigma
     big = (np.abs(z) > k) & (relevant(y) > _MIN_SIGNAL_SHIFT)  # spikes shorter than a segment
     flag |= np.array([np.unique(owner[row]).size >= 2 for row in big])
     top_z = np.where(ok, np.abs(z).max(axis=1), np.nan)
     return med, top_z, _stretches(flag & ok, np.nan_to_num(top_z), k, z, ok, ramp=True), ""
-
-
-def _chi2_limit(df: int, k: float) -> float:
-    """The chi-square value as unlikely under no change as |z| > k is for one normal value."""
-    return float(stats.chi2.isf(2 * stats.norm.sf(k), df))
 
 
 def _segment(y: np.ndarray, weight: np.ndarray, sigma: np.ndarray, k: float) -> list[int]:
