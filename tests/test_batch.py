@@ -6,6 +6,7 @@ bad files mixed into a batch, accuracy against the simulated truth, and the outp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -140,7 +141,8 @@ def test_killed_run_resumes_to_identical_tables(local_run, sim_cohort, tmp_path:
             assert time.monotonic() < deadline, "no samples finished in time"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     done_before = {p.name.removesuffix(".done.json") for p in parts.glob("*.done.json")}
