@@ -313,6 +313,39 @@ def report(run_dir: Path, out: Path | None) -> None:
 
 
 @main.command()
+@click.argument("sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kit", required=True,
+              help="Shipped kit name (bd_cba_th1_th2_th17) or a kit YAML file.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the tables and plots into.")
+@click.option("--no-plots", is_flag=True, help="Skip the standard-curve plots.")
+def cytokines(sheet: Path, kit: str, out: Path, no_plots: bool) -> None:
+    """Quantify cytokines from cytometric bead-array (CBA) files listed in SHEET.
+
+    Writes cytokines.parquet/.csv, cba_standards.csv, cba_curves.csv, errors.csv and
+    plots/standard_curves_<plate>.png. Exit code 0 when everything was quantified, 3 when some
+    files or curves failed (see errors.csv), 1 when nothing usable came out or the sheet or kit
+    is invalid.
+    """
+    from immunoprofile.cba import quantify
+
+    try:
+        result = quantify(sheet, kit, out, plots=not no_plots)
+    except ImmunoprofileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    cyto = result.cytokines
+    n_samples = cyto["sample_id"].nunique() if len(cyto) else 0
+    n_values = int(cyto["conc_pg_ml"].notna().sum()) if len(cyto) else 0
+    n_below = int(cyto["below_lloq"].sum()) if len(cyto) else 0
+    click.echo(f"{n_samples} samples × {len(result.kit.analytes)} analytes: {n_values} in "
+               f"range, {n_below} below LLOQ, {len(result.errors)} error row(s); tables in {out}")
+    if len(result.errors):
+        click.echo(f"see {out / 'errors.csv'}", err=True)
+    sys.exit(result.exit_code)
+
+
+@main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
     import importlib

@@ -9,3 +9,6 @@ __all__ += ["boxplots", "effects_heatmap", "trajectories", "volcano"]
 from immunoprofile.pl._embedding import abundance_bars, cluster_heatmap, ridges, umap  # noqa: E402
 
 __all__ += ["abundance_bars", "cluster_heatmap", "ridges", "umap"]
+from immunoprofile.pl._cba import standard_curves  # noqa: E402
+
+__all__ += ["standard_curves"]
