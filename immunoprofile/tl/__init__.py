@@ -33,3 +33,15 @@ __all__ = [
     "response",
     "umap",
 ]
+
+from immunoprofile.tl._joint import (
+    clinical_comparison,
+    correlations,
+    cytokine_comparison,
+    read_cytokines,
+    responders,
+    rmcorr,
+)
+
+__all__ += ["clinical_comparison", "correlations", "cytokine_comparison", "read_cytokines",
+            "responders", "rmcorr"]
