@@ -36,3 +36,13 @@ def sim_cohort(tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("cohort")
     return simulate_cohort(out, patients_per_arm=2, n_events=30_000, visits=(0, 2, 12), seed=11)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """The whole journey once per session (`immunoprofile demo`'s code) on a small trial:
+    3 patients per arm, 2 visits, 8k events per file. Returns the DemoResult."""
+    from immunoprofile.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo"), patients_per_arm=3, n_events=8_000,
+                    visits=(0, 12), workers=2, say=lambda _: None)
