@@ -120,15 +120,6 @@ def shipped_kits() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
-def _pair(value: Any, where: str, problems: list[str]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        problems.append(f"{where}: expected [low, high], got {value!r}")
-        return (math.nan, math.nan)
-    return lo, hi
-
-
 def load_kit(name_or_path: str | Path | Kit) -> Kit:
     """Load a kit by shipped name (``"bd_cba_th1_th2_th17"``) or from a YAML file.
 
@@ -160,32 +151,26 @@ def load_kit(name_or_path: str | Path | Kit) -> Kit:
         problems.append(f"channels.classification: one or two channels, got {list(cls)}")
     positions: dict[str, tuple[int, ...]] = {}
     for i, entry in enumerate(data.get("analytes") or []):
-        if isinstance(entry, str) and len(cls) == 1:
-            positions[entry] = (i + 1,)
-        elif isinstance(entry, dict) and "name" in entry:
-            pos = entry.get("position", [i + 1])
-            pos = (pos,) if isinstance(pos, int) else tuple(pos)
-            if len(pos) != len(cls) or not all(isinstance(p, int) and p >= 1 for p in pos):
-                problems.append(f"analytes[{i}] {entry['name']!r}: position needs "
-                                f"{len(cls)} level(s) ≥ 1, got {entry.get('position')!r}")
-            positions[str(entry["name"])] = pos
-        else:
-            problems.append(f"analytes[{i}]: expected a name (or {{name, position}} for 2-D "
-                            f"layouts), got {entry!r}")
-    if not positions:
-        problems.append("analytes: none listed")
-    if len(set(positions.values())) != len(positions):
-        problems.append("analytes: two analytes share a bead position")
-    stds = data.get("standards_pg_ml") or []
-    try:
-        stds = tuple(float(s) for s in stds)
-    except (TypeError, ValueError):
-        problems.append(f"standards_pg_ml: numbers expected, got {stds!r}")
-        stds = ()
+        name, pos = (entry, [i + 1]) if isinstance(entry, str) else (
+            entry.get("name"), entry.get("position")) if isinstance(entry, dict) else (None, 0)
+        pos = (pos,) if isinstance(pos, int) else tuple(pos or ())
+        if not name or len(pos) != len(cls) or not all(isinstance(p, int) and p >= 1
+                                                        for p in pos):
+            problems.append(f"analytes[{i}]: expected a name (1-D) or {{name, position: "
+                            f"[level per classification channel, 1 = dimmest]}}, got {entry!r}")
+            continue
+        positions[str(name)] = pos
+    if len(set(positions.values())) != len(positions) or not positions:
+        problems.append("analytes: none listed, or two share a bead position")
     beads, fit, acc = (data.get(k) or {} for k in ("beads", "fit", "acceptance"))
-    rec = _pair(acc.get("recovery_pct", [80, 120]), "acceptance.recovery_pct", problems)
-    rec_l = _pair(acc.get("recovery_pct_at_lloq", [70, 130]),
-                  "acceptance.recovery_pct_at_lloq", problems)
+    try:
+        stds = tuple(float(v) for v in data.get("standards_pg_ml") or [])
+        rec, rec_l = (tuple(float(v) for v in acc.get(key, default)) for key, default in (
+            ("recovery_pct", (80, 120)), ("recovery_pct_at_lloq", (70, 130))))
+        if len(rec) != 2 or len(rec_l) != 2:
+            raise ValueError("acceptance recoveries are [low, high]")
+    except (TypeError, ValueError) as exc:
+        problems.append(f"standards_pg_ml / acceptance: numbers expected ({exc})")
     models = tuple(fit.get("models", ["4PL", "5PL"]))
     if not models or any(m not in ("4PL", "5PL") for m in models):
         problems.append(f"fit.models: choose among 4PL, 5PL, got {list(models)}")
@@ -194,13 +179,13 @@ def load_kit(name_or_path: str | Path | Kit) -> Kit:
         problems.append(f"channels.scatter: two channels, got {list(scatter)}")
     if problems:
         raise KitError(f"kit {path}: " + "; ".join(problems))
-    order = sorted(positions, key=lambda a: positions[a])
     return Kit(
         name=str(data.get("name", path.stem)), version=str(data.get("version", "")),
-        analytes=tuple(order), positions=positions, classification=cls,
-        reporter=str(ch.get("reporter", "PE")), scatter=(str(scatter[0]), str(scatter[1])),
-        singlets=ch.get("singlets", "FSC-H"), standards_pg_ml=stds,
-        description=str(data.get("description", "")), units=str(data.get("units", "pg/mL")),
+        analytes=tuple(sorted(positions, key=lambda a: positions[a])), positions=positions,
+        classification=cls, reporter=str(ch.get("reporter", "PE")),
+        scatter=(str(scatter[0]), str(scatter[1])), singlets=ch.get("singlets", "FSC-H"),
+        standards_pg_ml=stds, description=str(data.get("description", "")),
+        units=str(data.get("units", "pg/mL")),
         lod_pg_ml={str(k): float(v) for k, v in (data.get("lod_pg_ml") or {}).items()},
         min_beads=int(beads.get("min_per_analyte", 100)),
         min_separation=float(beads.get("min_separation_log10", 0.15)),
@@ -289,11 +274,12 @@ def _levels(x: np.ndarray, k: int, kit: Kit, channel: str) -> tuple[np.ndarray, 
         cuts = [mids[a + int(np.argmin(dens[a:b + 1]))] for a, b in pairwise(pk)]
         return np.searchsorted(np.asarray(cuts), x)
 
-    mass = np.bincount(basins(peaks), minlength=peaks.size) if peaks.size else np.zeros(0)
-    top = np.sort(np.argsort(mass)[::-1][:k])
+    mass = np.bincount(basins(peaks), minlength=peaks.size) if peaks.size else np.zeros(1)
+    top = np.sort(np.argsort(mass)[::-1][:min(k, peaks.size)])
     centres = 10 ** mids[peaks[top]]
-    if top.size < k or mass[top].min() < max(10, 0.15 * np.median(mass[top])):
-        real = peaks[top][mass[top] >= max(10, 0.15 * np.median(mass[top]))]
+    floor = max(10.0, 0.15 * float(np.median(mass[top]))) if top.size else 10.0
+    if top.size < k or mass[top].min() < floor:  # a real cluster holds a fair share of beads
+        real = peaks[top][mass[top] >= floor]
         raise BeadError(f"found {real.size} bead clusters along {channel}, the kit has {k}: "
                         "a bead cluster is missing (wrong bead mix or capture beads left out?)",
                         centres=10 ** mids[real])
