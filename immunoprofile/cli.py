@@ -286,19 +286,33 @@ def cluster(run_dir: Path, n_clusters: int, events_per_sample: int, seed: int, x
 @click.option("--responder", default="Treg>=1.5", show_default=True,
               help="Responder rule POPULATION>=FOLD (or <=FOLD) of its pct_parent; '' for none.")
 @click.option("--no-plots", is_flag=True, help="Skip plots.")
+@click.option("--clinical", "clinical", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Clinical table (patient_id, timepoint, sledai, c3, c4, anti_dsdna, igg, "
+                   "iga, igm, proteinuria, prednisone_mg…): compared across arms, correlated "
+                   "with subsets, SLEDAI-4/SRI-4 responders counted.")
+@click.option("--cytokines", "cytokines", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="cytokines.parquet of a CBA run: compared across arms (censored at "
+                   "LLOQ/ULOQ: Tobit) and correlated with subsets.")
 def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
             covariates: tuple[str, ...], pairs: tuple[str, ...], responder: str,
-            no_plots: bool) -> None:
+            no_plots: bool, clinical: Path | None, cytokines: Path | None) -> None:
     """Compare arms over time: differential abundance and state, response tracking."""
     from immunoprofile.compare import compare_run
 
     result = compare_run(run_dir, control=control, baseline=baseline, out=out, pairs=pairs,
                          covariates=covariates, responder=responder or None,
-                         plots=not no_plots)
+                         plots=not no_plots, clinical=clinical, cytokines=cytokines)
     da = result.abundance
     n_sig = int((da["fdr"] < 0.05).sum()) if len(da) else 0
     click.echo(f"{len(da)} abundance and {len(result.state)} state tests "
                f"({n_sig} abundance results at FDR < 0.05); tables in {result.out}")
+    for name, table in (("clinical", result.clinical), ("cytokine", result.cytokines),
+                        ("correlation", result.correlations)):
+        if table is not None:
+            hits = int((table["fdr"] < 0.05).sum()) if len(table) else 0
+            click.echo(f"{len(table)} {name} tests ({hits} at FDR < 0.05)")
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 Reads a gate run (and its ``clusters.parquet`` when ``cluster`` has run) and writes, by default
 into ``RUN_DIR/compare``: ``differential_abundance``, ``differential_state`` (Parquet and CSV),
-``response.parquet`` (per patient), ``response_summary.parquet`` (per arm) and plots.
+``response.parquet`` (per patient), ``response_summary.parquet`` (per arm) and plots. With a
+clinical table and/or a cytokine table: ``clinical`` and ``cytokines`` (the same contrasts,
+Parquet and CSV), ``correlations`` (subsets × indexes and cytokines) and ``responders.csv``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,49 @@ register("compare/response_summary.parquet (one row per arm × population × vis
     Column("mean_log2_fold_change", "float64", "Mean log2 fold change."),
     Column("n_responders / pct_responders", "int64 / float64", "Responders by the rule."),
 ))
+register("compare/clinical.parquet (one row per clinical index × contrast)", (
+    *_CONTRAST_COLUMNS[:1], Column("population", "string", "The clinical index (`sledai`, `c3`, "
+                                   "`anti_dsdna`, …); `template` is 'clinical'."),
+    *_CONTRAST_COLUMNS[2:7],
+    Column("estimate", "float64", "Log fold change for concentrations (model `lmm_log`); a "
+           "difference in the index's unit for SLEDAI points, prednisone mg/day, PGA (`lmm`)."),
+    *_CONTRAST_COLUMNS[8:-1],
+    Column("scale", "string", "'log' or 'identity': the scale of `estimate`."),
+))
+register("compare/cytokines.parquet (one row per analyte × contrast)", (
+    *_CONTRAST_COLUMNS[:1], Column("population", "string", "The analyte; `template` is "
+                                   "'cytokines'."),
+    *_CONTRAST_COLUMNS[2:7],
+    Column("estimate", "float64", "Log fold change of the concentration."),
+    *_CONTRAST_COLUMNS[8:11],
+    Column("model", "string", "`tobit_re` (censored likelihood at LLOQ/ULOQ, patient random "
+           "intercept), `lmm_log_lloq2` (LLOQ/2 imputed) or `lmm_log` (nothing censored)."),
+    *_CONTRAST_COLUMNS[12:-1],
+    Column("n_below_lloq / n_above_uloq", "int64", "Censored values of the analyte."),
+))
+register("compare/correlations.parquet (one row per subset × variable × method [× visit])", (
+    Column("subset", "string", "`template/population:measure` (pct_parent or pct_of_<ref>)."),
+    Column("template, population, measure", "string", "Its parts."),
+    Column("variable", "string", "Clinical index or cytokine analyte."),
+    Column("kind", "string", "'clinical' or 'cytokine'."),
+    Column("method", "string", "'spearman' (per visit) or 'rmcorr' (repeated-measures "
+           "correlation across visits, Bakdash & Marusich 2017)."),
+    Column("timepoint", "string", "The visit (Spearman); '' for rmcorr."),
+    Column("r / ci_low / ci_high", "float64", "Coefficient and 95% CI (Fisher z; Bonett–Wright "
+           "SE for Spearman; df = N − patients − 1 for rmcorr)."),
+    Column("pvalue / fdr", "float64", "Two-sided p; Benjamini–Hochberg within method × kind × "
+           "visit."),
+    Column("n_samples / n_patients", "int64", "Visits paired; patients."),
+    Column("transform", "string", "rmcorr: scale of subset / variable ('log' or 'identity')."),
+    Column("note", "string", "Cytokine values below the LLOQ entered as LLOQ/2, when any."),
+))
+register("compare/responders.csv (one row per rule × arm × visit)", (
+    Column("arm, timepoint", "string", "Keys (baseline excluded)."),
+    Column("rule", "string", "'SLEDAI-4' (fall ≥ 4 points), 'SRI-4' (when BILAG and PGA are "
+           "given), the immune responder rule, and 'SLEDAI-4 & <rule>'."),
+    Column("n_patients", "int64", "Patients with a verdict."),
+    Column("n_responders / pct_responders", "int64 / float64", "Responders."),
+))
 
 
 LYMPHOCYTES = "Live lymphocytes"
@@ -72,6 +117,10 @@ class Comparison:
     response: pd.DataFrame
     response_summary: pd.DataFrame
     out: Path
+    clinical: pd.DataFrame | None = None
+    cytokines: pd.DataFrame | None = None
+    correlations: pd.DataFrame | None = None
+    responders: pd.DataFrame | None = None
 
 
 def _clusters(run: Path) -> pd.DataFrame | None:
@@ -96,8 +145,17 @@ def compare_run(
     covariates: Iterable[str] = (),
     responder: str | None = "Treg>=1.5",
     plots: bool = True,
+    clinical: str | Path | pd.DataFrame | None = None,
+    cytokines: str | Path | pd.DataFrame | None = None,
 ) -> Comparison:
-    """Differential abundance and state, and response tracking, for a run folder."""
+    """Differential abundance and state, and response tracking, for a run folder.
+
+    With ``clinical`` (a clinical table, :func:`immunoprofile.clinical.read_clinical`) and/or
+    ``cytokines`` (``cytokines.parquet`` of a CBA run) the indexes and cytokines are compared
+    with the same contrasts (``clinical``/``cytokines`` tables), correlated with every subset
+    (``correlations``) and responders counted per arm (``responders.csv``). Patients' arms come
+    from the run's sample sheet; visit-level covariates (constant within a visit) too.
+    """
     from immunoprofile.assemble import RunFolder
 
     run = RunFolder(run_dir)
@@ -125,9 +183,89 @@ def compare_run(
     write_parquet(summary, out / "response_summary.parquet")
     write_csv(summary, out / "response_summary.csv")
     result = Comparison(da, ds, patients, summary, out)
+    if clinical is not None or cytokines is not None:
+        _joint(result, subsets, clinical=clinical, cytokines=cytokines, control=control,
+               baseline=baseline, pairs=pairs, covariates=covariates,
+               rule=responder if rule is not None else None, plots=plots)
     if plots:
         _plots(result, subsets, out / "plots")
     return result
+
+
+def _visit_columns(subsets: pd.DataFrame, table: pd.DataFrame,
+                   covariates: list[str]) -> pd.DataFrame:
+    """Add covariates that are constant within each visit of the run to ``table``."""
+    keys = ["patient_id", "timepoint"]
+    for cov in covariates:
+        if cov in table.columns or cov not in subsets.columns:
+            continue
+        table = table.copy()
+        per_visit = subsets[[*keys, cov]].astype({k: str for k in keys}).drop_duplicates()
+        if per_visit.duplicated(keys).any():
+            continue  # varies within a visit (e.g. tubes run in different batches)
+        lookup = per_visit.set_index(keys)[cov]
+        table[cov] = lookup.reindex(pd.MultiIndex.from_arrays(
+            [table[k].astype(str) for k in keys])).to_numpy()
+    return table
+
+
+def _joint(result: Comparison, subsets: pd.DataFrame, *, clinical, cytokines, control: str,
+           baseline: str, pairs: list[str], covariates: list[str], rule: str | None,
+           plots: bool) -> None:
+    """Clinical and cytokine comparisons, correlations with subsets and responder counts."""
+    from immunoprofile.clinical import attach_arms, responders
+    from immunoprofile.tl._joint import (
+        clinical_comparison,
+        correlations,
+        cytokine_comparison,
+        read_cytokines,
+    )
+
+    out = result.out
+    arms = (subsets[["patient_id", "arm"]].astype(str).drop_duplicates("patient_id")
+            .set_index("patient_id")["arm"])
+    clin = cyto = None
+    if clinical is not None:
+        clin = _visit_columns(subsets, attach_arms(clinical, arms), covariates)
+        result.clinical = clinical_comparison(clin, control=control, baseline=baseline,
+                                              pairs=pairs, covariates=covariates)
+        write_parquet(result.clinical, out / "clinical.parquet")
+        write_csv(result.clinical, out / "clinical.csv")
+    if cytokines is not None:
+        cyto = _visit_columns(subsets, read_cytokines(cytokines), covariates)
+        result.cytokines = cytokine_comparison(cyto, control=control, baseline=baseline,
+                                               pairs=pairs, covariates=covariates)
+        write_parquet(result.cytokines, out / "cytokines.parquet")
+        write_csv(result.cytokines, out / "cytokines.csv")
+    result.correlations = correlations(subsets, clinical=clin, cytokines=cyto)
+    write_parquet(result.correlations, out / "correlations.parquet")
+    write_csv(result.correlations, out / "correlations.csv")
+    result.responders = responders(clin, result.response if rule else None, baseline=baseline,
+                                   rule=rule or "immune")
+    write_csv(result.responders, out / "responders.csv")
+    if plots:
+        _joint_plots(result, clin, cyto, out / "plots")
+
+
+def _joint_plots(result: Comparison, clinical: pd.DataFrame | None,
+                 cytokines: pd.DataFrame | None, folder: Path) -> None:
+    try:
+        from immunoprofile import pl
+    except ImportError:  # pragma: no cover - plots are optional for pipelines
+        return
+    if not hasattr(pl, "clinical_trajectories"):
+        return
+    if clinical is not None:
+        for var in ("sledai", "anti_dsdna", "c3", "c4", "igm"):
+            if var in clinical.columns and clinical[var].notna().any():
+                pl.clinical_trajectories(clinical, var, save=folder / f"clinical_{var}.png")
+    if cytokines is not None:
+        for analyte in sorted(cytokines["analyte"].astype(str).unique()):
+            name = "".join(c if c.isalnum() or c in "-_" else "_" for c in analyte)
+            pl.clinical_trajectories(cytokines, analyte, save=folder / f"cytokine_{name}.png")
+    corr = result.correlations
+    if corr is not None and (corr["method"] == "rmcorr").any():
+        pl.correlation_heatmap(corr, save=folder / "correlations_rmcorr.png")
 
 
 def _plots(result: Comparison, subsets: pd.DataFrame, folder: Path) -> None:

@@ -12,3 +12,6 @@ __all__ += ["abundance_bars", "cluster_heatmap", "ridges", "umap"]
 from immunoprofile.pl._cba import standard_curves  # noqa: E402
 
 __all__ += ["standard_curves"]
+from immunoprofile.pl._clinical import clinical_trajectories, correlation_heatmap  # noqa: E402
+
+__all__ += ["clinical_trajectories", "correlation_heatmap"]

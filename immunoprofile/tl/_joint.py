@@ -293,6 +293,11 @@ def tobit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> p
     blind = sorted(observed.index[~observed])
     fit = data[~data["cell"].isin(blind)]
     cells = sorted(fit["cell"].unique())
+    n_in_range = int((fit["censored"] == 0).sum())
+    if n_in_range < len(cells) + 2:
+        return pd.DataFrame([_empty_row(
+            model_name, len(data), n_patients,
+            f"too few values in range ({n_in_range} of {len(data)}) for a censored model")])
     X = pd.get_dummies(fit["cell"]).reindex(columns=cells, fill_value=0).astype(float)
     for cov in design.covariates:
         col = fit[cov]
@@ -664,9 +669,11 @@ def correlations(
         ok = p.notna()
         if ok.any():
             out.loc[p[ok].index, "fdr"] = multipletests(p[ok], method="fdr_bh")[1]
+    var_rank = {v: i for i, v in enumerate(dict.fromkeys(variables["variable"]))}
     out["_order"] = out["timepoint"].map(order).fillna(-1)
-    out = out.sort_values(["kind", "method", "_order", "variable"], kind="stable")
-    return out.drop(columns="_order").reset_index(drop=True)[CORRELATION_COLUMNS]
+    out["_var"] = out["variable"].map(var_rank)
+    out = out.sort_values(["kind", "method", "_order", "_var"], kind="stable")
+    return out.drop(columns=["_order", "_var"]).reset_index(drop=True)[CORRELATION_COLUMNS]
 
 
 def _visit_order(*tables) -> list[str]:
