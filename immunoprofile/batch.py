@@ -157,8 +157,10 @@ def _part(out: Path, sample_id: str, name: str) -> Path:
 
 def _resume_key(row: dict, digest: str, templates: list[Template],
                 settings: BatchSettings) -> dict:
+    # The code version is part of the key: an upgrade regates rather than reuse old parts.
     return {"sha256": digest, "templates": {t.name: template_hash(t) for t in templates},
             "settings": settings.key(), "schema_version": SCHEMA_VERSION,
+            "immunoprofile": __version__,
             "metadata": {k: str(v) for k, v in row.items() if k not in ("path", "row")}}
 
 
