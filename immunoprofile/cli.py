@@ -248,16 +248,17 @@ def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--n-clusters", type=click.IntRange(2, 400), default=20, show_default=True,
               help="FlowSOM metaclusters per panel.")
-@click.option("--events-per-sample", type=click.IntRange(10, None), default=5000,
-              show_default=True, help="Events from every sample in the pooled subsample the "
-              "model is fitted on (fewer if the smallest sample has fewer); all are mapped.")
+@click.option("--events-per-sample", type=click.IntRange(10, None), default=None,
+              help="Events from every sample in the pooled subsample the model is fitted on "
+              "[default: the smallest sample's, at most 500,000 pooled per panel]; all events "
+              "are mapped.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--xdim", type=click.IntRange(2, 100), default=14, show_default=True,
+@click.option("--xdim", type=click.IntRange(2, 100), default=20, show_default=True,
               help="SOM grid width.")
-@click.option("--ydim", type=click.IntRange(2, 100), default=14, show_default=True,
+@click.option("--ydim", type=click.IntRange(2, 100), default=20, show_default=True,
               help="SOM grid height.")
-def cluster(run_dir: Path, n_clusters: int, events_per_sample: int, seed: int, xdim: int,
-            ydim: int) -> None:
+def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, seed: int,
+            xdim: int, ydim: int) -> None:
     """FlowSOM per panel, fitted once on all timepoints and mapped onto every event.
 
     Writes the labels into the .h5ad files (assembling them first when missing),

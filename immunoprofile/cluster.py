@@ -3,8 +3,8 @@
 For each panel (tube) of a run, :func:`cluster_run`
 
 1. draws a balanced subsample pooled over all timepoints: the same number of events from every
-   sample (``events_per_sample``, or fewer when the smallest sample has fewer), so no sample or
-   visit dominates the model;
+   sample (the smallest sample's count, capped by ``events_per_sample`` or by ``max_events``
+   over the pool), so no sample or visit dominates the model;
 2. fits one FlowSOM model on it (:func:`immunoprofile.tl.flowsom`);
 3. maps every event of every timepoint's ``.h5ad`` onto that model
    (:func:`immunoprofile.tl.flowsom_map`), so cluster 7 at week 0 is cluster 7 at week 12, and
@@ -98,10 +98,11 @@ def cluster_run(
     run_dir: str | Path,
     *,
     n_clusters: int = 20,
-    events_per_sample: int = 5000,
+    events_per_sample: int | None = None,
+    max_events: int = 500_000,
     seed: int = 0,
-    xdim: int = 14,
-    ydim: int = 14,
+    xdim: int = 20,
+    ydim: int = 20,
     markers: Sequence[str] | None = None,
 ) -> ClusterRunResult:
     """Cluster a run: one FlowSOM model per panel, fitted on a balanced pooled subsample.
@@ -113,15 +114,21 @@ def cluster_run(
     n_clusters
         Metaclusters per panel.
     events_per_sample
-        Events drawn from every sample for fitting (fewer when the smallest sample has fewer:
-        every sample contributes equally). All events are mapped afterwards.
+        Events drawn from every sample for fitting. Default: as many as the smallest sample
+        has in the ``.h5ad`` files, unless the pool would exceed ``max_events``. Every sample
+        contributes equally; all events are mapped afterwards.
+    max_events
+        Cap on the pooled fitting events of a panel when ``events_per_sample`` is not given
+        (SOM training time grows with it).
     seed
         Seed of the subsample and of the SOM.
     xdim, ydim
-        SOM grid. 14 × 14 by default rather than FlowSOM's 10 × 10: over all lymphocytes one
-        lineage dominates (T cells are ~70% of a B-cell tube), and with 100 nodes the 7% B
-        cells get too few nodes for their subsets (on simulated cohorts, transitional and
-        double-negative B cells merged into neighbours at 10 × 10 for most seeds).
+        SOM grid. 20 × 20 by default rather than FlowSOM's 10 × 10: over all lymphocytes one
+        lineage dominates (T cells are ~70% of a B-cell tube) and a SOM gives nodes in
+        proportion to density, so subsets of 0.3% of the events (transitional, unswitched,
+        double-negative B, plasmablasts) got no node of their own on 10 × 10 and 14 × 14 grids
+        for several seeds of small simulated cohorts; at 20 × 20 every seed kept them apart.
+        A rare population also needs events: small cohorts should fit on all their events.
     markers
         Markers to cluster on (default: each panel's fluorescence markers).
     """
@@ -147,7 +154,7 @@ def cluster_run(
     by_panel: dict[str, list[tuple[Path, ad.AnnData]]] = {}
     for path in files:
         adata = ad.read_h5ad(path)
-        keep = [rng.permutation(idx)[:events_per_sample] for _, idx in
+        keep = [rng.permutation(idx)[:events_per_sample or max_events] for _, idx in
                 adata.obs.groupby("sample_id", observed=True).indices.items()]
         if not keep:
             continue
@@ -159,7 +166,8 @@ def cluster_run(
     counts, annotations, agreements = [], [], []
     for panel, parts in by_panel.items():
         sizes = pd.concat([p.obs["sample_id"].astype(str).value_counts() for _, p in parts])
-        n = int(min(events_per_sample, sizes.min()))
+        cap = events_per_sample or max(1, max_events // len(sizes))
+        n = int(min(cap, sizes.min()))
         result.events_per_sample[panel] = n
         pooled = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
                            uns_merge="first")

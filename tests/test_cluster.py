@@ -1,0 +1,253 @@
+"""Run-level clustering (``immunoprofile cluster``) on a small simulated cohort, end to end.
+
+The cohort (2 patients × 2 visits × 2 tubes, 20k events) is simulated, gated and clustered
+once per session by :func:`clustered_run`, which ``test_tl`` and ``test_pl_embedding`` share.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import immunoprofile as ip
+from immunoprofile.cli import main
+from immunoprofile.datasets import population_members
+
+_BUILT: dict[str, tuple[Path, Path]] = {}
+N_CLUSTERS = 20
+
+
+def clustered_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(cohort_dir, run_dir)``: a simulated cohort gated with the shipped templates and
+    clustered by the CLI (which assembles the AnnData first). Built once per session."""
+    if "run" not in _BUILT:
+        from immunoprofile.batch import BatchSettings, gate_samples, resolve_templates
+        from immunoprofile.datasets import simulate_cohort
+        from immunoprofile.io.samplesheet import read_samplesheet
+
+        root = tmp_path_factory.mktemp("cluster_cohort")
+        simulate_cohort(root / "cohort", patients_per_arm=1, n_events=20_000, visits=(0, 12),
+                        arms=("IL2", "SOC"), seed=5)
+        sheet = read_samplesheet(root / "cohort" / "samplesheet.csv")
+        gate_samples(sheet, resolve_templates(["treg", "bcell", "plasma"]), root / "run",
+                     workers=2, settings=BatchSettings(plots=False))
+        result = CliRunner().invoke(main, ["cluster", str(root / "run"), "--n-clusters",
+                                           str(N_CLUSTERS)])
+        assert result.exit_code == 0, result.output
+        _BUILT["run"] = (root / "cohort", root / "run")
+        _BUILT["output"] = result.output  # type: ignore[assignment]
+    return _BUILT["run"]
+
+
+def read(path: Path) -> ad.AnnData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ad.read_h5ad(path)
+
+
+def truth_labels(cohort: Path, adata: ad.AnnData) -> np.ndarray:
+    """The simulator's label of every event (``obs['event_index']`` indexes its file)."""
+    out = np.empty(adata.n_obs, dtype=object)
+    for sid, idx in adata.obs.groupby("sample_id", observed=True).indices.items():
+        labels = pd.read_parquet(cohort / "fcs" / f"{sid}.labels.parquet")["label"].to_numpy()
+        out[idx] = labels[adata.obs["event_index"].to_numpy()[idx]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return clustered_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def panels(run) -> dict[str, ad.AnnData]:
+    """All clustered events of each panel (both visits)."""
+    _, run_dir = run
+    out = {}
+    for panel in ("treg", "bcell"):
+        out[panel] = ad.concat([read(run_dir / "anndata" / f"{tp}_{panel}.h5ad")
+                                for tp in ("W0", "W12")], uns_merge="first")
+    return out
+
+
+def test_cli_assembles_then_writes_everything(run):
+    _, run_dir = run
+    for name in ("W0_treg", "W12_treg", "W0_bcell", "W12_bcell", "samples"):
+        assert (run_dir / "anndata" / f"{name}.h5ad").is_file()
+    for name in ("clusters.parquet", "cluster_annotation.csv", "cluster_agreement.csv"):
+        assert (run_dir / name).is_file()
+    assert "fitted on" in _BUILT["output"]  # type: ignore[operator]
+
+
+def test_clusters_table(run):
+    _, run_dir = run
+    table = pd.read_parquet(run_dir / "clusters.parquet")
+    assert list(table.columns[:6]) == ["sample_id", "panel", "cluster", "count",
+                                       "parent_count", "pct"]
+    assert {"patient_id", "arm", "timepoint", "week"} <= set(table.columns)
+    assert set(table["panel"]) == {"treg", "bcell"}
+    assert table["sample_id"].nunique() == 8
+    # Every sample × every cluster, zeros included, so a later test sees absent clusters.
+    assert (table.groupby("sample_id").size() == N_CLUSTERS).all()
+    per_sample = table.groupby("sample_id").agg(n=("count", "sum"), parent=("parent_count",
+                                                                            "first"),
+                                                pct=("pct", "sum"))
+    assert (per_sample["n"] == per_sample["parent"]).all()
+    assert np.allclose(per_sample["pct"], 100)
+    # parent_count is the sample's events in its timepoint's AnnData.
+    adata = read(run_dir / "anndata" / "W12_bcell.h5ad")
+    sizes = adata.obs["sample_id"].astype(str).value_counts()
+    assert (per_sample.loc[sizes.index, "parent"] == sizes).all()
+    assert "clusters.parquet (one row per sample × cluster)" in ip.tables.TABLES
+
+
+def test_one_model_maps_every_timepoint(run):
+    """Cluster 7 at week 0 is cluster 7 at week 12: both files carry the same model, and
+    re-mapping week 12 with week 0's model reproduces its labels."""
+    _, run_dir = run
+    w0, w12 = (read(run_dir / "anndata" / f"{tp}_treg.h5ad") for tp in ("W0", "W12"))
+    np.testing.assert_array_equal(w0.uns["flowsom"]["codes"], w12.uns["flowsom"]["codes"])
+    np.testing.assert_array_equal(w0.uns["flowsom"]["node_metacluster"],
+                                  w12.uns["flowsom"]["node_metacluster"])
+    again = ip.tl.flowsom_map(w12, w0, copy=True)
+    assert (again.obs["flowsom"] == w12.obs["flowsom"]).all()
+    assert (again.obs["flowsom_node"] == w12.obs["flowsom_node"]).all()
+    assert list(w12.obs["flowsom"].cat.categories) == [str(i) for i in range(N_CLUSTERS)]
+
+
+def test_h5ad_round_trip(run, tmp_path):
+    _, run_dir = run
+    adata = read(run_dir / "anndata" / "W0_bcell.h5ad")
+    from immunoprofile.assemble import write_h5ad
+
+    write_h5ad(adata, tmp_path / "copy.h5ad")
+    back = read(tmp_path / "copy.h5ad")
+    pd.testing.assert_frame_equal(back.obs, adata.obs)
+    pd.testing.assert_frame_equal(back.var, adata.var)
+    np.testing.assert_array_equal(back.X, adata.X)
+    np.testing.assert_array_equal(back.layers["compensated"], adata.layers["compensated"])
+    def plain(params: dict) -> dict:  # lists come back from HDF5 as arrays
+        return {k: np.asarray(v).tolist() for k, v in params.items()}
+
+    assert plain(back.uns["flowsom"]["params"]) == plain(adata.uns["flowsom"]["params"])
+    assert plain(back.uns["immunoprofile"]) == plain(adata.uns["immunoprofile"])
+    np.testing.assert_array_equal(back.uns["flowsom"]["codes"], adata.uns["flowsom"]["codes"])
+
+
+def test_scanpy_and_flowsom_read_the_files(run):
+    """The written files need no conversion: scanpy's neighbors/UMAP and the flowsom package
+    run on what anndata reads back."""
+    import flowsom as fs
+    import scanpy as sc
+
+    _, run_dir = run
+    adata = read(run_dir / "anndata" / "W0_treg.h5ad")
+    markers = list(adata.uns["flowsom"]["params"]["markers"])
+    small = adata[np.random.default_rng(0).choice(adata.n_obs, 1500, replace=False),
+                  markers].copy()
+    sc.pp.neighbors(small, n_neighbors=10, use_rep="X")
+    sc.tl.umap(small, maxiter=50)
+    assert small.obsm["X_umap"].shape == (1500, 2)
+
+    sub = adata[np.random.default_rng(1).choice(adata.n_obs, 3000, replace=False)].copy()
+    fsom = fs.FlowSOM(sub, cols_to_use=markers, n_clusters=8, xdim=6, ydim=6, seed=1)
+    labels = fsom.get_cell_data().obs["metaclustering"]
+    assert len(labels) == 3000 and labels.nunique() <= 8
+
+
+F1_CLASSES = {
+    "treg": {"Treg": "Treg", "Conventional CD4": "Conventional CD4",
+             "CD8/other T": ["cd8_other_t"]},
+    "bcell": {"Naive B": ["b_naive"], "Transitional B": ["b_transitional"],
+              "Unswitched memory B": ["b_unswitched"], "Switched memory B": ["b_switched"],
+              "Double negative B": ["b_double_negative"], "Plasmablasts": "Plasmablasts"},
+}
+
+
+def _classes(panel: str) -> dict[str, str]:
+    """Leaf label → class: the evaluated populations, every other leaf its own class."""
+    members = population_members(panel)
+    out = {}
+    for name, spec in F1_CLASSES[panel].items():
+        for leaf in members[spec] if isinstance(spec, str) else spec:
+            out[leaf] = name
+    return out
+
+
+@pytest.mark.parametrize("panel", ["treg", "bcell"])
+def test_flowsom_recovers_true_populations(run, panels, panel):
+    """Mean F1 of FlowSOM metaclusters against the simulator's per-event truth ≥ 0.85.
+
+    Matching (FlowCAP style): each metacluster is assigned to the true class holding most of
+    its events; each class is matched to the union of its metaclusters and scored by F1.
+    Classes are the populations the tube stains (Treg tube: Treg, conventional CD4 —
+    including CD25−FOXP3+ CD4 — and CD8/other T; B tube: naive, transitional, unswitched,
+    switched and double-negative B, and plasmablasts including CD138+ plasma cells); every
+    other leaf (B/NK cells in the Treg tube, T and NK cells in the B tube, the odd monocyte
+    or debris event the lymphocyte gate lets through) is its own class, so metaclusters of
+    those cannot be credited to an evaluated population. Events are the clustered data:
+    live singlet lymphocytes (the default parent), all events of both visits.
+    """
+    cohort, _ = run
+    adata = panels[panel]
+    classes = _classes(panel)
+    truth = [classes.get(t, t) for t in truth_labels(cohort, adata)]
+    scores = ip.tl.cluster_f1(truth, adata.obs["flowsom"], classes=list(F1_CLASSES[panel]))
+    print(f"\n{panel}:\n{scores.round(3).to_string(index=False)}")
+    assert scores["f1"].mean() >= 0.85, scores
+    assert (scores["f1"] >= 0.7).all(), scores
+
+
+def test_agreement_table_shows_gates_recovered(run, panels):
+    """cluster_agreement.csv: its counts add up to the events, and matching clusters to gated
+    populations the same FlowCAP way recovers the main gated populations."""
+    _, run_dir = run
+    agreement = pd.read_csv(run_dir / "cluster_agreement.csv", dtype={"cluster": str})
+    annotation = pd.read_csv(run_dir / "cluster_annotation.csv", dtype={"cluster": str})
+    treg_family = {"Treg", "FOXP3+ Treg", "Naive Treg", "Memory Treg"}
+    for panel, adata in panels.items():
+        table = agreement[agreement["panel"] == panel]
+        assert table["count"].sum() == adata.n_obs
+        counts = table.pivot_table(index="population", columns="cluster", values="count",
+                                   aggfunc="sum")
+        counts = counts.rename(index=lambda p: "Treg" if p in treg_family else p)
+        counts = counts.groupby(level=0).sum()
+        rows = [(pop, cl, n) for pop in counts.index for cl, n in counts.loc[pop].items()]
+        labels = np.repeat([r[0] for r in rows], [int(r[2]) for r in rows])
+        clusters = np.repeat([r[1] for r in rows], [int(r[2]) for r in rows])
+        wanted = (["Treg", "Conventional CD4", "T cells"] if panel == "treg" else
+                  ["Naive B", "Switched memory B", "Unswitched memory B", "Double negative B"])
+        scores = ip.tl.cluster_f1(labels, clusters, classes=wanted).set_index("class")
+        print(f"\n{panel} vs gates:\n{scores.round(3).to_string()}")
+        assert (scores["f1"] >= 0.8).all(), scores
+        # The annotation names each cluster after its most frequent gated population.
+        ann = annotation[(annotation["panel"] == panel) & (annotation["n_events"] > 0)]
+        top = table.sort_values("count").drop_duplicates("cluster", keep="last")
+        top = top.set_index("cluster")["population"]
+        assert (ann.set_index("cluster")["population"] == top.reindex(ann["cluster"])).all()
+
+
+def test_annotation_phenotypes(run):
+    _, run_dir = run
+    ann = pd.read_csv(run_dir / "cluster_annotation.csv", dtype={"cluster": str})
+    big = ann[ann["n_events"] >= 100]
+    treg = big[(big["panel"] == "treg") & big["population"].isin(["FOXP3+ Treg",
+                                                                    "Memory Treg"])]
+    assert len(treg)
+    for phenotype in treg["phenotype"]:
+        assert {"CD4+", "CD25+", "CD127-"} <= set(phenotype.split()), phenotype
+    # B subsets are a few dozen events each in this small cohort.
+    b = ann[(ann["n_events"] >= 50) & (ann["panel"] == "bcell")
+            & ann["population"].fillna("").str.endswith(" B")]
+    assert len(b) >= 4
+    for phenotype in b["phenotype"]:
+        assert {"CD3-", "CD19+"} <= set(phenotype.split()), phenotype
+    tconv = big[(big["panel"] == "treg") & (big["population"] == "Conventional CD4")]
+    assert all({"CD3+", "CD4+"} <= set(p.split()) for p in tconv["phenotype"])
+    assert {"threshold_CD25", "median_CD25"} <= set(ann.columns)
