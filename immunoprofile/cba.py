@@ -543,7 +543,9 @@ def quantify(sheet: str | Path | pd.DataFrame, kit: str | Path | Kit, out: str |
     kit = load_kit(kit)
     table = sheet if isinstance(sheet, pd.DataFrame) else read_cba_sheet(sheet)
     measured, errors, files = _measure_all(table, kit)
-    meta = [c for c in table.columns if c not in ("path", "role", "standard_pg_ml", "plate")]
+    first = ["sample_id", "patient_id", "arm", "timepoint"]
+    meta = first + [c for c in table.columns
+                    if c not in ("path", "role", "standard_pg_ml", "plate", *first)]
     cyto, stds, curves = [], [], []
     for plate, rows in table.groupby("plate", sort=False):
         ok = rows[rows["sample_id"].isin(list(measured))]

@@ -459,4 +459,8 @@ def cytokine_table(records: list[dict], meta: Sequence[str]) -> pd.DataFrame:
     for c in ("below_lloq", "above_uloq", "imputed", "flag_il2_dose"):
         df[c] = df[c].astype(bool)
     df["n_beads"] = df["n_beads"].astype("int64")
+    if "week" in df and pd.api.types.is_float_dtype(df["week"]):
+        week = df["week"].dropna()
+        if (week == week.round()).all():  # the sheet's blank standard rows made it float
+            df["week"] = df["week"].astype("Int64")
     return df
