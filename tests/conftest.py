@@ -46,3 +46,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
 
     return run_demo(tmp_path_factory.mktemp("demo"), patients_per_arm=3, n_events=8_000,
                     visits=(0, 12), workers=2, say=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def default_cohort(tmp_path_factory: pytest.TempPathFactory):
+    """The default simulated cohort: 4 arms × 8 patients × 5 visits × 2 tubes, 50k events
+    (with its clinical table and bead-array files)."""
+    from immunoprofile.datasets import simulate_cohort
+
+    return simulate_cohort(tmp_path_factory.mktemp("default_cohort"))

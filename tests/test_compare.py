@@ -85,14 +85,6 @@ def test_confidence_intervals_cover_the_planted_effect() -> None:
     assert 0.90 <= rate <= 0.98
 
 
-@pytest.fixture(scope="session")
-def default_cohort(tmp_path_factory: pytest.TempPathFactory):
-    """The default simulated cohort: 4 arms × 8 patients × 5 visits × 2 tubes, 50k events."""
-    from immunoprofile.datasets import simulate_cohort
-
-    return simulate_cohort(tmp_path_factory.mktemp("default_cohort"))
-
-
 def _truth_subsets(cohort) -> pd.DataFrame:
     """The cohort's true per-sample counts in the subset-table shape (template = tube)."""
     truth = cohort.truth.copy()

@@ -179,7 +179,7 @@ def clinical_comparison(
         frame["value"] = np.log(values) if log else values
         if frame["value"].notna().sum() == 0:
             continue
-        res = fit_contrasts(frame, used, model_name=CLINICAL_LMM_LOG if log else CLINICAL_LMM)
+        res = _fit_lmm(frame, used, CLINICAL_LMM_LOG if log else CLINICAL_LMM)
         res = _note(res, note)
         res.insert(0, "population", var)
         res.insert(0, "template", "clinical")
@@ -240,10 +240,10 @@ def cytokine_comparison(
         frame["value"], frame["censored"] = y, cens
         n_low, n_high = int((cens < 0).sum()), int((cens > 0).sum())
         if n_low + n_high == 0:
-            res = fit_contrasts(frame, used, model_name=CYTOKINE_LMM)
+            res = _fit_lmm(frame, used, CYTOKINE_LMM)
         elif method == "lloq2":
             frame["value"] = np.where(cens < 0, y - np.log(2.0), y)
-            res = fit_contrasts(frame, used, model_name=CYTOKINE_LLOQ2)
+            res = _fit_lmm(frame, used, CYTOKINE_LLOQ2)
         else:
             res = tobit_contrasts(frame, used, model_name=CYTOKINE_TOBIT)
         if absent:
@@ -257,6 +257,19 @@ def cytokine_comparison(
     if not results:
         return pd.DataFrame(columns=columns)
     return add_fdr(pd.concat(results, ignore_index=True))[columns]
+
+
+def _fit_lmm(frame: pd.DataFrame, design: Design, model_name: str) -> pd.DataFrame:
+    """:func:`fit_contrasts` (REML); when its optimiser fails (e.g. a singular step on heavily
+    tied values), the same model by maximum likelihood through :func:`tobit_fit` with nothing
+    censored (it equals MixedLM's ML fit)."""
+    res = fit_contrasts(frame, design, model_name=model_name)
+    if len(res) == 1 and str(res["warning"].iloc[0]).startswith("model failed"):
+        retry = tobit_contrasts(frame.assign(censored=0), design,
+                                model_name=f"{model_name} (ML: the REML fit failed)")
+        if not (len(retry) == 1 and np.isnan(retry["estimate"].iloc[0])):
+            return retry
+    return res
 
 
 def _censored_log(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
