@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 from statsmodels.regression.mixed_linear_model import MixedLM
+from test_compare import _truth_subsets
 
 import immunoprofile as ip
 from immunoprofile.clinical import (
@@ -259,14 +260,6 @@ def test_clinical_plots(tmp_path: Path) -> None:
 
 
 # -- the simulated trial -----------------------------------------------------------------------
-def _truth_subsets(cohort) -> pd.DataFrame:
-    truth = cohort.truth.copy()
-    truth["template"] = truth["panel"]
-    truth["timepoint"] = pd.Categorical(truth["timepoint"], ordered=True, categories=list(
-        truth.sort_values("week")["timepoint"].unique()))
-    return truth
-
-
 @pytest.mark.slow
 def test_planted_clinical_effects_and_links_on_the_default_cohort(default_cohort) -> None:
     clinical = read_clinical(default_cohort.out / "clinical.csv")

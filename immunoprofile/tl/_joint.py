@@ -249,6 +249,10 @@ def cytokine_comparison(
         if absent:
             res = _note(res, f"covariate(s) {', '.join(absent)} not in the cytokine table: "
                              "not adjusted")
+        if "flag_il2_dose" in rows.columns and rows["flag_il2_dose"].fillna(False).any():
+            n = int(rows["flag_il2_dose"].fillna(False).astype(bool).sum())
+            res = _note(res, f"{n} value(s) drawn within a day of an IL-2 dose (serum IL-2 "
+                             "reflects the drug)")
         res.insert(0, "population", str(analyte))
         res.insert(0, "template", "cytokines")
         res["n_below_lloq"], res["n_above_uloq"] = n_low, n_high
