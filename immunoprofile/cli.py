@@ -54,13 +54,24 @@ def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: i
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo_out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: Path, seed: int) -> None:
-    """Run the whole pipeline on a small simulated trial cohort."""
-    from immunoprofile.datasets import simulate_cohort
+@click.option("--patients-per-arm", type=click.IntRange(3, 50), default=3, show_default=True)
+@click.option("--events", type=click.IntRange(5_000, 1_000_000), default=20_000,
+              show_default=True, help="Events per FCS file.")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Local worker processes [default: all cores].")
+def demo(out: Path, seed: int, patients_per_arm: int, events: int, workers: int | None) -> None:
+    """Run the whole pipeline on a small simulated trial and write an HTML report."""
+    from immunoprofile.demo import run_demo
 
-    click.echo(f"Simulating a demo trial cohort into {out} ...")
-    cohort = simulate_cohort(out / "cohort", patients_per_arm=4, n_events=20_000, seed=seed)
-    click.echo(cohort.summary())
+    result = run_demo(out, seed=seed, patients_per_arm=patients_per_arm, n_events=events,
+                      workers=workers, say=click.echo)
+    click.echo("")
+    click.echo(f"Report: {result.report.resolve()}")
+    click.echo("Headline findings (change from W0 beyond standard of care, FDR < 0.05):")
+    for arm, lines in result.headlines.items():
+        click.echo(f"  {arm}:")
+        for line in lines:
+            click.echo(f"    - {line}")
 
 
 @main.group()
@@ -368,7 +379,7 @@ def schema() -> None:
     from immunoprofile.tables import schema_markdown
 
     # Later stages document their tables when imported.
-    for module in ("immunoprofile.compare", "immunoprofile.cluster"):
+    for module in ("immunoprofile.compare", "immunoprofile.cluster", "immunoprofile.cba"):
         try:
             importlib.import_module(module)
         except ImportError:

@@ -175,19 +175,25 @@ def _did(arm: str, ref: str, tp: str, base: str) -> list[tuple[str, float]]:
 def _fit(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
     """REML fit; returns (β, Cov(β), warning text) or (None, None, reason)."""
     notes: list[str] = []
+    result, errors = None, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = MixedLM(y, X, groups)
-            result = None
-            for method in ("lbfgs", "bfgs", "powell"):
-                result = model.fit(reml=True, method=method)
-                if result.converged:
-                    break
         except (np.linalg.LinAlgError, ValueError) as exc:
             return None, None, f"model failed: {exc}"
+        # Each optimiser gets its own chance: heavily tied data (e.g. imputed values) can make
+        # one raise where another converges.
+        for method in ("lbfgs", "bfgs", "powell"):
+            try:
+                result = model.fit(reml=True, method=method)
+            except (np.linalg.LinAlgError, ValueError) as exc:
+                errors.append(f"{method}: {exc}")
+                continue
+            if result.converged:
+                break
     if result is None:
-        return None, None, "model failed"
+        return None, None, f"model failed: {'; '.join(errors)}"
     if not result.converged:
         notes.append("did not converge")
     if any(issubclass(w.category, ConvergenceWarning) and "boundary" in str(w.message)
