@@ -219,13 +219,9 @@ def _first_per_sample(adata: ad.AnnData, n: int) -> ad.AnnData:
 
 
 def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
-    table = pd.crosstab(adata.obs["sample_id"].astype(str), adata.obs[KEY], dropna=False)
-    long = table.stack().rename("count").reset_index()
-    long.columns = ["sample_id", "cluster", "count"]
-    long["cluster"] = long["cluster"].astype(str)
-    long["count"] = long["count"].astype(np.int64)
-    long["parent_count"] = long["sample_id"].map(table.sum(axis=1)).astype(np.int64)
-    long["pct"] = 100 * long["count"] / long["parent_count"].replace(0, np.nan)
+    from immunoprofile.tl import cluster_abundance
+
+    long = cluster_abundance(adata, KEY)
     long.insert(1, "panel", panel)
     return long
 

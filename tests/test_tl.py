@@ -163,3 +163,17 @@ def test_marker_thresholds_and_phenotypes():
                                       "frac_of_population"}
     pos = agreement.set_index(["cluster", "population"]).loc[("pos", "pos")]
     assert pos["frac_of_cluster"] == 1.0
+
+
+def test_cluster_abundance_counts_every_sample_and_cluster():
+    obs = pd.DataFrame({"sample_id": ["s1"] * 3 + ["s2"],
+                        "arm": ["A", "A", "A", "B"],
+                        "k": pd.Categorical(["0", "0", "1", "1"], categories=["0", "1", "2"])},
+                       index=list("abcd"))
+    adata = ad.AnnData(X=np.zeros((4, 1), np.float32), obs=obs)
+    table = ip.tl.cluster_abundance(adata, "k", metadata=["arm"]).set_index(
+        ["sample_id", "cluster"])
+    assert len(table) == 6  # 2 samples × 3 clusters, the empty cluster included
+    assert table.loc[("s1", "0"), "count"] == 2 and table.loc[("s1", "0"), "parent_count"] == 3
+    assert table.loc[("s2", "1"), "pct"] == 100 and table.loc[("s2", "2"), "count"] == 0
+    assert table.loc[("s2", "0"), "arm"] == "B"

@@ -60,6 +60,25 @@ def _categories(values: pd.Series) -> list[str]:
                   key=lambda t: (0, int(t), "") if t.isdigit() else (1, 0, t))
 
 
+def _clustered(adata: AnnData, key: str, markers: Sequence[str] | None) -> list[str]:
+    """Check the cluster column; default markers: the FlowSOM model's, else fluorescence."""
+    from immunoprofile.tl._flowsom import fluorescence_markers
+
+    if key not in adata.obs:
+        raise ImmunoprofileError(f"obs has no {key!r}: cluster first (ip.tl.flowsom)")
+    if markers is not None:
+        return list(markers)
+    model = adata.uns.get(key)
+    if isinstance(model, dict) and "params" in model:
+        return list(map(str, model["params"]["markers"]))
+    return fluorescence_markers(adata)
+
+
+def _values(adata: AnnData, markers: Sequence[str], layer: str | None) -> np.ndarray:
+    sub = adata[:, list(markers)]
+    return np.asarray(sub.layers[layer] if layer else sub.X, dtype=float)
+
+
 def umap(
     adata: AnnData,
     color: str | Sequence[str] | None = None,
@@ -131,7 +150,7 @@ def umap(
             _categorical(fig, ax, adata, c, order, xy, size)
         else:
             values = (adata.obs[c].to_numpy(float) if c in adata.obs else
-                      _marker_values(adata, c, layer))[order]
+                      _values(adata, [c], layer).ravel())[order]
             lo, hi = np.nanquantile(values, [0.01, 0.99])
             draw = np.argsort(values, kind="stable")  # bright events on top
             points = ax.scatter(xy[draw, 0], xy[draw, 1], s=size, c=values[draw], cmap=cmap,
@@ -139,11 +158,6 @@ def umap(
             fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
     return _done(fig, save, dpi)
-
-
-def _marker_values(adata: AnnData, marker: str, layer: str | None) -> np.ndarray:
-    column = adata[:, marker]
-    return np.asarray(column.layers[layer] if layer else column.X, dtype=float).ravel()
 
 
 def _categorical(fig: Figure, ax, adata: AnnData, key: str, order: np.ndarray,
@@ -203,17 +217,8 @@ def cluster_heatmap(
     save, dpi
         Write a PNG here (atomically) at this resolution.
     """
-    from immunoprofile.tl._flowsom import fluorescence_markers
-
-    if cluster_key not in adata.obs:
-        raise ImmunoprofileError(f"obs has no {cluster_key!r}: cluster first (ip.tl.flowsom)")
-    if markers is None:
-        model = adata.uns.get(cluster_key)
-        markers = (list(map(str, model["params"]["markers"])) if isinstance(model, dict)
-                   and "params" in model else fluorescence_markers(adata))
-    values = adata[:, list(markers)]
-    frame = pd.DataFrame(np.asarray(values.layers[layer] if layer else values.X, dtype=float),
-                         columns=list(markers))
+    markers = _clustered(adata, cluster_key, markers)
+    frame = pd.DataFrame(_values(adata, markers, layer), columns=markers)
     frame["cluster"] = adata.obs[cluster_key].astype(str).to_numpy()
     cats = [c for c in _categories(adata.obs[cluster_key]) if (frame["cluster"] == c).any()]
     medians = frame.groupby("cluster").median().reindex(cats)
@@ -266,16 +271,10 @@ def cluster_heatmap(
 def _abundance_table(data: AnnData | pd.DataFrame, cluster_key: str, sample_key: str,
                      group_by: Sequence[str], panel: str | None) -> pd.DataFrame:
     if isinstance(data, AnnData):
-        if cluster_key not in data.obs:
-            raise ImmunoprofileError(f"obs has no {cluster_key!r}: cluster first")
-        obs = data.obs
-        table = pd.crosstab(obs[sample_key].astype(str), obs[cluster_key], dropna=False)
-        long = table.stack().rename("count").reset_index()
-        long.columns = [sample_key, "cluster", "count"]
-        long["pct"] = 100 * long["count"] / long[sample_key].map(table.sum(axis=1))
-        meta = obs[[sample_key, *group_by]].drop_duplicates(sample_key)
-        meta = meta.assign(**{sample_key: meta[sample_key].astype(str)})
-        return long.merge(meta, on=sample_key, how="left")
+        from immunoprofile.tl import cluster_abundance
+
+        _clustered(data, cluster_key, [])
+        return cluster_abundance(data, cluster_key, sample_key=sample_key, metadata=group_by)
     table = data
     if "panel" in table and panel is not None:
         table = table[table["panel"].astype(str) == panel]
@@ -390,20 +389,12 @@ def ridges(
     """
     from scipy.ndimage import gaussian_filter1d
 
-    from immunoprofile.tl._flowsom import fluorescence_markers
-
-    if cluster_key not in adata.obs:
-        raise ImmunoprofileError(f"obs has no {cluster_key!r}: cluster first (ip.tl.flowsom)")
-    if markers is None:
-        model = adata.uns.get(cluster_key)
-        markers = (list(map(str, model["params"]["markers"])) if isinstance(model, dict)
-                   and "params" in model else fluorescence_markers(adata))
+    markers = _clustered(adata, cluster_key, markers)
     labels = adata.obs[cluster_key].astype(str).to_numpy()
     all_cats = _categories(adata.obs[cluster_key])
     colours = dict(zip(all_cats, category_colors(adata, cluster_key, all_cats)))
     cats = [c for c in all_cats if (labels == c).any()]
-    sub = adata[:, list(markers)]
-    values = np.asarray(sub.layers[layer] if layer else sub.X, dtype=float)
+    values = _values(adata, markers, layer)
     fig = _figure(1.2 + 1.7 * len(markers), 0.8 + 0.3 * len(cats))
     for j, marker in enumerate(markers):
         ax = fig.add_subplot(1, len(markers), j + 1)

@@ -7,6 +7,7 @@ AnnData (``key_added``), or returns a new object with ``copy=True``.
 from immunoprofile.tl._annotate import (
     agreement_table,
     annotate_clusters,
+    cluster_abundance,
     cluster_agreement,
     cluster_f1,
     marker_thresholds,
@@ -21,6 +22,7 @@ __all__ = [
     "ResponderRule",
     "agreement_table",
     "annotate_clusters",
+    "cluster_abundance",
     "cluster_agreement",
     "cluster_f1",
     "differential_abundance",

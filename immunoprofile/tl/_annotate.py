@@ -9,6 +9,7 @@
   and a phenotype such as ``CD3+ CD4+ CD25+ CD127- FOXP3+``: ``+`` when the cluster median is
   above the marker's threshold, ``-`` otherwise.
 - :func:`cluster_f1`: FlowCAP-style agreement of clusters with any labelling (gates or truth).
+- :func:`cluster_abundance`: events per sample × cluster (what ``clusters.parquet`` holds).
 """
 
 from __future__ import annotations
@@ -89,6 +90,28 @@ def agreement_table(counts: pd.DataFrame) -> pd.DataFrame:
     })
     long["frac_of_cluster"] = long["count"] / long["cluster"].map(by_cluster)
     long["frac_of_population"] = long["count"] / long["population"].map(by_pop)
+    return long
+
+
+def cluster_abundance(adata: AnnData, cluster_key: str = "flowsom", *,
+                      sample_key: str = "sample_id",
+                      metadata: Sequence[str] = ()) -> pd.DataFrame:
+    """Events per sample × cluster, long, zeros included: ``<sample_key>, cluster, count,
+    parent_count`` (the sample's events) ``, pct`` and the ``metadata`` obs columns."""
+    _need_obs(adata, cluster_key, sample_key, *metadata)
+    table = pd.crosstab(adata.obs[sample_key].astype(str), adata.obs[cluster_key],
+                        dropna=False)
+    long = pd.DataFrame({
+        sample_key: np.repeat(table.index.to_numpy(), table.shape[1]),
+        "cluster": np.tile(table.columns.astype(str).to_numpy(), table.shape[0]),
+        "count": table.to_numpy(np.int64).ravel(),
+    })
+    long["parent_count"] = long[sample_key].map(table.sum(axis=1)).astype(np.int64)
+    long["pct"] = 100 * long["count"] / long["parent_count"].replace(0, np.nan)
+    if metadata:
+        meta = adata.obs[[sample_key, *metadata]].drop_duplicates(sample_key)
+        long = long.merge(meta.assign(**{sample_key: meta[sample_key].astype(str)}),
+                          on=sample_key, how="left")
     return long
 
 
