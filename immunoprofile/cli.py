@@ -54,7 +54,7 @@ def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: i
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo_out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patients-per-arm", type=click.IntRange(3, 50), default=3, show_default=True)
+@click.option("--patients-per-arm", type=click.IntRange(3, 50), default=4, show_default=True)
 @click.option("--events", type=click.IntRange(5_000, 1_000_000), default=20_000,
               show_default=True, help="Events per FCS file.")
 @click.option("--workers", type=click.IntRange(1, 512), default=None,
@@ -67,7 +67,7 @@ def demo(out: Path, seed: int, patients_per_arm: int, events: int, workers: int 
                       workers=workers, say=click.echo)
     click.echo("")
     click.echo(f"Report: {result.report.resolve()}")
-    click.echo("Headline findings (change from W0 beyond standard of care, FDR < 0.05):")
+    click.echo("Headline findings (changes from W0 at FDR < 0.05, from the comparison tables):")
     for arm, lines in result.headlines.items():
         click.echo(f"  {arm}:")
         for line in lines:

@@ -32,38 +32,76 @@ class DemoResult:
 
 def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
                       per_arm: int = 6) -> dict[str, list[str]]:
-    """Per arm, the strongest population changes against control at FDR < ``fdr``.
+    """Per arm, the strongest population changes at FDR < ``fdr``, from the tables.
 
-    Uses ``change_vs_control`` rows (a change from baseline beyond the control arm's): for
-    each population the most significant visit, frequency among lymphocytes where tested, as
-    an odds ratio. Arms with nothing significant say so.
+    First changes from baseline beyond the control arm's (``change_vs_control``); for an arm
+    with none, its own changes from baseline (``change_from_baseline``), said so. Each
+    population is reported once, at its most significant visit, as an odds ratio, preferring
+    frequency among lymphocytes where that was tested.
     """
-    table = abundance[(abundance["contrast_type"] == "change_vs_control")
-                      & abundance["fdr"].notna()].copy()
-    if "reference" in table.columns:
-        # One reading per population: among lymphocytes when tested so, else vs parent.
-        table["_pref"] = (table["reference"] != "parent").astype(int)
-    else:
-        table["_pref"] = 0
-    table["_template"] = table["template"].astype(str)
-    table = table[~table["_template"].str.startswith("clusters:")]
+    table = abundance[abundance["fdr"].notna()
+                      & ~abundance["template"].astype(str).str.startswith("clusters:")].copy()
+    ref_col = table["reference"] if "reference" in table.columns else pd.Series(
+        "parent", index=table.index)
+    table["_among_lymphocytes"] = ref_col != "parent"
     out: dict[str, list[str]] = {}
-    for arm, rows in table.groupby("arm", sort=True):
-        hits = rows[rows["fdr"] < fdr].sort_values(["_pref", "fdr"], ascending=[False, True])
-        hits = hits.drop_duplicates("population")
-        lines = []
-        for _, r in hits.sort_values("fdr").head(per_arm).iterrows():
-            arrow = "up" if r["estimate"] > 0 else "down"
-            ref = ("among lymphocytes" if r.get("reference", "parent") != "parent"
-                   else "within its parent")
-            lines.append(f"{r['population']} {arrow} at {r['timepoint']} (odds ratio "
-                         f"{np.exp(r['estimate']):.2f} {ref} vs {r['reference_arm']}, "
-                         f"FDR {r['fdr']:.2g})")
-        out[str(arm)] = lines or [f"no population change beyond control at FDR < {fdr}"]
+    arms = sorted(set(table.loc[table["contrast_type"] == "change_vs_control", "arm"]))
+    for arm in arms:
+        lines: list[str] = []
+        for kind, against in (("change_vs_control", "beyond {ref}"),
+                              ("change_from_baseline", "within the arm, not beyond control")):
+            rows = table[(table["contrast_type"] == kind) & (table["arm"] == arm)
+                         & (table["fdr"] < fdr)]
+            rows = rows.sort_values(["_among_lymphocytes", "fdr"], ascending=[False, True])
+            for _, r in rows.drop_duplicates("population").sort_values("fdr").head(
+                    per_arm).iterrows():
+                arrow = "up" if r["estimate"] > 0 else "down"
+                where = "among lymphocytes" if r["_among_lymphocytes"] else "within its parent"
+                note = against.format(ref=r["reference_arm"])
+                lines.append(f"{r['population']} {arrow} from {r['baseline']} to "
+                             f"{r['timepoint']} {where} (odds ratio "
+                             f"{np.exp(r['estimate']):.2f}, {note}, FDR {r['fdr']:.2g})")
+            if lines:
+                break
+        out[str(arm)] = lines or [f"no population change at FDR < {fdr}"]
     return out
 
 
-def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 3,
+def cluster_figures(run: Path, *, seed: int = 0, max_events: int = 3000) -> list[Path]:
+    """UMAP (coloured by cluster, gated population, arm, timepoint) and the median-expression
+    heatmap of the clusters, for the first timepoint of each panel, into ``run/cluster_plots``.
+
+    UMAP runs on a seeded subsample of ``max_events`` events: enough to see the structure,
+    quick on two cores.
+    """
+    import anndata as ad
+
+    from immunoprofile import pl, tl
+
+    folder = run / "cluster_plots"
+    written: list[Path] = []
+    seen: set[str] = set()
+    for path in sorted((run / "anndata").glob("*.h5ad"), key=lambda p: p.name):
+        if path.name == "samples.h5ad":
+            continue
+        adata = ad.read_h5ad(path)
+        panel = str(adata.uns.get("immunoprofile", {}).get("panel", "")) or path.stem
+        if panel in seen or "flowsom" not in adata.obs:
+            continue
+        seen.add(panel)
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(adata.n_obs, min(max_events, adata.n_obs), replace=False))
+        small = adata[keep].copy()
+        tl.umap(small, random_state=seed)
+        pl.umap(small, color=["flowsom", "population", "arm", "timepoint"],
+                save=folder / f"umap_{panel}.png")
+        written.append(folder / f"umap_{panel}.png")
+        pl.cluster_heatmap(adata, save=folder / f"heatmap_{panel}.png")
+        written.append(folder / f"heatmap_{panel}.png")
+    return written
+
+
+def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
              n_events: int = 20_000, visits: tuple[float, ...] = (0, 2, 12),
              workers: int | None = None,
              say: Callable[[str], None] = print) -> DemoResult:
@@ -110,6 +148,8 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 3,
     from immunoprofile.cluster import cluster_run
 
     cluster_run(run, seed=seed)
+    for path in cluster_figures(run, seed=seed):
+        say(f"    {path.name}")
     done("FlowSOM clusters, UMAP and annotation")
 
     stage("cytokines from bead-array FCS files")

@@ -165,6 +165,9 @@ def _figures(folder: Path, pattern: str) -> str:
 def _comparison(run: Path) -> str:
     comp = run / "compare"
     body = _figures(comp / "plots", "trajectory_*.png")
+    if (comp / "response_summary.csv").is_file():
+        body += "<h3>Response per arm (geometric mean fold change from baseline)</h3>" + _table(
+            pd.read_csv(comp / "response_summary.csv"), max_rows=80)
     for name, title in (("differential_abundance", "Differential abundance"),
                         ("differential_state", "Differential state")):
         path = comp / f"{name}.parquet"
@@ -196,12 +199,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                                                                    ).is_dir() else ""
     if cluster_plots:
         sections.append(("clusters", "Clusters and UMAP", cluster_plots))
-    for folder, sid, title in (("cytokines", "cytokines", "Cytokines (bead array)"),
-                               ("compare/clinical_plots", "clinical", "Clinical response")):
-        if (run / folder).is_dir():
-            figs = _figures(run / folder, "**/*.png")
-            if figs:
-                sections.append((sid, title, figs + _extra_tables(run, sid)))
+    plots = run / "compare" / "plots"
+    cytokine_figs = _figures(run / "cytokines" / "plots", "*.png") + _figures(plots,
+                                                                             "cytokine_*.png")
+    if cytokine_figs:
+        sections.append(("cytokines", "Cytokines (bead array)",
+                         cytokine_figs + _extra_tables(run, "cytokines")))
+    clinical_figs = _figures(plots, "clinical_*.png") + _figures(plots, "correlations_*.png")
+    if clinical_figs:
+        sections.append(("clinical", "Clinical response and correlations with the subsets",
+                         clinical_figs + _extra_tables(run, "clinical")))
     nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
     body = "".join(_section(*s) for s in sections)
     title = f"immunoprofile report: {run.resolve().name}"
@@ -219,8 +226,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
 
 
 def _extra_tables(run: Path, section: str) -> str:
-    if section == "clinical" and (run / "compare" / "correlations.parquet").is_file():
-        corr = pd.read_parquet(run / "compare" / "correlations.parquet").sort_values("pvalue")
-        return "<h3>Correlations with the subsets (top 100)</h3>" + _table(
-            corr, max_rows=100, sig="fdr")
-    return ""
+    comp = run / "compare"
+    out = ""
+    if section == "cytokines" and (comp / "cytokines.parquet").is_file():
+        table = pd.read_parquet(comp / "cytokines.parquet").sort_values("pvalue")
+        out += "<h3>Cytokines across arms (censored below LLOQ)</h3>" + _table(
+            table, max_rows=60, sig="fdr")
+    if section == "clinical":
+        if (comp / "clinical.parquet").is_file():
+            table = pd.read_parquet(comp / "clinical.parquet").sort_values("pvalue")
+            out += "<h3>Clinical indexes across arms</h3>" + _table(table, max_rows=60,
+                                                                    sig="fdr")
+        if (comp / "responders.csv").is_file():
+            out += "<h3>Responders per arm</h3>" + _table(pd.read_csv(comp / "responders.csv"))
+        if (comp / "correlations.parquet").is_file():
+            corr = pd.read_parquet(comp / "correlations.parquet").sort_values("pvalue")
+            out += "<h3>Correlations with the subsets (top 100 by p)</h3>" + _table(
+                corr, max_rows=100, sig="fdr")
+    return out

@@ -68,7 +68,7 @@ def trajectories(patients: pd.DataFrame, *, population: str, template: str | Non
     ends = [1.0] if log else []
     for arm in order:
         g = rows[rows["arm"].astype(str) == arm]
-        for _, p in g.sort_values("x").groupby("patient_id", sort=False):
+        for _, p in g.sort_values("x").groupby("patient_id", sort=False, observed=True):
             ax.plot(p["x"], p["y"], color=colours[arm], lw=0.8, alpha=0.3, gid="patient")
         if g.empty:
             continue

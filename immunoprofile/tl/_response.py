@@ -108,7 +108,9 @@ def response(
         ["template", "population", "patient_id"]).index.map(base).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["fold_change"] = frame["value"] / frame["baseline_value"]
-    frame.loc[~np.isfinite(frame["fold_change"]), "fold_change"] = np.nan
+    # A zero count makes the fold change 0 (or undefined): no log fold change for it.
+    frame.loc[~(np.isfinite(frame["fold_change"]) & (frame["fold_change"] > 0)),
+              "fold_change"] = np.nan
     frame["log2_fold_change"] = np.log2(frame["fold_change"])
     frame["responder"] = pd.array([pd.NA] * len(frame), dtype="boolean")
     if responder is not None:
