@@ -563,12 +563,9 @@ def _add_serology(cohort: SimulatedCohort, seed: int) -> None:
     Each lives in its own module (``_cba.py``: CBA FCS files, standards and their sheet;
     ``_clinical.py``: the clinical table), linked to the cell counts of this cohort.
     """
-    import importlib
+    from immunoprofile.datasets._cba import simulate_cba
+    from immunoprofile.datasets._clinical import simulate_clinical
 
-    for module, function in (("immunoprofile.datasets._clinical", "simulate_clinical"),
-                             ("immunoprofile.datasets._cba", "simulate_cba")):
-        try:
-            simulate = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            continue  # not built yet
-        simulate(cohort, seed=seed)
+    # Clinical first: the cytokines' disease-activity links read the clinical table.
+    simulate_clinical(cohort, seed=seed)
+    simulate_cba(cohort, seed=seed)
