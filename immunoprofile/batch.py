@@ -388,8 +388,11 @@ def _assemble(out: Path, sheet: SampleSheet, templates: list[Template],
 
 
 def _restore_types(subsets: pd.DataFrame, sheet: SampleSheet) -> pd.DataFrame:
-    """Categoricals of the sheet (timepoint order included) survive the per-sample parts."""
+    """Categoricals of the sheet (timepoint order included) and numeric columns survive the
+    per-sample parts (an all-empty numeric column must stay float NaN, not object None)."""
     for col in sheet.table.columns:
+        if col in subsets.columns and pd.api.types.is_numeric_dtype(sheet.table[col]):
+            subsets[col] = pd.to_numeric(subsets[col], errors="coerce").astype(float)
         if col in subsets.columns and isinstance(sheet.table[col].dtype, pd.CategoricalDtype):
             subsets[col] = pd.Categorical(subsets[col].astype(str),
                                           categories=[str(c) for c in
