@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-KEY_POPULATIONS = ("Treg", "B cells", "Plasmablasts", "Naive B", "Switched memory B",
-                   "Transitional B", "Plasma cells")
+# Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
+UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes"})
 
 
 @dataclass
@@ -40,7 +40,8 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
     frequency among lymphocytes where that was tested.
     """
     table = abundance[abundance["fdr"].notna()
-                      & ~abundance["template"].astype(str).str.startswith("clusters:")].copy()
+                      & ~abundance["template"].astype(str).str.startswith("clusters:")
+                      & ~abundance["population"].isin(UPSTREAM_GATES)].copy()
     ref_col = table["reference"] if "reference" in table.columns else pd.Series(
         "parent", index=table.index)
     table["_among_lymphocytes"] = ref_col != "parent"
