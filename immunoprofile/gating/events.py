@@ -1,12 +1,19 @@
 """Lazy access to one sample's event values: raw, compensated and transformed.
 
-Every transformed channel is computed at most once per sample and only for the events that
-ask for it. Range tests on monotonic transforms are decided in linear space against the
-inverse-transformed bound, and only events in a thin band around the bound are transformed, so
-membership stays exactly what a test on transformed values gives.
+Values are computed only for the events a gate asks for (a population's gate reads its
+parent's events) and kept only where recomputing would cost: compensated values, and
+transforms slower than a numpy ufunc. Range tests on monotonic transforms are decided in linear
+space against the inverse-transformed bound, and only events in a thin band around the bound
+are transformed, so membership stays exactly what a test on transformed values gives.
+
+Memory: no full-length float64 copies. Raw channels are read from the float32 event matrix at
+the events asked for (widening float32 to float64 is exact, so every comparison is as before);
+caches hold the events computed, not every event of the file.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,6 +42,44 @@ def _margin(r: np.ndarray | float) -> np.ndarray | float:
     return 1e-7 * np.abs(r) + 1e-6
 
 
+# Transforms that numpy computes faster than a cache could look values up: never cached.
+_UFUNC = (Identity, Arcsinh, GMLLinear)
+
+
+class _Computed:
+    """One column's values at the events computed so far (event numbers, values).
+
+    Gates read few events of most columns (a B-cell marker is read on B cells) and no
+    column on the debris: full-length float64 arrays, twice a float32 channel's bytes each,
+    made most of gating's memory.
+    """
+
+    def __init__(self, n_events: int):
+        self.n = n_events
+        self.rows = np.empty(0, np.int32 if n_events < 2**31 else np.int64)
+        self.vals = np.empty(0)
+
+    def add(self, rows: np.ndarray, vals: np.ndarray) -> None:
+        """Store values at events not computed before."""
+        self.rows = np.concatenate([self.rows, rows.astype(self.rows.dtype)])
+        self.vals = np.concatenate([self.vals, vals])
+
+    def get(self, idx: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Values at ``idx``; ``compute(rows)`` gives those not yet computed (sorted rows)."""
+        slot = np.full(self.n, -1, self.rows.dtype)
+        slot[self.rows] = np.arange(self.rows.size)
+        pos = slot[idx]
+        missing = pos < 0
+        if missing.any():
+            need = np.zeros(self.n, bool)
+            need[idx[missing]] = True
+            new = np.flatnonzero(need)  # sorted and unique, faster than np.unique
+            slot[new] = np.arange(self.rows.size, self.rows.size + new.size)
+            self.add(new, compute(new))
+            pos = slot[idx]
+        return self.vals[pos]
+
+
 class EventSpace:
     """The values gates read for one sample under one template.
 
@@ -54,56 +99,84 @@ class EventSpace:
         self.channel_of = channel_of
         self.names = sample.channel_names
         self._matrices: dict[str, pd.DataFrame | None] = {}
-        self._compensated: dict[str, dict[str, np.ndarray]] = {}
-        self._linear: dict[tuple[str, str], np.ndarray] = {}
-        self._xform: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple, _Computed] = {}
+        # (reference, channel) pairs each gate reads: one solve gives every channel, so the
+        # channels gated together are compensated together (at the same events).
+        self._together: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for pop in template.populations:
+            pairs = {(self._comp_ref(d), channel_of[m]) for d in pop.gate.dims
+                     if d.ratio is None for m in d.markers() if m in channel_of}
+            for pair in pairs:
+                self._together.setdefault(pair, set()).update(pairs)
 
     # -- linear values -------------------------------------------------------------------
     def _comp_ref(self, dim: Dimension) -> str:
         ref = dim.compensation if dim.compensation is not None else self.template.compensation
         return "none" if ref == "uncompensated" else ("file" if ref == "FCS" else ref)
 
-    def _compensated_columns(self, ref: str) -> dict[str, np.ndarray]:
-        if ref not in self._compensated:
-            matrix = matrix_for(self.sample, self.template, ref)
-            self._matrices[ref] = matrix
-            self._compensated[ref] = (
-                {} if matrix is None else compensate(self.sample.events, self.names, matrix)
-            )
-        return self._compensated[ref]
+    def _matrix(self, ref: str) -> pd.DataFrame | None:
+        if ref not in self._matrices:
+            self._matrices[ref] = matrix_for(self.sample, self.template, ref)
+        return self._matrices[ref]
+
+    def _cached(self, key: tuple) -> _Computed:
+        if key not in self._cache:
+            self._cache[key] = _Computed(self.sample.n_events)
+        return self._cache[key]
 
     def channel(self, dim: Dimension) -> str:
         return self.channel_of[dim.marker]
 
     def linear(self, dim: Dimension) -> np.ndarray:
         """Full-length float64 linear values of an axis (compensated where it applies)."""
-        if dim.ratio is not None:
-            key = ("ratio", repr(dim.ratio))
-            if key not in self._linear:
-                r = dim.ratio
-                x = self.raw(self.channel_of[r.numerator])
-                y = self.raw(self.channel_of[r.denominator])
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    self._linear[key] = r.A * ((x - r.B) / (y - r.C))
-            return self._linear[key]
-        return self.linear_channel(self.channel(dim), self._comp_ref(dim))
+        if dim.ratio is None and self._comp_ref(dim) == "none":
+            return self.raw(self.channel(dim))
+        return self.linear_at(dim, np.arange(self.sample.n_events))
 
-    def linear_channel(self, pnn: str, ref: str | None = None) -> np.ndarray:
-        """Linear values of one channel under a compensation reference (template default)."""
+    def linear_at(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
+        """Float64 linear values of an axis at event indices ``idx``."""
+        if dim.ratio is not None:
+            r = dim.ratio
+            x = self.raw_at(self.channel_of[r.numerator], idx)
+            y = self.raw_at(self.channel_of[r.denominator], idx)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return r.A * ((x - r.B) / (y - r.C))
+        return self.linear_channel(self.channel(dim), self._comp_ref(dim), idx=idx)
+
+    def linear_channel(self, pnn: str, ref: str | None = None, *,
+                       idx: np.ndarray | None = None) -> np.ndarray:
+        """Linear values of one channel under a compensation reference (template default),
+        at event indices ``idx`` (default all events)."""
         ref = self.template.compensation if ref is None else ref
-        if ref != "none":
-            comp = self._compensated_columns(ref)
-            if pnn in comp:
-                return comp[pnn]
-        return self.raw(pnn)
+        if idx is None:
+            idx = np.arange(self.sample.n_events)
+        matrix = None if ref == "none" else self._matrix(ref)
+        if matrix is None or pnn not in matrix.columns:
+            return self.raw_at(pnn, idx)
+        # Solved for these events only, keeping this channel's column: the float64
+        # compensation of every channel of every event was gating's largest memory cost.
+        return self._cached(("compensated", ref, pnn)).get(
+            idx, lambda rows: self._compensate(matrix, ref, pnn, rows))
+
+    def _compensate(self, matrix: pd.DataFrame, ref: str, pnn: str,
+                    rows: np.ndarray) -> np.ndarray:
+        """``pnn`` compensated at ``rows``; channels of the same gates, not computed yet, are
+        kept too (the gate asks for them at these events next)."""
+        along = [c for r, c in sorted(self._together.get((ref, pnn), ()))
+                 if r == ref and c != pnn and c in matrix.columns
+                 and ("compensated", ref, c) not in self._cache]
+        comp = compensate(self.sample.events, self.names, matrix, channels=[pnn, *along],
+                          rows=rows)
+        for c in along:
+            self._cached(("compensated", ref, c)).add(rows, comp[c])
+        return comp[pnn]
 
     def raw(self, pnn: str) -> np.ndarray:
-        key = (pnn, "raw")
-        if key not in self._linear:
-            self._linear[key] = np.asarray(
-                self.sample.events[:, self.names.index(pnn)], dtype=np.float64
-            )
-        return self._linear[key]
+        """Full-length float64 values of a channel as acquired."""
+        return self.sample.events[:, self.names.index(pnn)].astype(np.float64)
+
+    def raw_at(self, pnn: str, idx: np.ndarray) -> np.ndarray:
+        return self.sample.events[idx, self.names.index(pnn)].astype(np.float64)
 
     def compensation_used(self) -> dict[str, list[str]]:
         """Which channels each compensation reference touched (for provenance)."""
@@ -117,18 +190,10 @@ class EventSpace:
     def values(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
         """Transformed values of an axis at event indices ``idx`` (cached per event)."""
         t = self.transform(dim)
-        linear = self.linear(dim)
-        if isinstance(t, Identity):
-            return linear[idx]
+        if isinstance(t, _UFUNC):
+            return t.apply(self.linear_at(dim, idx))
         key = (dim.marker, dim.ratio, self._comp_ref(dim) if dim.ratio is None else "", t)
-        if key not in self._xform:
-            self._xform[key] = (np.empty(linear.shape[0]), np.zeros(linear.shape[0], bool))
-        out, done = self._xform[key]
-        todo = idx[~done[idx]]
-        if todo.size:
-            out[todo] = t.apply(linear[todo])
-            done[todo] = True
-        return out[idx]
+        return self._cached(key).get(idx, lambda rows: t.apply(self.linear_at(dim, rows)))
 
     def in_range(self, dim: Dimension, idx: np.ndarray, lo: float | None,
                  hi: float | None) -> np.ndarray:
@@ -142,7 +207,7 @@ class EventSpace:
             if hi is not None:
                 ok &= v < hi
             return ok
-        x = self.linear(dim)[idx]
+        x = self.linear_at(dim, idx)
         ok = np.ones(idx.size, bool)
         unsure = np.zeros(idx.size, bool)
         for bound, is_lo in ((lo, True), (hi, False)):
@@ -159,7 +224,7 @@ class EventSpace:
         unsure |= np.isnan(x)
         check = unsure & ok
         if check.any():
-            v = self.values(dim, idx[check])
+            v = t.apply(x[check]) if isinstance(t, _UFUNC) else self.values(dim, idx[check])
             exact = np.ones(v.size, bool)
             if lo is not None:
                 exact &= v >= lo
@@ -173,7 +238,7 @@ class EventSpace:
         t = self.transform(dim)
         if not isinstance(t, _TOTAL_MONOTONIC) or (np.isinf(lo) and np.isinf(hi)):
             return np.ones(idx.size, bool)
-        x = self.linear(dim)[idx]
+        x = self.linear_at(dim, idx)
         keep = np.ones(idx.size, bool)
         if np.isfinite(lo):
             r = float(t.inverse(np.array([lo]))[0])
