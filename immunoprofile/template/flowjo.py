@@ -24,15 +24,20 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import flowkit as fk
 import numpy as np
-from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
 
 from immunoprofile.errors import TemplateError
 from immunoprofile.template.transforms import Transform
 
 if TYPE_CHECKING:
+    import flowkit as fk
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
+
     from immunoprofile.template.model import Gate, Population, Template
+
+# FlowKit (with bokeh, ~1 s) is imported where FlowJo transforms or gates are used: this module
+# is imported with every template (transforms.py registers its transforms), and gating with
+# templates that use none of them must not pay for it.
 
 # The model is imported inside the functions that need it: transforms.py registers FlowJoBiex
 # and FlowJoLog in its _KINDS table, and model.py imports transforms.py, so importing the model
@@ -51,6 +56,8 @@ def _biex_lut(negative: float, width: float, positive: float,
               max_value: float) -> WSPBiexTransform:
     # Building the 4097-point lookup table and its interpolators costs milliseconds; the
     # engine calls apply() once per chunk of events, so share one FlowKit object per setting.
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
+
     return WSPBiexTransform(negative=negative, width=width, positive=positive,
                             max_value=max_value)
 
@@ -117,6 +124,8 @@ class FlowJoLog(Transform):
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         # FlowKit's own code, so values are bit-identical to what FlowKit gates on.
+        from flowkit._models.transforms._wsp_transforms import WSPLogTransform
+
         return WSPLogTransform(offset=self.offset, decades=self.decades).apply(_col(x))
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
@@ -132,6 +141,8 @@ def transform_from_wsp(xform: Any) -> Transform:
     TemplateError
         FlowKit produced a FlowJo transform this module does not know.
     """
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
+
     if isinstance(xform, WSPBiexTransform):
         return FlowJoBiex(negative=float(xform.negative), width=float(xform.width),
                           positive=float(xform.positive), max_value=float(xform.max_value))
@@ -164,6 +175,8 @@ def gate_from_wsp(converter: Any, gate: Any) -> Gate:
     cls = type(gate).__name__
     if cls != "WSPEllipsoidGate":
         raise TemplateError(f"FlowJo gate type {cls} is not supported")
+    import flowkit as fk
+
     transforms = getattr(converter.gs, "transformations", {})
     xforms, dims = [], []
     for d in gate.dimensions:
