@@ -60,21 +60,26 @@ class _Computed:
         self.vals = np.empty(0)
 
     def add(self, rows: np.ndarray, vals: np.ndarray) -> None:
-        """Store values at events not computed before."""
-        self.rows = np.concatenate([self.rows, rows.astype(self.rows.dtype)])
-        self.vals = np.concatenate([self.vals, vals])
+        """Store values at events not computed before (``rows`` is kept, not copied, when it
+        is the first: channels compensated together share it)."""
+        if self.rows.size:
+            rows = np.concatenate([self.rows, rows])
+            vals = np.concatenate([self.vals, vals])
+        self.rows, self.vals = rows.astype(self.rows.dtype, copy=False), vals
 
     def get(self, idx: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Values at ``idx``; ``compute(rows)`` gives those not yet computed (sorted rows)."""
+        if idx.size == self.rows.size and np.array_equal(idx, self.rows):
+            return self.vals.copy()  # a gate reading the events its placement just read
         slot = np.full(self.n, -1, self.rows.dtype)
-        slot[self.rows] = np.arange(self.rows.size)
+        slot[self.rows] = np.arange(self.rows.size, dtype=self.rows.dtype)
         pos = slot[idx]
         missing = pos < 0
         if missing.any():
             need = np.zeros(self.n, bool)
             need[idx[missing]] = True
-            new = np.flatnonzero(need)  # sorted and unique, faster than np.unique
-            slot[new] = np.arange(self.rows.size, self.rows.size + new.size)
+            new = np.flatnonzero(need).astype(self.rows.dtype)  # sorted, unique; fast
+            slot[new] = np.arange(self.rows.size, self.rows.size + new.size, dtype=slot.dtype)
             self.add(new, compute(new))
             pos = slot[idx]
         return self.vals[pos]
@@ -100,14 +105,18 @@ class EventSpace:
         self.names = sample.channel_names
         self._matrices: dict[str, pd.DataFrame | None] = {}
         self._cache: dict[tuple, _Computed] = {}
-        # (reference, channel) pairs each gate reads: one solve gives every channel, so the
-        # channels gated together are compensated together (at the same events).
+        # (reference, channel) pairs each population's gate reads. One solve gives every
+        # channel, so solving for a channel keeps, at the same events, the channels read with
+        # it and those its population's children read: they are asked for next, at the same
+        # events or a subset (solving each on its own doubled the solves).
+        reads = {pop.name: {(self._comp_ref(d), channel_of[m]) for d in pop.gate.dims
+                            if d.ratio is None for m in d.markers() if m in channel_of}
+                 for pop in template.populations}
         self._together: dict[tuple[str, str], set[tuple[str, str]]] = {}
         for pop in template.populations:
-            pairs = {(self._comp_ref(d), channel_of[m]) for d in pop.gate.dims
-                     if d.ratio is None for m in d.markers() if m in channel_of}
-            for pair in pairs:
-                self._together.setdefault(pair, set()).update(pairs)
+            kids = [reads[p.name] for p in template.populations if p.parent == pop.name]
+            for pair in reads[pop.name]:
+                self._together.setdefault(pair, set()).update(reads[pop.name], *kids)
 
     # -- linear values -------------------------------------------------------------------
     def _comp_ref(self, dim: Dimension) -> str:
@@ -160,8 +169,8 @@ class EventSpace:
 
     def _compensate(self, matrix: pd.DataFrame, ref: str, pnn: str,
                     rows: np.ndarray) -> np.ndarray:
-        """``pnn`` compensated at ``rows``; channels of the same gates, not computed yet, are
-        kept too (the gate asks for them at these events next)."""
+        """``pnn`` compensated at ``rows``; the channels read with it or next (see
+        ``_together``) and not computed yet are kept too."""
         along = [c for r, c in sorted(self._together.get((ref, pnn), ()))
                  if r == ref and c != pnn and c in matrix.columns
                  and ("compensated", ref, c) not in self._cache]
