@@ -159,6 +159,8 @@ def worker_memory(row: dict, out: Path) -> dict:
 
 def _stages_worker(row: dict, queue) -> None:
     """tracemalloc per stage of one sample: what each step allocates at its peak."""
+    import sklearn.mixture  # noqa: F401  (else its import counts as the first gate's memory)
+
     import immunoprofile.batch as batch
     from immunoprofile.batch_task import _events, _fits, _qc
     from immunoprofile.gating.engine import gate_sample
