@@ -42,6 +42,9 @@ def _margin(r: np.ndarray | float) -> np.ndarray | float:
     return 1e-7 * np.abs(r) + 1e-6
 
 
+# Events per block of the approximate compensation (a few MiB of gathered rows).
+_BLOCK = 65_536
+
 # Transforms that numpy computes faster than a cache could look values up: never cached.
 _UFUNC = (Identity, Arcsinh, GMLLinear)
 
@@ -217,7 +220,12 @@ class EventSpace:
             self._inverse[key] = (weights.astype(np.float32), bound)
         weights, bound = self._inverse[key]
         # float32 × float32: no float64 copy of the rows; the band absorbs the rounding.
-        return (self.sample.events[idx] @ weights).astype(np.float64), bound
+        # In blocks, so the rows gathered never amount to a copy of the event matrix.
+        out = np.empty(idx.size)
+        for start in range(0, idx.size, _BLOCK):
+            rows = idx[start:start + _BLOCK]
+            out[start:start + rows.size] = self.sample.events[rows] @ weights
+        return out, bound
 
     def raw(self, pnn: str) -> np.ndarray:
         """Full-length float64 values of a channel as acquired."""
