@@ -10,9 +10,6 @@ second truth.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from immunoprofile._atomic import atomic_write
+
 SCHEMA_VERSION = "1.0.0"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -122,23 +119,6 @@ def schema_markdown() -> str:
         lines += [f"| `{c.name}` | {c.dtype} | {c.description} |" for c in columns]
         lines.append("")
     return "\n".join(lines)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write(tmp)`` to a temporary name beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes the file private (0600); outputs get the usual umask permissions.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = None) -> Path:

@@ -10,9 +10,7 @@ reaching outside (external DTDs or entities) is refused, never expanded.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pandas as pd
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
+from immunoprofile._atomic import atomic_write
 from immunoprofile.errors import TemplateError
 from immunoprofile.io.fcs import FCSSample, read_fcs
 from immunoprofile.panel import resolve_markers
@@ -424,10 +423,4 @@ def write_gatingml(template: Template | str | Path, path: str | Path, *,
     gs = template_to_flowkit(template, sample)
     buf = io.BytesIO()
     fk.export_gatingml(gs, buf)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getvalue()))
