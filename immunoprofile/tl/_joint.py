@@ -39,11 +39,6 @@ from immunoprofile.tl._differential import _design, _validate_names
 from immunoprofile.tl._models import (
     RESULT_COLUMNS,
     Design,
-    _cell,
-    _did,
-    _drop_confounded,
-    _empty_row,
-    _ordered_timepoints,
     add_fdr,
     fit_contrasts,
 )
@@ -296,91 +291,17 @@ def tobit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> p
     right), ``patient_id``, ``arm``, ``timepoint`` and covariates. Contrasts use the same
     split-plot degrees of freedom. Cells whose every value is censored are not estimable.
     """
-    data = data.dropna(subset=["value"]).copy()
-    arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
-    tps = _ordered_timepoints(data)
-    n_patients = data["patient_id"].nunique()
-    if design.control not in arms or design.baseline not in tps or n_patients <= len(arms):
-        return pd.DataFrame([_empty_row(model_name, len(data), n_patients,
-                                        "control or baseline absent, or too few patients")])
-    data["cell"] = [_cell(a, t) for a, t in zip(data["arm"].astype(str),
-                                                data["timepoint"].astype(str))]
-    # A cell with no observed value has its mean at −∞ (or +∞): leave it out of the fit.
-    observed = data.groupby("cell")["censored"].apply(lambda c: bool((c == 0).any()))
-    blind = sorted(observed.index[~observed])
-    fit = data[~data["cell"].isin(blind)]
-    cells = sorted(fit["cell"].unique())
-    n_in_range = int((fit["censored"] == 0).sum())
-    if n_in_range < len(cells) + 2:
-        return pd.DataFrame([_empty_row(
-            model_name, len(data), n_patients,
-            f"too few values in range ({n_in_range} of {len(data)}) for a censored model")])
-    X = pd.get_dummies(fit["cell"]).reindex(columns=cells, fill_value=0).astype(float)
-    for cov in design.covariates:
-        col = fit[cov]
-        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
-            X[cov] = (col - col.mean()).fillna(0.0).astype(float)
-        else:
-            X = pd.concat([X, pd.get_dummies(col.astype(str), prefix=cov, drop_first=True,
-                                             dtype=float)], axis=1)
-    X, dropped = _drop_confounded(X, cells)
-    beta, cov, warning = tobit_fit(fit["value"].to_numpy(float), fit["censored"].to_numpy(int),
-                                   X.to_numpy(float), fit["patient_id"].astype(str).to_numpy())
-    notes = [warning] if warning else []
-    if dropped:
-        notes.append(f"covariate(s) {', '.join(dropped)} confounded with arm×timepoint: dropped")
-    warning = "; ".join(notes)
-    if beta is None:
-        return pd.DataFrame([_empty_row(model_name, len(data), n_patients, warning)])
-    index = {c: i for i, c in enumerate(X.columns)}
-    df_between = max(n_patients - len(arms), 1)
-    df_within = max(len(fit) - n_patients - (len(cells) - len(arms))
-                    - (X.shape[1] - len(cells)), 1)
-    rows = []
-    for kind, arm, ref, tp, base, terms in _contrast_terms(design, arms, tps):
-        if any(c not in set(data["cell"]) for c, _ in terms):
-            continue
-        used = data["cell"].isin([c for c, _ in terms])
-        row = {"contrast_type": kind, "arm": arm, "reference_arm": ref, "timepoint": tp,
-               "baseline": base, "model": model_name, "n_samples": int(used.sum()),
-               "n_patients": int(data.loc[used, "patient_id"].nunique()), "warning": warning}
-        missing = [c for c, _ in terms if c in blind]
-        if missing:
-            note = f"every value censored in {', '.join(missing)}: not estimable"
-            rows.append({**row, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                         "pvalue": np.nan, "warning": "; ".join(filter(None, [warning, note]))})
-            continue
-        L = np.zeros(len(index))
-        for c, w in terms:
-            L[index[c]] += w
-        est, se = float(L @ beta), float(np.sqrt(max(L @ cov @ L, 0.0)))
-        within = all(abs(sum(w for c, w in terms if c.split("@", 1)[0] == a)) < 1e-12
-                     for a in arms)
-        df = df_within if within else df_between
-        half = stats.t.ppf(1 - design.alpha / 2, df) * se
-        p = float(2 * stats.t.sf(abs(est) / se, df)) if se > 0 else np.nan
-        rows.append({**row, "estimate": est, "ci_low": est - half, "ci_high": est + half,
-                     "pvalue": p})
-    return pd.DataFrame(rows)
+    res = fit_contrasts(data, design, model_name=model_name, fit=_tobit, censored="censored")
+    if len(res) and res["contrast_type"].iloc[0]:  # contrast rows: estimates last, as ever
+        estimates = ["estimate", "ci_low", "ci_high", "pvalue"]
+        res = res[[*[c for c in res.columns if c not in estimates], *estimates]]
+    return res
 
 
-def _contrast_terms(design: Design, arms: list[str], tps: list[str]):
-    """(kind, arm, reference, timepoint, baseline, [(cell, weight)]) of every contrast."""
-    b, ctl = design.baseline, design.control
-    for arm in arms:
-        for tp in tps:
-            if arm != ctl:
-                yield ("arm_vs_control", arm, ctl, tp, "", [(_cell(arm, tp), 1),
-                                                            (_cell(ctl, tp), -1)])
-            if tp != b:
-                yield ("change_from_baseline", arm, "", tp, b, [(_cell(arm, tp), 1),
-                                                                (_cell(arm, b), -1)])
-                if arm != ctl:
-                    yield ("change_vs_control", arm, ctl, tp, b, _did(arm, ctl, tp, b))
-    for arm, ref in design.pairs:
-        for tp in tps:
-            if tp != b:
-                yield ("change_vs_arm", arm, ref, tp, b, _did(arm, ref, tp, b))
+def _tobit(y: np.ndarray, X: np.ndarray, groups: np.ndarray, *, censored: np.ndarray
+           ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """:func:`tobit_fit` with the :data:`~immunoprofile.tl._models.Fitter` contract."""
+    return tobit_fit(y, censored, X, groups)
 
 
 def tobit_fit(y: np.ndarray, censored: np.ndarray, X: np.ndarray, groups: np.ndarray

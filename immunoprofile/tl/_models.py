@@ -21,6 +21,7 @@ Contrasts (one output row each):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,11 +50,16 @@ class Design:
     alpha: float = 0.05
 
 
+#: ``(y, X, groups[, censored=]) -> (β, Cov(β), warning)``, or ``(None, None, reason)``.
+Fitter = Callable[..., tuple[np.ndarray | None, np.ndarray | None, str]]
+
+
 def _cell(arm: str, tp: str) -> str:
     return f"{arm}@{tp}"
 
 
-def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.DataFrame:
+def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
+                  fit: Fitter | None = None, censored: str | None = None) -> pd.DataFrame:
     """Fit the mixed model to one readout and evaluate every contrast.
 
     Parameters
@@ -65,12 +71,22 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
         Control arm, baseline timepoint, extra arm pairs, covariates.
     model_name
         Written into the ``model`` column.
+    fit
+        The model: ``(y, X, groups) -> (β, Cov(β), warning)``, or ``(None, None, reason)``
+        when it fails; by default the REML mixed model. With ``censored`` it is also given
+        ``censored=`` (that column's values for the rows it fits).
+    censored
+        Name of a column with −1 / 0 / +1 (left-censored at ``value`` / observed /
+        right-censored). A cell with no observed value has no estimable mean: it is left out of
+        the fit and its contrasts carry NaN and a warning; the fit needs at least two more
+        values in range than cells.
 
     Returns
     -------
     pandas.DataFrame
         One row per contrast (without ``template``/``population``/``fdr``).
     """
+    fit = _fit if fit is None else fit
     data = data.dropna(subset=["value"]).copy()
     arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
     tps = _ordered_timepoints(data)
@@ -78,41 +94,66 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
     n_patients = data["patient_id"].nunique()
     if design.control not in arms or design.baseline not in tps or n_patients <= len(arms):
         note = (f"control {design.control!r} or baseline {design.baseline!r} absent, or too "
-                "few patients")
+                "few patients") if censored is None else \
+            "control or baseline absent, or too few patients"
         return pd.DataFrame([_empty_row(model_name, len(data), n_patients, note)])
     data["cell"] = [_cell(a, t) for a, t in zip(data["arm"].astype(str),
                                                 data["timepoint"].astype(str))]
-    cells = sorted(data["cell"].unique())
-    X = pd.get_dummies(data["cell"]).reindex(columns=cells, fill_value=0).astype(float)
+    blind: list[str] = []
+    fitted, extra = data, {}
+    if censored is not None:
+        # A cell with no observed value has its mean at −∞ (or +∞): leave it out of the fit.
+        observed = data.groupby("cell")[censored].apply(lambda c: bool((c == 0).any()))
+        blind = sorted(observed.index[~observed])
+        fitted = data[~data["cell"].isin(blind)]
+        extra = {"censored": fitted[censored].to_numpy(int)}
+    cells = sorted(fitted["cell"].unique())
+    if censored is not None:
+        n_in_range = int((fitted[censored] == 0).sum())
+        if n_in_range < len(cells) + 2:
+            return pd.DataFrame([_empty_row(
+                model_name, len(data), n_patients,
+                f"too few values in range ({n_in_range} of {len(data)}) for a censored model")])
+    X = pd.get_dummies(fitted["cell"]).reindex(columns=cells, fill_value=0).astype(float)
     for cov in design.covariates:
-        if cov not in data.columns:
+        if cov not in fitted.columns:
             raise ImmunoprofileError(f"covariate {cov!r} is not a sample-sheet column")
-        col = data[cov]
+        col = fitted[cov]
         if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
             X[cov] = (col - col.mean()).fillna(0.0).astype(float)
         else:
             dummies = pd.get_dummies(col.astype(str), prefix=cov, drop_first=True, dtype=float)
             X = pd.concat([X, dummies], axis=1)
     X, dropped = _drop_confounded(X, cells)
-    beta, cov_beta, warning = _fit(data["value"].to_numpy(float), X.to_numpy(float),
-                                   data["patient_id"].astype(str).to_numpy())
+    beta, cov_beta, warning = fit(fitted["value"].to_numpy(float), X.to_numpy(float),
+                                  fitted["patient_id"].astype(str).to_numpy(), **extra)
     if dropped:
         note = f"covariate(s) {', '.join(dropped)} confounded with arm×timepoint: dropped"
         warning = f"{warning}; {note}" if warning else note
     if beta is None:
         return pd.DataFrame([_empty_row(model_name, len(data), n_patients, warning)])
     index = {c: i for i, c in enumerate(X.columns)}
+    present = set(data["cell"])
     # Split-plot degrees of freedom: a contrast whose weights cancel within every arm is
     # estimated within patients (residual df); one that compares arms also carries the
     # between-patient variance (patients minus arm means).
     df_between = max(n_patients - len(arms), 1)
-    df_within = max(len(data) - n_patients - (len(cells) - len(arms))
+    df_within = max(len(fitted) - n_patients - (len(cells) - len(arms))
                     - (X.shape[1] - len(cells)), 1)
-
-    def add(kind: str, arm: str, ref: str, tp: str, base: str,
-            terms: list[tuple[str, float]]) -> None:
-        if any(c not in index for c, _ in terms):
-            return
+    for kind, arm, ref, tp, base, terms in _contrast_terms(design, arms, tps):
+        if any(c not in present for c, _ in terms):
+            continue
+        cell_rows = data["cell"].isin([c for c, _ in terms])
+        row = {"contrast_type": kind, "arm": arm, "reference_arm": ref, "timepoint": tp,
+               "baseline": base, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+               "pvalue": np.nan, "model": model_name, "n_samples": int(cell_rows.sum()),
+               "n_patients": int(data.loc[cell_rows, "patient_id"].nunique()),
+               "warning": warning}
+        missing = [c for c, _ in terms if c in blind]
+        if missing:
+            note = f"every value censored in {', '.join(missing)}: not estimable"
+            rows.append({**row, "warning": "; ".join(filter(None, [warning, note]))})
+            continue
         L = np.zeros(len(index))
         for c, w in terms:
             L[index[c]] += w
@@ -123,31 +164,28 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> pd.
         df = df_within if within else df_between
         tcrit = stats.t.ppf(1 - design.alpha / 2, df)
         p = float(2 * stats.t.sf(abs(est) / se, df)) if se > 0 else np.nan
-        cell_rows = data["cell"].isin([c for c, _ in terms])
-        rows.append({"contrast_type": kind, "arm": arm, "reference_arm": ref,
-                     "timepoint": tp, "baseline": base, "estimate": est,
-                     "ci_low": est - tcrit * se, "ci_high": est + tcrit * se, "pvalue": p,
-                     "model": model_name, "n_samples": int(cell_rows.sum()),
-                     "n_patients": int(data.loc[cell_rows, "patient_id"].nunique()),
-                     "warning": warning})
+        rows.append({**row, "estimate": est, "ci_low": est - tcrit * se,
+                     "ci_high": est + tcrit * se, "pvalue": p})
+    return pd.DataFrame(rows)
 
-    b = design.baseline
+
+def _contrast_terms(design: Design, arms: list[str], tps: list[str]):
+    """(kind, arm, reference, timepoint, baseline, [(cell, weight)]) of every contrast."""
+    b, ctl = design.baseline, design.control
     for arm in arms:
         for tp in tps:
-            if arm != design.control:
-                add("arm_vs_control", arm, design.control, tp, "",
-                    [(_cell(arm, tp), 1), (_cell(design.control, tp), -1)])
+            if arm != ctl:
+                yield ("arm_vs_control", arm, ctl, tp, "", [(_cell(arm, tp), 1),
+                                                            (_cell(ctl, tp), -1)])
             if tp != b:
-                add("change_from_baseline", arm, "", tp, b,
-                    [(_cell(arm, tp), 1), (_cell(arm, b), -1)])
-                if arm != design.control:
-                    add("change_vs_control", arm, design.control, tp, b,
-                        _did(arm, design.control, tp, b))
+                yield ("change_from_baseline", arm, "", tp, b, [(_cell(arm, tp), 1),
+                                                                (_cell(arm, b), -1)])
+                if arm != ctl:
+                    yield ("change_vs_control", arm, ctl, tp, b, _did(arm, ctl, tp, b))
     for arm, ref in design.pairs:
         for tp in tps:
             if tp != b:
-                add("change_vs_arm", arm, ref, tp, b, _did(arm, ref, tp, b))
-    return pd.DataFrame(rows)
+                yield ("change_vs_arm", arm, ref, tp, b, _did(arm, ref, tp, b))
 
 
 def _drop_confounded(X: pd.DataFrame, cells: list[str]) -> tuple[pd.DataFrame, list[str]]:
