@@ -11,9 +11,8 @@ from browser import check_page
 
 from immunoprofile.demo import headline_findings
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_every_stage_wrote_its_outputs(demo_run) -> None:
     run = demo_run.run
     for name in ("subsets.parquet", "qc.csv", "errors.csv", "run.json", "clusters.parquet",
@@ -30,6 +29,7 @@ def test_every_stage_wrote_its_outputs(demo_run) -> None:
     assert pd.read_csv(run / "errors.csv").empty
 
 
+@pytest.mark.slow
 def test_headlines_come_from_the_tables(demo_run) -> None:
     da = pd.read_parquet(demo_run.run / "compare" / "differential_abundance.parquet")
     assert demo_run.headlines == headline_findings(da)
@@ -40,6 +40,7 @@ def test_headlines_come_from_the_tables(demo_run) -> None:
             assert "FDR" in line
 
 
+@pytest.mark.slow
 def test_demo_report_in_headless_chromium(demo_run, tmp_path: Path) -> None:
     result = check_page(demo_run.report, tmp_path / "demo_report.png")
     assert result.console_errors == [] and result.page_errors == []
@@ -57,3 +58,13 @@ def test_headline_findings_say_when_nothing_is_found() -> None:
                           "reference_arm": ["SOC"], "timepoint": ["W2"], "baseline": ["W0"],
                           "estimate": [0.1], "fdr": [0.4], "reference": ["parent"]})
     assert headline_findings(table) == {"IL2": ["no population change at FDR < 0.05"]}
+
+
+def test_headlines_leave_out_quality_gates() -> None:
+    rows = [("treg", "Singlets", 1e-6, 0.9), ("treg", "Treg", 1e-3, 0.5)]
+    table = pd.DataFrame([{"template": t, "population": p, "contrast_type": "change_vs_control",
+                           "arm": "IL2", "reference_arm": "SOC", "timepoint": "W2",
+                           "baseline": "W0", "estimate": e, "fdr": q, "reference": "parent"}
+                          for t, p, q, e in rows])
+    lines = headline_findings(table)["IL2"]
+    assert len(lines) == 1 and lines[0].startswith("Treg up from W0 to W2")

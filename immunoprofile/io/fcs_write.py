@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunoprofile._atomic import atomic_write
+
 __all__ = ["format_spillover", "write_fcs"]
 
 # '|' is rare in keyword values; values that contain it are escaped by doubling (FCS 3.1 §3.2.9).
@@ -161,14 +163,10 @@ def write_fcs(
     )
     header_bytes = header.encode("ascii").ljust(_TEXT_START, b" ")
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             fh.write(header_bytes)
             fh.write(text)
             fh.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)

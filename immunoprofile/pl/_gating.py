@@ -14,8 +14,6 @@ Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas rather
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from immunoprofile._atomic import atomic_write
 from immunoprofile.errors import ImmunoprofileError, TemplateError
 from immunoprofile.gating.engine import GatingResult
 from immunoprofile.gating.events import EventSpace
@@ -476,12 +475,4 @@ def _default_cut(default: list[Gate] | None, marker: str) -> str:
 
 
 def _save_png(fig: Figure, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
