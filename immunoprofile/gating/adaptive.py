@@ -316,8 +316,8 @@ class Placer:
         if len(gate.dims) != 2:
             raise TemplateError(f"population {pop.name!r}: singlets gates are 2-D (area, height)")
         sub = _subsample(idx, 50_000)
-        area = self.space.linear(gate.dims[0])[sub]
-        height = self.space.linear(gate.dims[1])[sub]
+        area = self.space.linear_at(gate.dims[0], sub)
+        height = self.space.linear_at(gate.dims[1], sub)
         good = area > np.percentile(area, 1)
         if good.sum() < int(spec.get("min_events", 200)):
             raise _Fallback(f"{int(good.sum())} events, too few for a singlet band")

@@ -141,12 +141,6 @@ class EventSpace:
     def channel(self, dim: Dimension) -> str:
         return self.channel_of[dim.marker]
 
-    def linear(self, dim: Dimension) -> np.ndarray:
-        """Full-length float64 linear values of an axis (compensated where it applies)."""
-        if dim.ratio is None and self._comp_ref(dim) == "none":
-            return self.raw(self.channel(dim))
-        return self.linear_at(dim, np.arange(self.sample.n_events))
-
     def linear_at(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
         """Float64 linear values of an axis at event indices ``idx``."""
         if dim.ratio is not None:
@@ -226,10 +220,6 @@ class EventSpace:
             rows = idx[start:start + _BLOCK]
             out[start:start + rows.size] = self.sample.events[rows] @ weights
         return out, bound
-
-    def raw(self, pnn: str) -> np.ndarray:
-        """Full-length float64 values of a channel as acquired."""
-        return self.sample.events[:, self.names.index(pnn)].astype(np.float64)
 
     def raw_at(self, pnn: str, idx: np.ndarray) -> np.ndarray:
         return self.sample.events[idx, self.names.index(pnn)].astype(np.float64)
