@@ -51,7 +51,7 @@ class BatchSettings:
 
     keep_events: int = 20_000
     seed: int = 0
-    qc: bool = True
+    qc: bool | None = None  # None: each template's own `qc:` section decides
     plots: bool = True
     adaptive: bool = True
     rare_threshold: int = RARE_THRESHOLD

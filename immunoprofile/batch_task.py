@@ -33,13 +33,20 @@ LYMPHOCYTE_REFERENCE = "Live lymphocytes"
 BEADS = "Beads"
 
 
-def _qc(sample: FCSSample, templates: list[Template], settings: BatchSettings):
+def qc_applies(template: Template, settings: BatchSettings) -> bool:
+    """Whether acquisition QC masks this template's events: ``--qc``/``--no-qc`` when given,
+    otherwise the template's own ``qc:`` section (imported FlowJo/GatingML templates have none,
+    so they reproduce the source software's counts)."""
+    return template.wants_qc if settings.qc is None else bool(settings.qc)
+
+
+def _qc(sample: FCSSample, templates: list[Template]):
     from immunoprofile.gating.qc import acquisition_qc
 
     checks = {"margin": True, "flow_rate": True, "signal": True}
     for t in templates:  # a template may switch a check off for its tube
         for k in checks:
-            checks[k] = checks[k] and bool(t.qc.get(k, True))
+            checks[k] = checks[k] and bool((t.qc or {}).get(k, True))
     return acquisition_qc(sample, **checks)
 
 
@@ -84,6 +91,7 @@ def _rows(result: GatingResult, row: dict, digest: str, settings: BatchSettings)
     # plain bool as documented (an Int64 count would make it pandas' nullable "boolean")
     rare = (table["count"].fillna(0) < settings.rare_threshold) & table["measured"]
     table["flag_rare"] = rare.to_numpy(dtype=bool)
+    table["qc_removed_pct"] = float(result.qc.get("pct_removed", 0.0))
     table["file_sha256"] = digest
     return table
 
@@ -149,13 +157,15 @@ def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
 
     mask = np.ones(sample.n_events, bool)
     qc_summary: dict[str, Any] = {"sample_id": sid, "n_events": sample.n_events}
-    if settings.qc:
+    checked = [t for t in templates if qc_applies(t, settings)]
+    if checked:
         try:
-            qc = _qc(sample, templates, settings)
+            qc = _qc(sample, checked)
             mask = qc.mask
             qc_summary.update(qc.summary())
         except Exception as exc:  # QC failing must not lose the sample: gate without it
             errors.append(_error(row, "", "qc", exc))
+    everything = np.ones(sample.n_events, bool)
     if read_warnings:
         flags = [qc_summary.get("flags", "")] if qc_summary.get("flags") else []
         qc_summary["flags"] = "; ".join(flags + read_warnings)
@@ -174,8 +184,13 @@ def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
                 unfit.append(f"{template.name}: {reason}")
             continue
         try:
-            results.append(gate_sample(sample, template, sample_id=sid, event_mask=mask,
-                                       adaptive=settings.adaptive))
+            checks = qc_applies(template, settings) and "n_removed" in qc_summary
+            result = gate_sample(sample, template, sample_id=sid,
+                                 event_mask=mask if checks else everything,
+                                 adaptive=settings.adaptive)
+            if checks:
+                result.qc = {k: qc_summary[k] for k in ("n_events", "n_removed", "pct_removed")}
+            results.append(result)
         except ImmunoprofileError as exc:
             errors.append(_error(row, template.name, "gate", exc))
     if not results and not errors:

@@ -154,14 +154,17 @@ def template_export(template_file: str, sample_path: str, out: Path) -> None:
 @click.option("--strict", is_flag=True, help="Missing FCS files are sheet errors.")
 @click.option("--dry-run", is_flag=True,
               help="Validate the sheet and templates, show the plan, gate nothing.")
-@click.option("--no-qc", is_flag=True, help="Skip acquisition QC.")
+@click.option("--qc/--no-qc", "qc", default=None,
+              help="Run acquisition QC for every template, or for none. Default: for templates "
+                   "with a `qc:` section (the shipped ones), not for templates imported from "
+                   "FlowJo or GatingML (they reproduce the source software's counts).")
 @click.option("--no-plots", is_flag=True, help="Skip per-sample gating plots.")
 @click.option("--frozen", is_flag=True, help="Keep adaptive gates at their default positions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Event subsample seed.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None,
          scheduler: str | None, keep_events: int, resume: bool, strict: bool, dry_run: bool,
-         no_qc: bool, no_plots: bool, frozen: bool, seed: int, progress: bool) -> None:
+         qc: bool | None, no_plots: bool, frozen: bool, seed: int, progress: bool) -> None:
     """Gate every sample of SHEET with every template that fits it.
 
     Exit code 0 when every sample was gated, 3 when some failed (see errors.csv), 1 when
@@ -182,7 +185,7 @@ def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None
         if missing:
             click.echo(f"{missing} file(s) missing: they will fail on their own", err=True)
         return
-    settings = BatchSettings(keep_events=keep_events, seed=seed, qc=not no_qc,
+    settings = BatchSettings(keep_events=keep_events, seed=seed, qc=qc,
                              plots=not no_plots, adaptive=not frozen)
     with _progress(progress, len(parsed)) as report:
         result = gate_samples(parsed, resolved, out, workers=workers, scheduler=scheduler,

@@ -21,6 +21,7 @@ from immunoprofile._version import __version__
 from immunoprofile.tables import atomic_write
 
 THUMB_WIDTH = 320
+QC_WARN_PCT = 10.0  # a sample losing more events than this to QC is named in the summary
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;
@@ -36,6 +37,7 @@ td:first-child,th:first-child{text-align:left}.sig{font-weight:600;color:#9b1c1c
 .grid{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:""" + str(THUMB_WIDTH) + """px;
 font-size:12px}.thumb img{width:100%;border:1px solid #d5d9df;border-radius:4px;cursor:zoom-in}
 .flag{color:#b45309;font-weight:600}.fig{max-width:100%;margin:6px 0}
+.warn{background:#fff3cd;border-left:4px solid #d39e00;padding:6px 10px}
 .kpi{display:inline-block;margin:0 24px 8px 0}.kpi b{display:block;font-size:20px}
 #lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:9;
 align-items:center;justify-content:center}#lightbox img{max-width:95vw;max-height:95vh;
@@ -116,6 +118,11 @@ def _summary(run: Path, manifest: dict) -> str:
     if not errors.empty:
         body += "<h3>Failed samples</h3>" + _table(errors[["sample_id", "template", "stage",
                                                             "error"]])
+    if "pct_removed" in qc and (qc["pct_removed"] > QC_WARN_PCT).any():
+        heavy = qc.loc[qc["pct_removed"] > QC_WARN_PCT, "sample_id"].astype(str)
+        body += (f'<p class="warn">Acquisition QC removed more than {QC_WARN_PCT:g}% of the '
+                 f"events of {len(heavy)} sample(s): {html.escape(', '.join(heavy))}. Check "
+                 "their QC flags and gating plots before using their numbers.</p>")
     if not qc.empty:
         cols = [c for c in ("sample_id", "n_events", "n_removed", "pct_removed",
                             "removed_margin", "removed_flow_rate", "removed_signal_shift",

@@ -62,6 +62,9 @@ SUBSETS: tuple[Column, ...] = (
     Column("note", "string", "Why a population was not measured, '' otherwise."),
     Column("adaptive_fallback", "bool", "An adaptive gate fell back to its default position "
            "(see qc.csv for where gates landed)."),
+    Column("qc_removed_pct", "float64", "Share of the file's events (%) that acquisition QC "
+           "removed before this template gated it (0 when QC did not run for the template: "
+           "`--no-qc`, or an imported FlowJo/GatingML template without `--qc`)."),
     Column("flag_rare", "bool", "Fewer events than the rare-population threshold (default "
            "50): percentages are imprecise."),
     Column("file_sha256", "string", "SHA-256 of the FCS file gated."),

@@ -258,3 +258,54 @@ def test_corpus_files(parts):
         assert "no Time channel: time-based QC skipped" in result.flags
     else:
         assert len(result.windows) > 100
+
+
+def _dimmed(tube, pieces: list[tuple[float, float, float]]) -> np.ndarray:
+    """Fluorescence scaled by ``factor`` between fractions ``a`` and ``b`` of the run."""
+    t = tube.events[:, -1]
+    events = tube.events.copy()
+    for a, b, factor in pieces:
+        part = (t >= a * t.max()) & (t < b * t.max())
+        events[part, 3:-1] *= factor
+    return events
+
+
+def test_reference_is_the_majority_level_not_the_first_segment(tmp_path):
+    # The fault is at the start: the first fifth of the run is dim.
+    tube = simulate_tube("treg", N_EVENTS, seed=7)
+    t = tube.events[:, -1]
+    early = t < 0.2 * t.max()
+    sample = _write(tmp_path / "early.fcs", _dimmed(tube, [(0.0, 0.2, 0.65)]), tube.pnn,
+                    tube.pns)
+    failed = ~acquisition_qc(sample).mask
+    assert failed[early].mean() >= 0.9 and failed[~early].mean() < 0.02
+
+
+def test_qc_never_removes_the_majority_of_a_file(tmp_path):
+    # Three levels: no stretch holds most events, so "the norm" is the largest stretch (40%)
+    # and the rest (60%) would go. QC keeps the events and says so instead.
+    tube = simulate_tube("treg", N_EVENTS, seed=8)
+    events = _dimmed(tube, [(0.0, 0.3, 0.55), (0.3, 0.6, 0.75)])
+    sample = _write(tmp_path / "levels.fcs", events, tube.pnn, tube.pns)
+    result = acquisition_qc(sample)
+    assert result.removed["signal_shift"] == 0 and result.params["time_qc_overruled"]
+    assert any("events kept, review this file" in f for f in result.flags), result.flags
+    assert result.windows["flagged_signal"].mean() > 0.5  # the windows still show the finding
+    # With a higher cap the same file loses the 60%.
+    strict = acquisition_qc(sample, max_removed_pct=90)
+    assert 0.5 < strict.removed["signal_shift"] / N_EVENTS < 0.7
+
+
+def test_negative_peak_moving_alone_is_not_a_fault(tmp_path):
+    # As in the real flowsom 68983 file: the negatives of two channels drift up by ~0.6 of
+    # their width over the second half of the run while their positive cells stay put (a
+    # change in background or in the mix of cells, not in the acquisition).
+    tube = simulate_tube("treg", N_EVENTS, seed=9)
+    t = tube.events[:, -1]
+    events = tube.events.copy()
+    late = t >= 0.5 * t.max()
+    for j in (5, 6):  # PE-A (CD25) and PE-Cy7-A (CD127)
+        neg = late & (events[:, j] < 600)
+        events[neg, j] += 120.0 * (t[neg] - 0.5 * t.max()) / (0.5 * t.max())
+    result = acquisition_qc(_write(tmp_path / "bg.fcs", events, tube.pnn, tube.pns))
+    assert result.removed["signal_shift"] == 0, result.flags

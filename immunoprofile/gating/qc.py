@@ -10,6 +10,10 @@ the over-dispersion between neighbours. Signal: per channel, the median of each 
 (PeacoQC's peak trajectories, arcsinh scale) per window, in sampling errors; the run is cut
 into segments of constant level (binary segmentation, as flowAI's changepoints) and segments
 or windows away from the level shared by most events, in two or more channels, are flagged.
+Safe on real files: a channel is judged by its brightest peak (faults scale signals; negative
+peaks also move with background and with the mix of cells), a shift must be large against the
+peak's own width, not only significant, and a file that would lose more than half its events
+to the time-based checks keeps them with a flag (QC never gates the minority of a run).
 Flagged stretches drop lone windows, close small gaps and have their edges refitted (a CUSUM
 for rate steps, a ramp-or-step fit for signal), since a clog's or drift's edge windows are
 only partly affected.
@@ -108,6 +112,8 @@ def acquisition_qc(
     min_events_per_window: int = 50,
     margin_fluorescence: bool = False,
     margin_range: tuple[float, float] = (-0.005, 1.0),
+    min_shift_sd: float = 0.3,
+    max_removed_pct: float = 50.0,
 ) -> QCResult:
     """Flag margin events and time windows with an abnormal flow rate or signal.
 
@@ -137,6 +143,16 @@ def acquisition_qc(
     margin_range
         Fractions of each channel's top of range: events at or below the first, or at or above
         the second, are margin events (DOMAIN's gating margin 2.5e5 is ``(-0.005, 0.954)``).
+    min_shift_sd
+        A signal shift counts only when it moves a channel's brightest peak by at least this
+        many of the peak's robust SDs over the whole file (significance alone is not enough:
+        over thousands of events a tiny drift is significant). Negative peaks moving alone
+        are not counted: faults scale signals, so they move positive peaks too (the real
+        flowsom 68983 LSR file has PE negatives drifting by 0.65 SD, positives steady).
+    max_removed_pct
+        If the time-based checks would remove more than this share of the file, its events
+        are kept and a flag says so: QC never gates the minority of a file (the window table
+        still shows what was found).
 
     Returns
     -------
@@ -156,7 +172,8 @@ def acquisition_qc(
               "max_rate_deviation": max_rate_deviation,
               "max_signal_deviation": max_signal_deviation,
               "min_events_per_window": min_events_per_window, "margin_range": margin_range,
-              "margin_fluorescence": margin_fluorescence,
+              "margin_fluorescence": margin_fluorescence, "min_shift_sd": min_shift_sd,
+              "max_removed_pct": max_removed_pct,
               "time_channel": None if t_idx is None else table["pnn"][t_idx],
               "signal_channels": [table["pnn"][i] for i in sig_idx]}
     removed = dict.fromkeys(REASONS, 0)
@@ -175,14 +192,26 @@ def acquisition_qc(
         else:
             windows, bounds, tparams, tflags = _time_qc(
                 sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_windows,
-                max_rate_deviation, max_signal_deviation, min_events_per_window)
+                max_rate_deviation, max_signal_deviation, min_events_per_window, min_shift_sd)
             params.update(tparams)
             flags += tflags
+            timed = np.zeros(n, bool)
             for reason, col in (("flow_rate", "flagged_rate"), ("signal_shift", "flagged_signal")):
                 # Windows are contiguous event ranges of the time-ordered clock.
                 bad = np.repeat(windows[col].to_numpy(), np.diff(bounds)) if len(windows) else False
                 removed[reason] = int(np.sum(bad))
-                fail |= bad
+                timed |= bad
+            share = 100.0 * timed.sum() / n
+            if share > max_removed_pct:
+                # A "fault" covering most of the run is the run's normal state or a file QC
+                # cannot judge: removing it would gate the minority. Keep the events; the
+                # user decides from the flag and the window table.
+                flags.append(f"time-based QC would remove {share:.1f}% of events (more than "
+                             f"{max_removed_pct:g}%): events kept, review this file")
+                params["time_qc_overruled"] = True
+                removed["flow_rate"] = removed["signal_shift"] = 0
+                timed[:] = False
+            fail |= timed
     where = ", ".join(f"{c} {k}" for c, k in params.get("margin_counts", {}).items() if k)
     for reason, what in zip(REASONS, (f"margin QC ({where})", "flow-rate QC", "signal-shift QC")):
         if n and 100.0 * removed[reason] / n >= _FLAG_PCT:
@@ -292,7 +321,7 @@ def _clock(t: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_windows, k_rate,
-             k_signal, min_events):
+             k_signal, min_events, min_shift_sd):
     n = sample.n_events
     pnn = [str(sample.channels["pnn"][i]) for i in sig_idx]
     names = [c if pnn.count(c) == 1 else f"{c}#{i}" for c, i in zip(pnn, sig_idx)]  # repeats
@@ -340,7 +369,7 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
         rate_flag = _stretches(hit, np.abs(rate_z), k_rate, rate_z[:, None], np.ones_like(hit),
                                ramp=False)
     med, sig_z, sig_flag, note = _signal_evidence(sample.events, sig_idx, counts, min_events,
-                                                  k_signal, sample.channels)
+                                                  k_signal, sample.channels, min_shift_sd)
     if not signal:
         sig_flag[:] = False
     elif note:
@@ -397,6 +426,22 @@ def _basins(y: np.ndarray) -> np.ndarray:
     return edges[np.array(valleys, dtype=int) + 1]
 
 
+def _basin_spreads(y: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Robust SD (MAD × 1.4826, arcsinh units) of the events in each basin of ``_basins``.
+
+    A shift matters for gating in proportion to the population's own width: a negative peak
+    moving by a third of its width moves few events across any gate, however significant the
+    move is over thousands of events (real files drift that much in a run).
+    """
+    which = np.searchsorted(cuts, y)
+    out = np.zeros(cuts.size + 1)
+    for b in range(cuts.size + 1):
+        v = y[which == b]
+        if v.size:
+            out[b] = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    return out
+
+
 def _run_medians(s: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Medians of the runs ``s[lo:hi]`` of a sorted array, NaN for an empty run.
 
@@ -410,12 +455,13 @@ def _run_medians(s: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return np.where(n > 0, (a + b) / 2, np.nan)
 
 
-def _signal_evidence(events, idx, counts, min_events, k, table):
+def _signal_evidence(events, idx, counts, min_events, k, table, min_shift_sd):
     """Per-window medians, largest |z| and flags of the signal check (and a note if skipped)."""
     w_n, k_n = counts.size, len(idx)
     ok = counts >= min_events
     skip = not idx or ok.sum() < _MIN_WINDOWS
     cuts: list[np.ndarray] = []
+    spreads: list[np.ndarray] = []
     if not skip:
         # The cofactor follows the channel's range so files on a 0-1000 scale are treated alike.
         tops = np.array([_range_top(table.iloc[i]) for i in idx])
@@ -423,7 +469,9 @@ def _signal_evidence(events, idx, counts, min_events, k, table):
         for j in range(k_n):
             x = events[:, idx[j]]
             x = x[np.isfinite(x)][:: max(1, x.size // 50_000)]  # finite x: finite arcsinh
-            cuts.append(_basins(np.arcsinh(x.astype(np.float64) / cof[j])))
+            yj = np.arcsinh(x.astype(np.float64) / cof[j])
+            cuts.append(_basins(yj))
+            spreads.append(_basin_spreads(yj, cuts[-1]))
     # Windows are contiguous event ranges, so each window's medians come from sorting its small
     # block of the float32 matrix: no float64 copy of whole channels and no groupby (together
     # 3.5x the event matrix at the peak). NaNs sort last; they are skipped, as pandas did.
@@ -467,10 +515,16 @@ def _signal_evidence(events, idx, counts, min_events, k, table):
             dn = np.abs(np.diff(y[:, j])[pair]) / np.sqrt(1 / n_in[:-1, j][pair]
                                                           + 1 / n_in[1:, j][pair])
             sigma[j] = max(1.4826 * np.median(dn), np.quantile(dn, 0.9) / 1.6449)
-    use = sigma > 0
+    # Each channel is judged by its brightest peak. Acquisition faults (a clog, a laser or
+    # pressure drift) scale signals, so they move the positive peak at least as much as the
+    # negative one; a negative peak moving alone is a change in background or in the mix of
+    # cells under it (cells settle in the tube), which real files show and gates absorb.
+    brightest = np.array([b == c.size for c in cuts for b in range(c.size + 1)])
+    use = (sigma > 0) & brightest
     if not use.any():
         return (*nothing, "signal QC skipped: no channel varies")
     y, sigma, owner = np.where(good, y, 0.0)[:, use], sigma[use], np.array(owner)[use]
+    width = np.hstack(spreads)[use]
     weight = np.where(good, n_in, 0.0)[:, use]
     # flowAI's idea: cut the run into segments of constant level. The reference is the level
     # shared (within _MIN_SIGNAL_SHIFT on every trajectory) by the most events, so neither a
@@ -492,7 +546,8 @@ def _signal_evidence(events, idx, counts, min_events, k, table):
         # |shift| in arcsinh units, 0 where it moves a dim population by less than
         # _MIN_LINEAR_SHIFT (arcsinh is linear near 0, where 0.1 is only 15 units).
         moved = np.abs(np.sinh(value) - np.sinh(ref)) * cof[owner]
-        return np.where(moved >= lin, np.abs(value - ref), 0.0)
+        large = np.abs(value - ref) >= min_shift_sd * width
+        return np.where((moved >= lin) & large, np.abs(value - ref), 0.0)
 
     # Acquisition artefacts move several detectors; one trajectory alone is more often a mixed
     # basin whose median flips for a window or two. So a segment is shifted when trajectories of

@@ -205,6 +205,11 @@ class Template:
         not measured.
     source
         Where the template was read from (for messages and provenance).
+    qc
+        The template's ``qc:`` section: which acquisition-QC checks run for it (``margin``,
+        ``flow_rate``, ``signal``; all on when the section is empty). ``None`` when it has no
+        such section, as templates imported from FlowJo or GatingML do: they reproduce the
+        source software's counts, so QC runs for them only when asked (``--qc``).
     """
 
     name: str
@@ -216,8 +221,13 @@ class Template:
     optional_markers: tuple[str, ...] = ()
     description: str = ""
     source: str = ""
-    qc: dict[str, Any] = field(default_factory=dict)
+    qc: dict[str, Any] | None = None
     comp_matrices: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def wants_qc(self) -> bool:
+        """Whether acquisition QC runs for this template by default (it has a ``qc:`` section)."""
+        return self.qc is not None
 
     def __iter__(self) -> Iterator[Population]:
         return iter(self.populations)

@@ -414,7 +414,8 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
         name=name, version=version, populations=populations, transforms=transforms,
         compensation=str(data.get("compensation", "file")), required_markers=required,
         optional_markers=optional, description=str(data.get("description", "")),
-        source=source, qc=dict(data.get("qc") or {}), comp_matrices=matrices,
+        source=source, qc=None if "qc" not in data else dict(data.get("qc") or {}),
+        comp_matrices=matrices,
     )
     if not broken:
         _check_structure(template, problems, declared=bool(required or optional))

@@ -76,7 +76,7 @@ def template_to_dict(t: Template) -> dict[str, Any]:
                           "optional": list(t.optional_markers)}
     if t.transforms:
         out["transforms"] = {k: v.to_dict() for k, v in t.transforms.items()}
-    if t.qc:
+    if t.qc is not None:
         out["qc"] = dict(t.qc)
     if t.comp_matrices:
         out["matrices"] = {

@@ -1,0 +1,84 @@
+"""FlowSOM's real LSR file with its FlowJo 10.5.3 workspace, through the CLI's defaults.
+
+``template import`` then ``gate`` with default options must reproduce FlowJo's own counts: an
+imported template has no ``qc:`` section, so acquisition QC does not run for it (QC would
+otherwise change the counts FlowJo recorded), and ``--qc`` turns it on, where it must not
+flag a clean file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import SHARED
+from defusedxml import ElementTree as SafeET
+
+REAL = SHARED / "real-data" / "flowsom_68983"
+
+
+def _real(name: str) -> Path:
+    path = REAL / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: ../shared/real-data sits beside the clone in CI (set "
+                    "IMMUNOPROFILE_SHARED to its parent folder to run these tests)")
+    return path
+
+
+def _flowjo_counts(wsp: Path) -> dict[str, int]:
+    root = SafeET.parse(str(wsp)).getroot()
+    node = next(root.iter("SampleNode"))
+    return {pop.get("name"): int(pop.get("count")) for pop in node.iter("Population")}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "immunoprofile.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> tuple[Path, Path]:
+    wsp, fcs = _real("gating.wsp"), _real("68983.fcs")
+    out = tmp_path_factory.mktemp("r68983")
+    done = _cli("template", "import", str(wsp), "--out", "fj.yaml", cwd=out)
+    assert done.returncode == 0, done.stderr
+    (out / "sheet.csv").write_text("sample_id,path,patient_id,arm,timepoint\n"
+                                   f"s68983,{fcs},p1,A,W0\n")
+    return out, wsp
+
+
+def _gate(out: Path, run: str, *extra: str) -> pd.DataFrame:
+    done = _cli("gate", "sheet.csv", "-t", "fj.yaml", "--out", run, "--no-plots",
+                "--no-progress", "--workers", "1", *extra, cwd=out)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return pd.read_csv(out / run / "subsets.csv")
+
+
+def test_cli_defaults_reproduce_flowjo_counts(imported) -> None:
+    out, wsp = imported
+    table = _gate(out, "run").set_index("population")
+    flowjo = _flowjo_counts(wsp)
+    assert set(flowjo) == set(table.index)
+    rows = []
+    for pop, fj in flowjo.items():
+        ours = int(table.loc[pop, "count"])
+        rows.append((pop, fj, ours, abs(ours - fj) / fj if fj else float(ours != 0)))
+    report = pd.DataFrame(rows, columns=["population", "flowjo", "immunoprofile", "rel_diff"])
+    print("\n" + report.to_string(index=False))
+    assert (report["rel_diff"] <= 0.005).all(), report
+    # QC did not run for the imported template, and the table says so.
+    assert (table["qc_removed_pct"] == 0).all()
+
+
+def test_qc_on_request_keeps_a_clean_real_file(imported) -> None:
+    out, _ = imported
+    table = _gate(out, "run_qc", "--qc")
+    qc = pd.read_csv(out / "run_qc" / "qc.csv")
+    print(qc.T.to_string())
+    # A clean acquisition: QC, asked for, removes well under 2% (it flagged 66.6% before the
+    # effect-size rule: PE negatives drift by 0.65 of their width over the run).
+    assert float(qc.loc[0, "pct_removed"]) < 2.0
+    assert float(table["qc_removed_pct"].iloc[0]) == pytest.approx(qc.loc[0, "pct_removed"])
