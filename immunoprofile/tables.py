@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from immunoprofile._atomic import atomic_write
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1.0: qc_removed_pct
 
 
 @dataclass(frozen=True)
