@@ -42,7 +42,9 @@ _NOT_FLUOR = re.compile(r"^(HDR-|EVENT|COUNT|INDEX|SORT|TIME)|-W$", re.IGNORECAS
 _FULL_RANGE = 262144.0  # the 18-bit scale the conventional arcsinh cofactor 150 is meant for
 _COFACTOR = 150.0
 _MIN_RATE_CHANGE = 0.2  # log units (±22%): smaller rate changes are ignored however significant
-_MIN_SIGNAL_SHIFT = 0.1  # arcsinh units (~10% of a bright signal; batch shifts are σ 0.08)
+_GROSS_RATE = math.log(3.0)  # windows this far off the typical rate stay out of the trend
+_TREND_SPAN = 0.25  # running-median span of the rate trend, as a share of the windows
+_MIN_SIGNAL_SHIFT = 0.2  # arcsinh units (~20% of a bright signal; batch shifts are σ 0.08)
 _MIN_LINEAR_SHIFT = 50.0  # ... and at least this on the 18-bit scale (a negative's SD is 60-150)
 _MIN_BASIN = 0.10  # a density peak holding fewer events is merged into its neighbour
 _MIN_IN_BASIN = 10  # events a window needs in a peak's basin for that peak's median
@@ -150,9 +152,9 @@ def acquisition_qc(
         are not counted: faults scale signals, so they move positive peaks too (the real
         flowsom 68983 LSR file has PE negatives drifting by 0.65 SD, positives steady).
     max_removed_pct
-        If the time-based checks would remove more than this share of the file, its events
-        are kept and a flag says so: QC never gates the minority of a file (the window table
-        still shows what was found).
+        If a time-based check (flow rate, signal) would remove more than this share of the
+        file, its events are kept and a flag says so, and the same for both together: QC
+        never gates the minority of a file (the window table still shows what was found).
 
     Returns
     -------
@@ -195,22 +197,28 @@ def acquisition_qc(
                 max_rate_deviation, max_signal_deviation, min_events_per_window, min_shift_sd)
             params.update(tparams)
             flags += tflags
+            # A "fault" covering most of the run is the run's normal state or one QC cannot
+            # judge: removing it would gate the minority. Such a check keeps its events; the
+            # user decides from the flag and the window table.
             timed = np.zeros(n, bool)
+            overruled = []
             for reason, col in (("flow_rate", "flagged_rate"), ("signal_shift", "flagged_signal")):
                 # Windows are contiguous event ranges of the time-ordered clock.
                 bad = np.repeat(windows[col].to_numpy(), np.diff(bounds)) if len(windows) else False
+                if 100.0 * np.sum(bad) / n > max_removed_pct:
+                    overruled.append(f"{reason.replace('_', '-')} QC would remove "
+                                     f"{100.0 * np.sum(bad) / n:.1f}%")
+                    continue
                 removed[reason] = int(np.sum(bad))
                 timed |= bad
-            share = 100.0 * timed.sum() / n
-            if share > max_removed_pct:
-                # A "fault" covering most of the run is the run's normal state or a file QC
-                # cannot judge: removing it would gate the minority. Keep the events; the
-                # user decides from the flag and the window table.
-                flags.append(f"time-based QC would remove {share:.1f}% of events (more than "
-                             f"{max_removed_pct:g}%): events kept, review this file")
-                params["time_qc_overruled"] = True
+            if 100.0 * timed.sum() / n > max_removed_pct:
+                overruled.append(f"time-based QC would remove {100.0 * timed.sum() / n:.1f}%")
                 removed["flow_rate"] = removed["signal_shift"] = 0
                 timed[:] = False
+            if overruled:
+                flags.append(f"{'; '.join(overruled)} of events (more than "
+                             f"{max_removed_pct:g}%): events kept, review this file")
+            params["time_qc_overruled"] = bool(overruled)
             fail |= timed
     where = ", ".join(f"{c} {k}" for c, k in params.get("margin_counts", {}).items() if k)
     for reason, what in zip(REASONS, (f"margin QC ({where})", "flow-rate QC", "signal-shift QC")):
@@ -388,11 +396,22 @@ def _rate_evidence(counts: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.
     """Robust z and deviation (log units) of each window's rate from the run's trend."""
     logr = np.log((counts + 0.5) / dur)
     x = np.arange(counts.size, dtype=float)
-    # Theil–Sen: a slow change of rate (a tube emptying) is not an artefact; its breakdown
-    # point (29%) keeps a clog of up to a quarter of the run from tilting the trend.
-    slope, icept = stats.theilslopes(logr, x)[:2]
-    dev = logr - (icept + slope * x)
-    se = 1.0 / np.sqrt(np.maximum(np.exp(icept + slope * x) * dur, 1.0))  # Poisson
+    # The trend is what most *events* saw. A clog can last most of the run's time while
+    # holding few of its events (real files: a tenth of the rate for the last 40% of the
+    # time), so windows whose rate is off the events' typical rate by a gross factor are
+    # left out of the trend; a running median of the others follows slow changes of rate (a
+    # tube emptying, a sample settling: not artefacts, and not always linear).
+    order = np.argsort(logr)
+    cum = np.cumsum(counts[order])
+    typical = logr[order][np.searchsorted(cum, 0.5 * cum[-1])] if cum[-1] else np.median(logr)
+    normal = np.abs(logr - typical) < _GROSS_RATE
+    if normal.sum() < 3:
+        normal[:] = True
+    span = max(2 * (int(_TREND_SPAN * normal.sum()) // 2) + 1, 3)
+    smooth = ndimage.median_filter(logr[normal], size=span, mode="nearest")
+    trend = np.interp(x, x[normal], smooth)
+    dev = logr - trend
+    se = 1.0 / np.sqrt(np.maximum(np.exp(trend) * dur, 1.0))  # Poisson
     dn = np.diff(dev) / np.hypot(se[:-1], se[1:])
     over = max(1.0, 1.4826 * float(np.median(np.abs(dn)))) if dn.size else 1.0
     return dev / (over * se), dev
