@@ -5,7 +5,8 @@ Re-implemented from the published methods of flowAI (Monaco et al. 2016) and Pea
 et al. 2022), not their code. Margins: events at the top of a channel's range ($PnR - 1 decoded
 as the reader decodes values) or below a negative floor, on FSC-A and SSC-A. Time: equal-time
 windows on the Time channel (whole ticks of a coarse clock; resets joined into one clock).
-Flow rate: each window's log rate against a robust linear trend, in Poisson errors inflated by
+Flow rate: each window's log rate against the trend most events saw (a running median of
+the windows not grossly off the typical rate), in Poisson errors inflated by
 the over-dispersion between neighbours. Signal: per channel, the median of each density peak
 (PeacoQC's peak trajectories, arcsinh scale) per window, in sampling errors; the run is cut
 into segments of constant level (binary segmentation, as flowAI's changepoints) and segments
