@@ -10,8 +10,18 @@ Resolution of a requested marker, in order:
 
 1. an explicit mapping (``{marker: channel}``) given for the panel;
 2. a channel whose $PnN *is* the requested name (so templates imported from GatingML or
-   FlowJo, whose dimensions are channel names, gate files from the same cytometer);
+   FlowJo, whose dimensions are channel names, gate files from the same cytometer), or whose
+   $PnS is, in a file exported with the two keywords swapped (see below);
 3. the channels whose resolved ``marker`` equals the canonical form of the requested name.
+
+Some sites export $PnN and $PnS swapped: the marker in $PnN (``CD19``) and the detector in $PnS
+(``PE-Cy7-A``). A channel whose $PnS is only a detector or fluorochrome name while its $PnN is
+not takes its marker from $PnN and its detector name from $PnS.
+
+Dyes that stain dead cells (``7-AAD``, ``DAPI``, ``PI``, ``Aqua``) also name detectors on some
+cytometers (``DAPI-A``), as ``AmCyan-A`` does: only a *label* naming the dye makes a channel the
+viability channel, never a detector name, so an unlabelled ``DAPI-A`` cannot make ``viability``
+ambiguous with the channel actually labelled ``Live/Dead``.
 
 Zero candidates or more than one is a :class:`~immunoprofile.errors.PanelError` listing what the
 file offers, so the user can add an alias or a mapping file.
@@ -47,7 +57,8 @@ MARKER_ALIASES: dict[str, tuple[str, ...]] = {
         "Zombie NIR", "Zombie Violet", "Zombie UV", "Zombie Yellow", "FVS", "FVS780",
         "FVS510", "FVS575V", "FVS620", "FVD", "FVD eFluor780", "FVD eFluor506",
         "Fixable Viability", "Fixable viability dye", "Aqua", "LIVE/DEAD Aqua", "Dead",
-        "Viability dye", "ViaDye", "Viakrome", "SYTOX", "Live",
+        "Viability dye", "ViaDye", "Viakrome", "SYTOX", "Live", "Viab",
+        "LIVE/DEAD Fixable Aqua",
     ),
     "CD3": ("CD3", "CD3e", "CD3 epsilon"),
     "CD4": ("CD4",),
@@ -60,6 +71,8 @@ MARKER_ALIASES: dict[str, tuple[str, ...]] = {
     "CD45RO": ("CD45RO",),
     "CD19": ("CD19",),
     "CD20": ("CD20", "MS4A1"),
+    "CD21": ("CD21", "CR2"),
+    "CD23": ("CD23", "FcERII", "FCER2"),
     "CD27": ("CD27",),
     "CD38": ("CD38",),
     "CD24": ("CD24",),
@@ -92,8 +105,15 @@ _FLUOROCHROMES = (
     "BUV563", "BUV661", "BUV737", "BUV805", "BB515", "BB700", "eFluor450", "eFluor506",
     "Pacific Blue", "Pacific Orange", "V450", "V500", "Krome Orange", "KO", "PB", "VioBlue",
     "VioGreen", "PE-Vio770", "Super Bright 600", "SB600", "Spark NIR 685", "cFluor",
+    "AmCyan", "Qdot 525", "Qdot 565", "Qdot 585", "Qdot 605", "Qdot 625", "Qdot 655",
+    "Qdot 705", "Qdot 800", "PE-TR", "PE-TxRed", "PacBlu", "PacOrange", "Alexa 488",
+    "Alexa 647", "Alexa 700", "Ax488", "Ax647", "Ax700", "Ax750",
+    *("7-AAD", "DAPI", "PI", "Aqua"),  # dead-cell dyes that also name detectors ("DAPI-A")
 )
-_DETECTOR = re.compile(r"^(FL\d+|[BVRUYG]\d{3}|[BVRUYG]L?\d+|PMT\d+)(-[AHW])?$", re.IGNORECASE)
+# Detectors named by laser and filter: FL1, B530, V2, PMT3, and the laser tags BD writes after a
+# fluorochrome ("PE-TxRed YG-A").
+_DETECTOR = re.compile(r"^(FL\d+|[BVRUYG]\d{3}|[BVRUYG]L?\d+|PMT\d+|YG|BL|RL|VL|UV)(-[AHW])?$",
+                       re.IGNORECASE)
 _SUFFIX = re.compile(r"-[AHW]$", re.IGNORECASE)
 _SPLIT = re.compile(r"[\s_|:;,()\[\]]+")
 
@@ -123,6 +143,23 @@ _FLUOR_SET = {normalise(f) for f in _FLUOROCHROMES}
 def _is_fluorochrome_or_detector(token: str) -> bool:
     bare = _SUFFIX.sub("", token)
     return normalise(bare) in _FLUOR_SET or bool(_DETECTOR.match(token))
+
+
+def _is_detector_name(name: str) -> bool:
+    """Whether a whole $PnN or $PnS names a detector (``PE-Cy7-A``, ``B530-A``, ``DAPI-A``).
+
+    A dead-cell dye written bare (``7-AAD``, ``PI``) is a label naming the marker, not a
+    detector: only with a detector's ``-A``/``-H``/``-W`` suffix is it the detector's name.
+    """
+    name = name.strip()
+    if not name or not _is_fluorochrome_or_detector(name):
+        return False
+    return bool(_DETECTOR.match(name) or _SUFFIX.search(name)) or normalise(name) not in _LOOKUP
+
+
+def _is_swapped(pnn: str, pns: str) -> bool:
+    """Whether a channel was exported with $PnN and $PnS swapped (``CD19`` / ``PE-Cy7-A``)."""
+    return _is_detector_name(pns) and not _is_detector_name(pnn)
 
 
 def _known(token: str) -> str:
@@ -190,6 +227,9 @@ def canonical_marker(pnn: str, pns: str = "") -> str:
     by_name = _LOOKUP.get(normalise(pnn), "")
     if by_name in _SCATTER_TIME:
         return by_name
+    if _is_swapped(pnn, pns):
+        # The marker is in $PnN and $PnS only names the detector, which carries no marker.
+        pns = ""
     from_label = _marker_from_label(pns)
     if from_label:
         return from_label
@@ -287,6 +327,9 @@ def resolve_markers(
     pnn = [str(x) for x in channels["pnn"]]
     pns = [str(x) for x in channels["pns"]]
     marker_of = [str(x) for x in channels["marker"]]
+    # The detector's name is $PnS in a swapped export, so a template naming detectors (imported
+    # from GatingML or FlowJo on a file exported the usual way) gates it too.
+    swapped_detector = [s.strip() if _is_swapped(n, s) else "" for n, s in zip(pnn, pns)]
     optional = set(optional)
     mapping = dict(mapping or {})
     resolved: dict[str, str] = {}
@@ -300,6 +343,8 @@ def resolve_markers(
             hits = [i for i, (n, s) in enumerate(zip(pnn, pns)) if target in (n, s)]
         elif pnn.count(requested) == 1:
             hits = [pnn.index(requested)]
+        elif swapped_detector.count(requested) == 1:
+            hits = [swapped_detector.index(requested)]
         elif "_" in requested and [n.replace("/", "_") for n in pnn].count(requested) == 1:
             # FlowJo writes "/" in channel names as "_" (FL1/H becomes FL1_H).
             hits = [[n.replace("/", "_") for n in pnn].index(requested)]
