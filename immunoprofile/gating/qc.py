@@ -22,16 +22,16 @@ only partly affected.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, stats
-from scipy.signal import find_peaks
+from scipy import ndimage
 
+from immunoprofile.gating._qc_signal import MIN_WINDOWS, signal_evidence
+from immunoprofile.gating._qc_stretches import stretches
 from immunoprofile.io.fcs import FCSSample
 from immunoprofile.panel import resolve_markers
 
@@ -40,24 +40,12 @@ __all__ = ["REASONS", "QCResult", "acquisition_qc"]
 REASONS = ("margin", "flow_rate", "signal_shift")
 _SCATTER = {"FSC-A": "FSC-H", "SSC-A": "SSC-H"}  # margin channels, with their fallbacks
 _NOT_FLUOR = re.compile(r"^(HDR-|EVENT|COUNT|INDEX|SORT|TIME)|-W$", re.IGNORECASE)  # MACSQuant
-_FULL_RANGE = 262144.0  # the 18-bit scale the conventional arcsinh cofactor 150 is meant for
-_COFACTOR = 150.0
 _MIN_RATE_CHANGE = 0.2  # log units (±22%): smaller rate changes are ignored however significant
 _GROSS_RATE = math.log(3.0)  # windows this far off the typical rate stay out of the trend
 _TREND_SPAN = 0.25  # running-median span of the rate trend, as a share of the windows
-_MIN_SIGNAL_SHIFT = 0.2  # arcsinh units (~20% of a bright signal; batch shifts are σ 0.08)
-_MIN_LINEAR_SHIFT = 50.0  # ... and at least this on the 18-bit scale (a negative's SD is 60-150)
-_MIN_BASIN = 0.10  # a density peak holding fewer events is merged into its neighbour
-_MIN_IN_BASIN = 10  # events a window needs in a peak's basin for that peak's median
-_ALLOWANCE = 2.0  # CUSUM allowance (SD) for rate edges: a clog starts and ends at once
-_CUSUM_LIMIT = 1.5  # SD the sum may fall below its peak before the search stops
-_EDGE_REACH = 30  # windows an edge fit looks at on either side of a stretch's edge
-_MAX_GAP = 2  # clean windows between two flagged stretches that are closed
-_LONG = 5  # windows a segment needs for one channel alone to flag it
 _FLAG_PCT = 1.0  # a check removing at least this % of events is named in the flags
 _MAX_WINDOWS = 200  # by default
-_MAX_WINDOWS_ASKED = 2000  # when asked for more (Theil–Sen and segmentation grow with it)
-_MIN_WINDOWS = 10
+_MAX_WINDOWS_ASKED = 2000  # when asked for more (segmentation and edge fits grow with it)
 
 
 @dataclass
@@ -362,7 +350,7 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
         edges = np.minimum(lo + per * tick * np.arange(n_windows + 1), hi)
     else:
         edges = np.linspace(clock[0], clock[-1], n_windows + 1)
-    if n_windows < _MIN_WINDOWS:
+    if n_windows < MIN_WINDOWS:
         return (*empty, [*flags, f"too few events or Time ticks for time-based QC ({n} events, "
                                  f"{n_windows} windows): skipped"])
     bounds = np.searchsorted(clock, edges, side="left")
@@ -375,10 +363,11 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
         hit = (np.abs(rate_z) > k_rate) & (np.abs(rate_dev) > _MIN_RATE_CHANGE)
         if coarse:  # the run starts and stops within a tick: its end windows are partial
             hit[[0, -1]] = False
-        rate_flag = _stretches(hit, np.abs(rate_z), k_rate, rate_z[:, None], np.ones_like(hit),
+        rate_flag = stretches(hit, np.abs(rate_z), k_rate, rate_z[:, None], np.ones_like(hit),
                                ramp=False)
-    med, sig_z, sig_flag, note = _signal_evidence(sample.events, sig_idx, counts, min_events,
-                                                  k_signal, sample.channels, min_shift_sd)
+    tops = np.array([_range_top(sample.channels.iloc[i]) for i in sig_idx])
+    med, sig_z, sig_flag, note = signal_evidence(sample.events, sig_idx, counts, min_events,
+                                                 k_signal, tops, min_shift_sd)
     if not signal:
         sig_flag[:] = False
     elif note:
@@ -416,297 +405,3 @@ def _rate_evidence(counts: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.
     dn = np.diff(dev) / np.hypot(se[:-1], se[1:])
     over = max(1.0, 1.4826 * float(np.median(np.abs(dn)))) if dn.size else 1.0
     return dev / (over * se), dev
-
-
-# --------------------------------------------------------------------------- signal
-
-
-def _basins(y: np.ndarray) -> np.ndarray:
-    """Cut points between a channel's major density peaks (arcsinh units; empty if unimodal).
-
-    A window median of a channel with two similar peaks jumps between them with the window's
-    composition; the median within each peak's basin does not (PeacoQC tracks peaks for this).
-    ``y`` holds the channel's finite values, thinned to about 50,000.
-    """
-    lo, hi = np.quantile(y, [0.001, 0.999]) if y.size >= 100 else (0.0, 0.0)
-    if hi <= lo:
-        return np.empty(0)
-    hist, edges = np.histogram(y, bins=128, range=(lo, hi))
-    dens = ndimage.gaussian_filter1d(hist.astype(float), 2.0)
-    peaks = find_peaks(dens, prominence=0.05 * dens.max())[0]
-    valleys = [a + int(np.argmin(dens[a:b])) for a, b in itertools.pairwise(peaks)]
-    while valleys:  # merge small basins into a neighbour, across the shallower valley
-        share = np.bincount(np.searchsorted(edges[np.array(valleys) + 1], y),
-                            minlength=len(valleys) + 1) / y.size
-        small = int(np.argmin(share))
-        if share[small] >= _MIN_BASIN:
-            break
-        sides = [v for v in (small - 1, small) if 0 <= v < len(valleys)]
-        valleys.pop(max(sides, key=lambda v: dens[valleys[v]]))
-    return edges[np.array(valleys, dtype=int) + 1]
-
-
-def _basin_spreads(y: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Robust SD (MAD × 1.4826, arcsinh units) of the events in each basin of ``_basins``.
-
-    A shift matters for gating in proportion to the population's own width: a negative peak
-    moving by a third of its width moves few events across any gate, however significant the
-    move is over thousands of events (real files drift that much in a run).
-    """
-    which = np.searchsorted(cuts, y)
-    out = np.zeros(cuts.size + 1)
-    for b in range(cuts.size + 1):
-        v = y[which == b]
-        if v.size:
-            out[b] = 1.4826 * float(np.median(np.abs(v - np.median(v))))
-    return out
-
-
-def _run_medians(s: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Medians of the runs ``s[lo:hi]`` of a sorted array, NaN for an empty run.
-
-    Computed as pandas' groupby median (which this replaces) does: the middle value, or the
-    float64 mean of the two middle ones, so window medians and trajectories are unchanged.
-    """
-    n = hi - lo
-    a = s[np.maximum(lo + (n - 1) // 2, 0)].astype(np.float64)
-    b = s[np.minimum(lo + n // 2, s.size - 1)].astype(np.float64)
-    with np.errstate(invalid="ignore"):  # -inf and inf in one run: NaN, as pandas gives
-        return np.where(n > 0, (a + b) / 2, np.nan)
-
-
-def _signal_evidence(events, idx, counts, min_events, k, table, min_shift_sd):
-    """Per-window medians, largest |z| and flags of the signal check (and a note if skipped)."""
-    w_n, k_n = counts.size, len(idx)
-    ok = counts >= min_events
-    skip = not idx or ok.sum() < _MIN_WINDOWS
-    cuts: list[np.ndarray] = []
-    spreads: list[np.ndarray] = []
-    if not skip:
-        # The cofactor follows the channel's range so files on a 0-1000 scale are treated alike.
-        tops = np.array([_range_top(table.iloc[i]) for i in idx])
-        cof = _COFACTOR * np.where(np.isfinite(tops), tops + 1, _FULL_RANGE) / _FULL_RANGE
-        for j in range(k_n):
-            x = events[:, idx[j]]
-            x = x[np.isfinite(x)][:: max(1, x.size // 50_000)]  # finite x: finite arcsinh
-            yj = np.arcsinh(x.astype(np.float64) / cof[j])
-            cuts.append(_basins(yj))
-            spreads.append(_basin_spreads(yj, cuts[-1]))
-    # Windows are contiguous event ranges, so each window's medians come from sorting its small
-    # block of the float32 matrix: no float64 copy of whole channels and no groupby (together
-    # 3.5x the event matrix at the peak). NaNs sort last; they are skipped, as pandas did.
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    med = np.full((w_n, k_n), np.nan)
-    traj = [np.full((w_n, c.size + 1), np.nan) for c in cuts]
-    size = [np.zeros((w_n, c.size + 1)) for c in cuts]
-    for w in np.flatnonzero(counts) if idx else []:
-        xs = np.sort(events[starts[w]:starts[w + 1], idx], axis=0)
-        m = xs.shape[0]
-        valid = m - np.count_nonzero(np.isnan(xs), axis=0)
-        lo = np.arange(k_n) * m  # the channels' runs, end to end
-        med[w] = _run_medians(xs.ravel(order="F"), lo, lo + valid)
-        if skip:
-            continue
-        # Peak basins are ranges of arcsinh values, so in a sorted window each is one run.
-        # arcsinh of sorted values is sorted (checked: re-sorted should rounding ever break it).
-        y = np.arcsinh(xs.astype(np.float64) / cof)
-        if not np.all((y[1:] >= y[:-1]) | np.isnan(y[1:])):
-            y = np.sort(y, axis=0)
-        for j, c in enumerate(cuts):
-            edges = np.concatenate([[0], np.searchsorted(y[:valid[j], j], c, side="right"),
-                                    [m]])  # NaNs count in the last basin's size, as before
-            size[j][w] = np.diff(edges)
-            traj[j][w] = _run_medians(y[:, j], edges[:-1], np.minimum(edges[1:], valid[j]))
-    nothing = (med, np.full(w_n, np.nan), np.zeros(w_n, bool))
-    if skip:
-        return (*nothing, "signal QC skipped: " + ("no signal channels" if not idx
-                                                   else "too few windows with enough events"))
-    owner = [j for j, c in enumerate(cuts) for _ in range(c.size + 1)]
-    y, n_in = np.hstack(traj), np.hstack(size)
-    good = ok[:, None] & (n_in >= _MIN_IN_BASIN)
-    # A median's sampling error is sigma / sqrt(n); sigma from neighbour differences, which a
-    # slow drift or a single step barely affect. A basin holding a mix of populations (dead
-    # cells and debris) has heavy-tailed medians: the 90th percentile of the differences keeps
-    # their tails from passing for shifts (and equals the MAD estimate for Gaussian noise).
-    sigma = np.zeros(y.shape[1])
-    for j in range(y.shape[1]):
-        pair = good[:-1, j] & good[1:, j]
-        if good[:, j].sum() >= _MIN_WINDOWS and pair.sum() >= 5:
-            dn = np.abs(np.diff(y[:, j])[pair]) / np.sqrt(1 / n_in[:-1, j][pair]
-                                                          + 1 / n_in[1:, j][pair])
-            sigma[j] = max(1.4826 * np.median(dn), np.quantile(dn, 0.9) / 1.6449)
-    # Each channel is judged by its brightest peak. Acquisition faults (a clog, a laser or
-    # pressure drift) scale signals, so they move the positive peak at least as much as the
-    # negative one; a negative peak moving alone is a change in background or in the mix of
-    # cells under it (cells settle in the tube), which real files show and gates absorb.
-    brightest = np.array([b == c.size for c in cuts for b in range(c.size + 1)])
-    use = (sigma > 0) & brightest
-    if not use.any():
-        return (*nothing, "signal QC skipped: no channel varies")
-    y, sigma, owner = np.where(good, y, 0.0)[:, use], sigma[use], np.array(owner)[use]
-    width = np.hstack(spreads)[use]
-    weight = np.where(good, n_in, 0.0)[:, use]
-    # flowAI's idea: cut the run into segments of constant level. The reference is the level
-    # shared (within _MIN_SIGNAL_SHIFT on every trajectory) by the most events, so neither a
-    # drift over half the run nor a spurious cut in a clean stretch passes for the norm.
-    bounds = [0, *_segment(y, weight, sigma, k), w_n]
-    seg_w = np.array([weight[a:b].sum(axis=0) for a, b in itertools.pairwise(bounds)])
-    level = (np.array([(weight[a:b] * y[a:b]).sum(axis=0) for a, b in itertools.pairwise(bounds)])
-             / np.maximum(seg_w, 1e-300))
-    both = (seg_w[:, None, :] > 0) & (seg_w[None, :, :] > 0)
-    same = (np.where(both, np.abs(level[:, None] - level[None, :]), 0.0)
-            <= _MIN_SIGNAL_SHIFT).all(axis=2)
-    seg_n = np.array([counts[a:b][ok[a:b]].sum() for a, b in itertools.pairwise(bounds)])
-    members = same[int(np.argmax(same @ seg_n))]
-    ref_n = seg_w[members].sum(axis=0)
-    ref = (seg_w[members] * level[members]).sum(axis=0) / np.maximum(ref_n, 1e-300)
-    lin = cof[owner] / _COFACTOR * _MIN_LINEAR_SHIFT
-
-    def relevant(value: np.ndarray) -> np.ndarray:
-        # |shift| in arcsinh units, 0 where it moves a dim population by less than
-        # _MIN_LINEAR_SHIFT (arcsinh is linear near 0, where 0.1 is only 15 units).
-        moved = np.abs(np.sinh(value) - np.sinh(ref)) * cof[owner]
-        large = np.abs(value - ref) >= min_shift_sd * width
-        return np.where((moved >= lin) & large, np.abs(value - ref), 0.0)
-
-    # Acquisition artefacts move several detectors; one trajectory alone is more often a mixed
-    # basin whose median flips for a window or two. So a segment is shifted when trajectories of
-    # two channels (one, if it lasts _LONG windows) differ from the reference beyond k and by
-    # _MIN_SIGNAL_SHIFT, or all of them together do (chi-square, each term capped at k²).
-    flag = np.zeros(w_n, bool)
-    chi2_limit = stats.chi2.isf(2 * stats.norm.sf(k), y.shape[1])  # as unlikely as |z| > k
-    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
-        if members[i]:
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.nan_to_num((level[i] - ref) / (sigma * np.sqrt(1 / seg_w[i] + 1 / ref_n)),
-                              posinf=0.0, neginf=0.0)
-        shift = np.where(seg_w[i] > 0, relevant(level[i]), 0.0)
-        big = (np.abs(t) > k) & (shift > _MIN_SIGNAL_SHIFT)
-        joint = (np.minimum(t**2, k**2).sum() > chi2_limit and shift.mean() > _MIN_SIGNAL_SHIFT / 2)
-        flag[a:b] = np.unique(owner[big]).size >= (1 if b - a >= _LONG else 2) or joint
-    dev = np.where(weight > 0, y - ref, 0.0)
-    z = dev * np.sqrt(weight) / sigma
-    big = (np.abs(z) > k) & (relevant(y) > _MIN_SIGNAL_SHIFT)  # spikes shorter than a segment
-    flag |= np.array([np.unique(owner[row]).size >= 2 for row in big])
-    top_z = np.where(ok, np.abs(z).max(axis=1), np.nan)
-    return med, top_z, _stretches(flag & ok, np.nan_to_num(top_z), k, z, ok, ramp=True), ""
-
-
-def _segment(y: np.ndarray, weight: np.ndarray, sigma: np.ndarray, k: float) -> list[int]:
-    """Binary segmentation of windows × trajectories into stretches of constant level.
-
-    A stretch is split where the weighted means on either side differ most (sum over
-    trajectories of squared two-sample z, each capped at k² so one trajectory cannot split
-    alone) if that beats a chi-square limit Bonferroni-corrected over the windows tried.
-    """
-    n_w, n_k = y.shape
-    limit = float(stats.chi2.isf(1e-4 / n_w, n_k))
-    cs_wy = np.vstack([np.zeros(n_k), np.cumsum(weight * y, axis=0)])
-    cs_w = np.vstack([np.zeros(n_k), np.cumsum(weight, axis=0)])
-    cuts, todo = [], [(0, n_w)]
-    while todo:
-        a, b = todo.pop()
-        t = np.arange(a + 2, b - 1)  # segments of at least two windows
-        if t.size == 0:
-            continue
-        wl, wr = cs_w[t] - cs_w[a], cs_w[b] - cs_w[t]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stat = ((cs_wy[t] - cs_wy[a]) / wl - (cs_wy[b] - cs_wy[t]) / wr) ** 2 / (
-                sigma**2 * (1 / wl + 1 / wr))
-        stat = np.minimum(np.nan_to_num(stat, posinf=0.0), k**2).sum(axis=1)
-        best = int(np.argmax(stat))
-        if stat[best] > limit:
-            cuts.append(int(t[best]))
-            todo += [(a, int(t[best])), (int(t[best]), b)]
-    return sorted(cuts)
-
-
-# --------------------------------------------------------------------------- stretches
-
-
-def _blocks(flag: np.ndarray) -> list[tuple[int, int]]:
-    edges = np.diff(np.concatenate([[0], flag.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
-
-
-def _close_gaps(flag: np.ndarray) -> np.ndarray:
-    out = flag.copy()
-    for (_, b), (a2, _) in itertools.pairwise(_blocks(flag)):
-        if a2 - b <= _MAX_GAP:
-            out[b:a2] = True
-    return out
-
-
-def _stretches(flag: np.ndarray, strength: np.ndarray, k: float, z: np.ndarray, ok: np.ndarray,
-               ramp: bool) -> np.ndarray:
-    """Flagged windows → flagged stretches: gaps closed, lone windows under 1.5 k dropped (one
-    window among hundreds of tests is chance; a real artefact lasts longer), edges refitted.
-
-    Each edge is refitted on the evidence ``z`` (windows × trajectories) projected on the
-    stretch's mean direction, standardised and centred on the unflagged windows: by a CUSUM
-    (steps: rate) or by a ramp-or-step fit that may also trim clean windows a segment took in.
-    """
-    closed = _close_gaps(flag)
-    for a, b in _blocks(closed):
-        if flag[a:b].sum() < 2 and strength[a:b].max() < 1.5 * k:
-            closed[a:b] = False
-    out = closed.copy()
-    blocks = _blocks(closed)
-    for i, (a, b) in enumerate(blocks):
-        direction = z[a:b][ok[a:b]].mean(axis=0) if ok[a:b].any() else np.zeros(z.shape[1])
-        if not np.linalg.norm(direction) > 0:
-            continue
-        proj = z @ (direction / np.linalg.norm(direction))
-        sd = 1.4826 * float(np.median(np.abs(np.diff(proj[ok])))) / math.sqrt(2)
-        centre = float(np.median(proj[ok & ~closed])) if (ok & ~closed).any() else 0.0
-        ev = np.where(ok, (proj - centre) / (sd if sd > 0 else 1.0), 0.0)
-        prev = blocks[i - 1][1] if i else 0
-        nxt = blocks[i + 1][0] if i + 1 < len(blocks) else len(flag)
-        inner = min(b - a, _EDGE_REACH)
-        for side in (-1, 1):  # outward to the left, then to the right
-            if side < 0:
-                sl = slice(max(prev, a - _EDGE_REACH), a + inner)
-                x, o = ev[sl][::-1], ok[sl][::-1]
-            else:
-                sl = slice(b - inner, min(nxt, b + _EDGE_REACH))
-                x, o = ev[sl], ok[sl]
-            ext = _ramp_extent(x, o, inner) if ramp else _cusum_extent(x, inner)
-            edge = a if side < 0 else b
-            lo, hi = sorted((edge, edge + side * ext))
-            out[lo:hi] = ext > 0
-    return _close_gaps(out)
-
-
-def _cusum_extent(x: np.ndarray, inner: int) -> int:
-    """Windows beyond a stretch (``x`` outward, the first ``inner`` inside) to where the CUSUM
-    of ``x - allowance`` peaks: the classical estimate of where a step change began."""
-    total = best = 0.0
-    reach = 0
-    for j, value in enumerate(x[inner:]):
-        total += value - _ALLOWANCE
-        if total > best:
-            best, reach = total, j + 1
-        elif total < best - _CUSUM_LIMIT:
-            break
-    return reach
-
-
-def _ramp_extent(x: np.ndarray, o: np.ndarray, inner: int) -> int:
-    """Windows to add (or, negative, to trim) at a stretch's edge whose change may fade in.
-
-    ``x`` is the evidence going outward (the first ``inner`` values inside the stretch), ``o``
-    True where a window has evidence. Least squares of ``x = beta * h`` with ``h`` 1 up to
-    ``r``, falling linearly to 0 at ``t`` and 0 beyond (a step when ``r = t - 1``); the stretch
-    then ends at ``t``.
-    """
-    j, ox = np.arange(x.size), np.where(o, x, 0.0)
-    best, best_t = 0.0, inner
-    for t in range(1, x.size + 1):
-        h = np.clip((t - j[None, :]) / (t - np.arange(t)[:, None]), 0.0, 1.0)
-        num, den = h @ ox, (h * h) @ o.astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            score = np.where((num > 0) & (den > 0), num * num / den, 0.0)
-        if score.max() > best:
-            best, best_t = float(score.max()), t
-    return best_t - inner
