@@ -35,17 +35,29 @@ def main() -> None:
               help="Folder to write the cohort into (created if missing).")
 @click.option("--patients-per-arm", type=click.IntRange(1, 1000), default=8, show_default=True)
 @click.option("--events", type=click.IntRange(100, 10_000_000), default=50_000, show_default=True,
-              help="Events per FCS file.")
+              help="Events acquired per FCS file (an exported subset writes fewer).")
 @click.option("--visits", default="0,2,4,12,24", show_default=True,
               help="Visit weeks, comma-separated.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: int) -> None:
+@click.option("--realistic/--tidy", default=None,
+              help="Overlapping populations as in real files, or cleanly separated ones "
+                   "[default: the simulator's REALISTIC_DEFAULT].")
+@click.option("--instrument", "instruments", multiple=True,
+              type=click.Choice(["fortessa", "canto", "cytoflex", "aurora"]),
+              help="Cytometer scales and detector names; repeat to rotate over batches "
+                   "[default: fortessa].")
+@click.option("--export", type=click.Choice(["all", "lymphocytes"]), default="all",
+              show_default=True,
+              help="Write every event, or only a lymphocyte scatter gate (FlowJo-style export).")
+def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: int,
+             realistic: bool | None, instruments: tuple[str, ...], export: str) -> None:
     """Simulate a randomised SLE trial cohort: FCS files, sample sheet and truth table."""
     from immunoprofile.datasets import simulate_cohort
 
     cohort = simulate_cohort(
         out, patients_per_arm=patients_per_arm, n_events=events,
-        visits=_parse_visits(visits), seed=seed,
+        visits=_parse_visits(visits), seed=seed, realistic=realistic,
+        instruments=instruments or "fortessa", export=None if export == "all" else export,
     )
     click.echo(cohort.summary())
 

@@ -2,7 +2,9 @@
 
 ``simulate_cohort`` writes a whole randomised trial; ``simulate_tube`` makes one acquisition
 in memory (e.g. a 1M-event file for benchmarks). ``POPULATIONS`` and ``population_members``
-say which per-event labels make up each canonical population.
+say which per-event labels make up each canonical population. ``TubeParams(realistic=True,
+instrument=..., export=...)`` (and the same options of ``simulate_cohort``) give the files the
+overlapping shapes, instrument scales (:data:`INSTRUMENTS`) and gated exports of real files.
 """
 
 from immunoprofile.datasets._cohort import (
@@ -21,9 +23,14 @@ from immunoprofile.datasets._events import (
     spillover_matrix,
     tube_labels,
 )
+from immunoprofile.datasets._instruments import INSTRUMENTS, Instrument
+from immunoprofile.datasets._realistic import REALISTIC_DEFAULT
 
 __all__ = [
+    "INSTRUMENTS",
     "POPULATIONS",
+    "REALISTIC_DEFAULT",
+    "Instrument",
     "SimulatedCohort",
     "SimulatedCounts",
     "SimulatedTube",

@@ -27,6 +27,8 @@ from immunoprofile.datasets._events import (
     simulate_tube,
     tube_leaf_fractions,
 )
+from immunoprofile.datasets._instruments import get_instrument
+from immunoprofile.datasets._realistic import REALISTIC_DEFAULT
 from immunoprofile.io.fcs_write import write_fcs
 
 __all__ = ["POPULATIONS", "SimulatedCohort", "population_members", "simulate_cohort"]
@@ -105,6 +107,7 @@ RESPONDER_P, PARTIAL = 0.65, 0.25  # 65% full effect, 35% a quarter
 EFFECT_SD = 0.30  # between-patient SD of the log fold change at the effect's peak
 MFI_EFFECT_SD = 0.10  # ... of a Treg MFI change (assumed: brightness varies less than counts)
 BATCH_SD = {"CD25": 0.15, "CD127": 0.15, "FOXP3": 0.15}  # dim markers; bright ones 0.08
+PAUSE_RATE = 0.2  # realistic mode: share of files with an acquisition pause (assumed)
 
 # --- DOMAIN §4: median fold change vs week 0 at weeks 2, 4, 12, 24 (full responders).
 _W = (2, 4, 12, 24)
@@ -445,6 +448,9 @@ def simulate_cohort(
     seed: int = 0,
     arms: Sequence[str] = ("TEL", "IL2", "COMBO", "SOC"),
     artefact_rate: float = 0.15,
+    realistic: bool | None = None,
+    instruments: str | Sequence[str] = "fortessa",
+    export: str | None = None,
 ) -> SimulatedCohort:
     """Simulate a randomised SLE trial and write it to ``out``.
 
@@ -457,7 +463,7 @@ def simulate_cohort(
     patients_per_arm
         Patients randomised to each arm.
     n_events
-        Events per FCS file.
+        Events acquired per tube (all of them are written unless ``export`` keeps a subset).
     visits
         Visit weeks (week 0 is the pre-treatment baseline).
     seed
@@ -467,6 +473,17 @@ def simulate_cohort(
         Arms among ``TEL``, ``IL2``, ``COMBO`` and ``SOC`` (control).
     artefact_rate
         Share of files with a clog or drift artefact (flagged per event in the labels).
+    realistic
+        Overlapping populations as in real files (see ``TubeParams.realistic``); ``None``
+        takes ``REALISTIC_DEFAULT``. Realistic cohorts also give 20% of files an acquisition
+        pause (a jump in Time).
+    instruments
+        Cytometer(s) the files come from (``"fortessa"``, ``"canto"``, ``"cytoflex"``,
+        ``"aurora"``): batch *k* is acquired on ``instruments[(k - 1) % len(instruments)]``,
+        so both tubes of a visit share one instrument, named in each file's ``$CYT``.
+    export
+        ``None`` writes every event; ``"lymphocytes"`` only those inside a lymphocyte scatter
+        gate (a FlowJo-style exported subset). Truth and labels count the written events.
 
     Returns
     -------
@@ -480,6 +497,11 @@ def simulate_cohort(
     unknown = [a for a in arms if a not in DRUGS]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {sorted(DRUGS)}")
+    realistic = REALISTIC_DEFAULT if realistic is None else bool(realistic)
+    insts = [get_instrument(i) for i in ([instruments] if isinstance(instruments, str)
+                                         else instruments)]
+    if not insts:
+        raise ValueError("instruments must name at least one instrument")
     out = Path(out)
     (out / "fcs").mkdir(parents=True, exist_ok=True)
     weeks = sorted({float(w) for w in visits})
@@ -495,6 +517,7 @@ def simulate_cohort(
             lym_ul = round(sum(blood.values()))
             tp = f"W{week:g}"
             batch = batches[(week, prow["patient_id"])]
+            inst = insts[(int(batch[1:]) - 1) % len(insts)]
             dsl = days_since_last_il2_dose(week) if "il2" in DRUGS[prow["arm"]] else math.nan
             # Acquisition date: the batch is run a week after its last visit was drawn.
             run_day = prow["enrolment_day"] + round(7 * week) + 7
@@ -510,20 +533,25 @@ def simulate_cohort(
                 params = TubeParams(leaf_fractions=tube_leaf_fractions(tube, blood),
                                     marker_scale=_batch_scale(seed, batch, tube),
                                     leaf_marker_scale=lms, artefact=kind,
-                                    scatter_scale=float(rng.normal(1.0, 0.03)))
+                                    scatter_scale=float(rng.normal(1.0, 0.03)),
+                                    realistic=realistic, instrument=inst.name, export=export)
+                if realistic:  # drawn only here, so default cohorts keep their bytes
+                    params.pauses = int(rng.random() < PAUSE_RATE)
                 sim = simulate_tube(tube, n_events, rng=rng, params=params)
                 n_total += sim.events.shape[0]
                 date = start + _dt.timedelta(days=int(run_day))
                 btim = _dt.datetime(2024, 1, 1, 9, 0) + _dt.timedelta(minutes=7 * t_idx)
-                etim = btim + _dt.timedelta(seconds=float(sim.events[-1, -1]) / 100.0)
+                last = float(sim.events[-1, -1]) if len(sim.events) else 0.0
+                etim = btim + _dt.timedelta(seconds=last / 100.0)
                 meta = {"$DATE": date.strftime("%d-%b-%Y").upper(),
                         "$BTIM": btim.strftime("%H:%M:%S"), "$ETIM": etim.strftime("%H:%M:%S"),
-                        "$CYT": "LSRFortessa", "$CYTSN": "H0001234", "$TIMESTEP": "0.01",
+                        "$CYT": inst.cyt, "$CYTSN": inst.cytsn, "$TIMESTEP": "0.01",
                         "$FIL": f"{sid}.fcs", "$SRC": prow["patient_id"],
                         "TUBE NAME": "Treg" if tube == "treg" else "B cells",
                         "EXPERIMENT NAME": f"SLE TEL-IL2 {batch}"}
                 write_fcs(out / "fcs" / f"{sid}.fcs", sim.events, sim.pnn, sim.pns,
-                          spillover=sim.spillover, metadata=meta)
+                          spillover=sim.spillover, metadata=meta,
+                          pnr=[inst.pnr] * len(sim.pnn))
                 labels = pd.DataFrame({"label": sim.label_strings, "artefact": sim.artefact})
                 lpath = out / "fcs" / f"{sid}.labels.parquet"
                 tmp = lpath.with_name(f".{lpath.name}.tmp")

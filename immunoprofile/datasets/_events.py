@@ -4,19 +4,29 @@ Every number here comes from DOMAIN.md §5 unless marked "(assumed)". The simula
 compensated linear space ("true fluorescence"), adds detector (photon-counting) noise in raw
 space, and mixes dyes with a spillover matrix: ``raw = true @ spillover``. Everything is
 vectorised over events; the only Python loops run over cell types and markers.
+
+``TubeParams(realistic=True)`` swaps in the overlapping shapes of real files (``_realistic``),
+``instrument`` rescales and renames the acquisition for another cytometer (``_instruments``)
+and ``export="lymphocytes"`` keeps only a lymphocyte scatter gate, as FlowJo exports do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
+from immunoprofile.datasets import _acquisition as acq
+from immunoprofile.datasets import _realistic as real
+from immunoprofile.datasets._instruments import SPILLOVER, Instrument, get_instrument
+
 __all__ = ["SimulatedTube", "TubeParams", "leaf_labels", "simulate_tube", "spillover_matrix",
            "tube_labels"]
 
-MAX_CHANNEL = 262143.0  # the top of the 18-bit scale: events above it are clipped (margin events)
+# The top of the reference (18-bit) scale: events above it are clipped (margin events). Other
+# instruments have their own (``Instrument.max_channel``).
+MAX_CHANNEL = 262143.0
 
 # --- Panels: BD LSRFortessa-style detectors in instrument order, with the marker they carry.
 PANELS: dict[str, dict[str, list]] = {
@@ -33,22 +43,6 @@ PANELS: dict[str, dict[str, list]] = {
                          ("BV421-A", "CD20"), ("BV510-A", "Viability"), ("BV605-A", "CD24")],
         "pns": ["IgD", "CD38", "CD27", "CD19", "CD138", "CD3", "CD20", "viability", "CD24"],
     },
-}
-
-# Spillover (source dye -> detector), 0-0.3 between spectrally adjacent dyes (assumed, typical
-# of a 4-laser instrument). Values are rounded so $SPILLOVER text reproduces them exactly.
-SPILLOVER: dict[tuple[str, str], float] = {
-    ("FITC-A", "PE-A"): 0.18, ("FITC-A", "PerCP-Cy5.5-A"): 0.03,
-    ("PE-A", "FITC-A"): 0.01, ("PE-A", "PerCP-Cy5.5-A"): 0.15, ("PE-A", "PE-Cy7-A"): 0.03,
-    ("PE-A", "BV605-A"): 0.02,
-    ("PerCP-Cy5.5-A", "PE-A"): 0.02, ("PerCP-Cy5.5-A", "PE-Cy7-A"): 0.10,
-    ("PerCP-Cy5.5-A", "APC-A"): 0.05, ("PerCP-Cy5.5-A", "APC-H7-A"): 0.03,
-    ("PE-Cy7-A", "PerCP-Cy5.5-A"): 0.02, ("PE-Cy7-A", "APC-H7-A"): 0.04,
-    ("APC-A", "PerCP-Cy5.5-A"): 0.01, ("APC-A", "APC-H7-A"): 0.08,
-    ("APC-H7-A", "PE-Cy7-A"): 0.03, ("APC-H7-A", "APC-A"): 0.02,
-    ("BV421-A", "BV510-A"): 0.20, ("BV421-A", "FITC-A"): 0.01,
-    ("BV510-A", "BV605-A"): 0.08, ("BV510-A", "FITC-A"): 0.06, ("BV510-A", "BV421-A"): 0.01,
-    ("BV605-A", "PE-A"): 0.06, ("BV605-A", "PerCP-Cy5.5-A"): 0.02, ("BV605-A", "BV510-A"): 0.01,
 }
 
 # Unstained cells after compensation: Gaussian (mean, SD) per marker, 0-100 and 60-150.
@@ -98,6 +92,7 @@ def tube_leaf_fractions(kind: str, blood: dict[str, float]) -> dict[str, float]:
 
 # Phenotypes on the compensated linear scale (DOMAIN §5): ("ln", median, sigma) log-normal
 # positives, ("n", mean, sd) Gaussian continua, ("mix", p_pos, pos, neg); absent = negative.
+# Optional "shared": ((markers...), sigma), a log-normal factor those markers share per cell.
 _T = {"CD3": ("ln", 8000, 0.3)}
 _CD4 = {**_T, "CD4": ("ln", 8000, 0.3)}
 _TREG = {**_CD4, "CD25": ("ln", 4000, 0.3), "CD127": ("ln", 250, 0.3)}
@@ -152,6 +147,9 @@ PHENOTYPES: dict[str, dict[str, dict]] = {
     },
 }
 
+# Realistic mode: the same table with the overlapping shapes of real files laid over it.
+REALISTIC_PHENOTYPES = real.realistic_phenotypes(PHENOTYPES)
+
 # Scatter (FSC-A mean, SD, SSC-A mean, SD) of single live cells.
 SCATTER: dict[str, tuple[float, float, float, float]] = {
     "lymphocyte": (65_000, 8000, 15_000, 4000),
@@ -190,6 +188,18 @@ class TubeParams:
         compensation is what makes bright dyes smear into neighbouring channels.
     event_rate
         Events per second (Time is written in units of $TIMESTEP = 0.01 s).
+    realistic
+        Overlapping populations as in real files (IgD− memory a shoulder of the naive peak,
+        CD25/CD127 continua, CD20-intermediate plasmablasts, log-normal scatter, Time in 1 ms
+        steps); see :mod:`immunoprofile.datasets._realistic`. Defaults to ``REALISTIC_DEFAULT``.
+    instrument
+        Cytometer whose scales, top of scale ($PnR) and detector names the file takes:
+        ``"fortessa"`` (the reference), ``"canto"``, ``"cytoflex"`` or ``"aurora"``.
+    export
+        ``None`` keeps every event; ``"lymphocytes"`` only those inside a lymphocyte
+        FSC-A × SSC-A gate (a FlowJo-style exported subset, Time left with holes).
+    pauses
+        Acquisition pauses: Time jumps 3-20 s at each (assumed), nothing else changes.
     """
 
     leaf_fractions: dict[str, float] | None = None
@@ -200,6 +210,10 @@ class TubeParams:
     scatter_scale: float = 1.0
     photon_noise: float = 1.5
     event_rate: float = 3000.0
+    realistic: bool = real.REALISTIC_DEFAULT
+    instrument: str = "fortessa"
+    export: str | None = None
+    pauses: int = 0
 
 
 @dataclass
@@ -221,8 +235,9 @@ class SimulatedTube:
     spillover
         The spillover matrix (rows spill into columns), as stored in $SPILLOVER.
     compensated
-        float64 ``raw @ inverse(spillover)`` of the fluorescence channels before float32
-        rounding and clipping: the simulated true fluorescence (with its noise).
+        float64 ``raw @ inverse(spillover)`` of the fluorescence channels (on the instrument's
+        scale) before float32 rounding and clipping: the simulated true fluorescence (with its
+        noise).
     clipped
         True for events where any raw channel hit the top of the scale.
     """
@@ -251,16 +266,27 @@ class SimulatedTube:
         """$PnN of the fluorescence channels (the spillover matrix order)."""
         return list(self.spillover.columns)
 
+    def subset(self, keep: np.ndarray) -> SimulatedTube:
+        """The events where ``keep`` is True, with their labels, flags and true values."""
+        return replace(self, events=self.events[keep], labels=self.labels[keep],
+                       artefact=self.artefact[keep], compensated=self.compensated[keep],
+                       clipped=self.clipped[keep])
 
-def spillover_matrix(kind: str) -> pd.DataFrame:
-    """The tube's spillover matrix (ones on the diagonal, rows spill into columns)."""
+
+def spillover_matrix(kind: str, instrument: str | Instrument = "fortessa") -> pd.DataFrame:
+    """The tube's spillover matrix (ones on the diagonal, rows spill into columns).
+
+    Labelled by the $PnN of ``instrument``; the values are the reference instrument's (the
+    dyes spill the same way, whatever the detectors are called: assumed).
+    """
     detectors = [det for det, _ in PANELS[kind]["fluorescence"]]
     mat = np.eye(len(detectors))
     for i, src in enumerate(detectors):
         for j, dst in enumerate(detectors):
             if i != j:
                 mat[i, j] = SPILLOVER.get((src, dst), 0.0)
-    return pd.DataFrame(mat, index=detectors, columns=detectors)
+    names = [get_instrument(instrument).detector(det) for det in detectors]
+    return pd.DataFrame(mat, index=names, columns=names)
 
 
 def _draw(spec: tuple, n: int, rng: np.random.Generator, neg: tuple[float, float],
@@ -281,9 +307,17 @@ def _draw(spec: tuple, n: int, rng: np.random.Generator, neg: tuple[float, float
     raise ValueError(f"unknown intensity spec {spec!r}")
 
 
+def _normal_scatter(leaf: str, k: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    f_mean, f_sd, s_mean, s_sd = SCATTER.get(leaf, SCATTER["lymphocyte"])
+    return rng.normal(f_mean, f_sd, k), rng.normal(s_mean, s_sd, k)
+
+
 def _phenotype(kind: str, codes: np.ndarray, names: list[str], params: TubeParams,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fluorescence (n, n_fl), FSC-A and SSC-A of single cells with the given leaf codes."""
+    table = REALISTIC_PHENOTYPES if params.realistic else PHENOTYPES
+    scatter = real.realistic_scatter if params.realistic else _normal_scatter
     markers = [m for _, m in PANELS[kind]["fluorescence"]]
     n = codes.size
     fl = np.empty((n, len(markers)))
@@ -293,17 +327,19 @@ def _phenotype(kind: str, codes: np.ndarray, names: list[str], params: TubeParam
         leaf = names[code]
         idx = np.flatnonzero(codes == code)
         k = idx.size
-        spec = PHENOTYPES[kind].get(leaf, {})
+        spec = table[kind].get(leaf, {})
         for j, marker in enumerate(markers):
             scale = params.marker_scale.get(marker, 1.0) * params.leaf_marker_scale.get(
                 (leaf, marker), 1.0)
             fl[idx, j] = _draw(spec.get(marker, ("neg",)), k, rng, NEGATIVE[kind][marker], scale)
+        shared = spec.get("shared")
+        if shared:  # markers that vary together along one axis (e.g. B-cell maturation)
+            cols = [markers.index(m) for m in shared[0]]
+            fl[np.ix_(idx, cols)] *= rng.lognormal(0.0, shared[1], (k, 1))
         autofluor = spec.get("autofluorescence", 0.0)
         if autofluor:  # myeloid cells glow a little in every channel
             fl[idx] += autofluor * rng.lognormal(0.0, 0.3, (k, 1))
-        f_mean, f_sd, s_mean, s_sd = SCATTER.get(leaf, SCATTER["lymphocyte"])
-        fsc[idx] = rng.normal(f_mean, f_sd, k)
-        ssc[idx] = rng.normal(s_mean, s_sd, k)
+        fsc[idx], ssc[idx] = scatter(leaf, k, rng)
     return fl, np.maximum(fsc, 2000.0), np.maximum(ssc, 500.0)
 
 
@@ -319,42 +355,6 @@ def _event_counts(n_events: int, params: TubeParams, rng: np.random.Generator) -
         raise ValueError(f"event_fractions sum to {p.sum():.2f}; lymphocytes need the rest")
     counts = rng.multinomial(n_events, [*p, 1.0 - p.sum()])
     return dict(zip([*keys, "lymphocyte"], (int(c) for c in counts), strict=True))
-
-
-def _acquisition_time(n: int, params: TubeParams,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted event times (0.01 s units), artefact flags and the signal factor per event."""
-    duration = n / params.event_rate * 100.0
-    factor = np.ones(n)
-    if params.artefact == "clog":
-        # A partial clog: for 5-15% of the run the rate drops to a fifth and cells pass off-core,
-        # so they are dimmer and more spread.
-        length = rng.uniform(0.05, 0.15) * duration
-        start = rng.uniform(0.2, 0.8) * duration
-        rate = 0.2
-        p_in = rate * length / (rate * length + duration - length)
-        n_in = rng.binomial(n, p_in)
-        t_in = start + rng.random(n_in) * length
-        t_out = rng.random(n - n_in) * (duration - length)
-        t_out[t_out >= start] += length
-        times = np.concatenate([t_in, t_out])
-        flag = np.concatenate([np.ones(n_in, bool), np.zeros(n - n_in, bool)])
-        order = np.argsort(times, kind="stable")
-        times, flag = times[order], flag[order]
-        factor[flag] = rng.uniform(0.55, 0.75) * rng.lognormal(0.0, 0.15, int(flag.sum()))
-        return times, flag, factor
-    times = np.sort(rng.random(n) * duration)
-    flag = np.zeros(n, bool)
-    if params.artefact == "drift":
-        # A slow pressure/laser drift: signal ramps down to 60-75% over the rest of the run.
-        start = rng.uniform(0.5, 0.8) * duration
-        floor = rng.uniform(0.6, 0.75)
-        flag = times >= start
-        ramp = np.clip((times - start) / (0.3 * (duration - start)), 0.0, 1.0)
-        factor = 1.0 - (1.0 - floor) * ramp
-    elif params.artefact is not None:
-        raise ValueError(f"artefact must be None, 'clog' or 'drift', not {params.artefact!r}")
-    return times, flag, factor
 
 
 def simulate_tube(
@@ -396,6 +396,9 @@ def simulate_tube(
     if rng is None:
         rng = np.random.default_rng(seed)
     params = params or TubeParams()
+    inst = get_instrument(params.instrument)
+    if params.export not in acq.EXPORTS:
+        raise ValueError(f"export must be one of {acq.EXPORTS}, not {params.export!r}")
     names = tube_labels(kind)
     code = {name: i for i, name in enumerate(names)}
     leaves = leaf_labels(kind)
@@ -458,32 +461,46 @@ def simulate_tube(
     fl = np.concatenate([fl[:n_single + n_dead], dbl_fl, deb_fl])
     fsc = np.concatenate([fsc[:n_single + n_dead], dbl_fsc, deb_fsc]) * params.scatter_scale
     ssc = np.concatenate([ssc[:n_single + n_dead], dbl_ssc, deb_ssc]) * params.scatter_scale
-    ratio = np.concatenate([rng.normal(0.90, 0.03, n_single + n_dead),
-                            rng.normal(0.60, 0.08, n_dbl), rng.normal(0.85, 0.08, n_deb)])
+    single_r, dbl_r = ((real.SINGLET_RATIO, real.DOUBLET_RATIO) if params.realistic
+                       else ((0.90, 0.03), (0.60, 0.08)))
+    ratio = np.concatenate([rng.normal(*single_r, n_single + n_dead),
+                            rng.normal(*dbl_r, n_dbl), rng.normal(0.85, 0.08, n_deb)])
 
     # Acquisition order is random with respect to cell type.
     perm = rng.permutation(labels.size)
     labels, fl, fsc, ssc, ratio = labels[perm], fl[perm], fsc[perm], ssc[perm], ratio[perm]
-    times, artefact, factor = _acquisition_time(labels.size, params, rng)
+    times, artefact, factor = acq.acquisition_time(labels.size, params, rng)
     fl *= factor[:, None]
     fsc *= factor
     ssc *= factor
     fsc_h = fsc * np.clip(ratio, 0.3, 1.0)
 
-    spill = spillover_matrix(kind)
+    spill = spillover_matrix(kind, inst)
     s = spill.to_numpy()
     raw_fl = fl @ s
     raw_fl += rng.standard_normal(raw_fl.shape) * np.sqrt(params.photon_noise
                                                           * np.maximum(raw_fl, 0.0))
     compensated = raw_fl @ np.linalg.inv(s)
+    # Drawn last, so a pause changes Time and nothing else of the acquisition.
+    times = acq.add_pauses(times, params.pauses, rng) if params.pauses else times
+    if params.realistic:  # BD clocks count 1 ms (0.1 tick; real LSR files): neighbours tie
+        times = np.floor(times * 10.0) / 10.0
     events = np.column_stack([fsc, fsc_h, ssc, raw_fl, times])
-    clipped = (events[:, :-1] > MAX_CHANNEL).any(axis=1)
-    np.minimum(events, MAX_CHANNEL, out=events)
+    if not inst.is_reference:  # another cytometer: a change of gain, signal and noise alike
+        events[:, :-1] *= inst.gains(raw_fl.shape[1])
+        compensated = compensated * inst.fl_gain
+    clipped = (events[:, :-1] > inst.max_channel).any(axis=1)
+    np.minimum(events, inst.max_channel, out=events)
     events[:, :3] = np.maximum(events[:, :3], 1.0)
-    panel = PANELS[kind]
-    pnn = ["FSC-A", "FSC-H", "SSC-A", *(det for det, _ in panel["fluorescence"]), "Time"]
-    pns = ["", "", "", *panel["pns"], ""]
-    return SimulatedTube(events=events.astype(np.float32), pnn=pnn, pns=pns, labels=labels,
+    pnn = ["FSC-A", "FSC-H", "SSC-A", *spill.columns, "Time"]
+    pns = ["", "", "", *PANELS[kind]["pns"], ""]
+    tube = SimulatedTube(events=events.astype(np.float32), pnn=pnn, pns=pns, labels=labels,
                          label_names=names, artefact=artefact, spillover=spill,
                          compensated=compensated, clipped=clipped)
+    if params.export == "lymphocytes":  # the operator's gate sits on this sample's cloud
+        lym = SCATTER["lymphocyte"]
+        tube = tube.subset(acq.in_lymphocyte_gate(
+            events[:, 0], events[:, 2], lym[0] * inst.fsc_gain * params.scatter_scale,
+            lym[2] * inst.ssc_gain * params.scatter_scale))
+    return tube
 
