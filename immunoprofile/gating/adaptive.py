@@ -26,21 +26,65 @@ Methods (``adaptive: {method: …}``):
     inside ``window`` becomes an ellipse at Mahalanobis distance² ``distance_square``.
 ``singlets``
     A robust band of FSC-H / FSC-A around its mode (``n_mad`` MADs, limited to ``window``),
-    drawn as a polygon on the gate's two dimensions.
+    drawn as a polygon on the gate's two dimensions (up to 1.1 × the FSC channel's $PnR, or
+    ``max_area``).
+``tail``
+    A threshold where one main peak *ends*, for a shoulder or a tail with no valley (IgD−
+    memory B cells on the IgD+ naive peak; the dead-cell tail of the live peak; CD20; CD127),
+    as flowDensity's and openCyto's tail gates: ``{method: tail, window: [1.5, 4.0], side:
+    low, rule: slope, tol: 0.05}`` (``dims:`` for several markers, as ``valley``). The main
+    peak is the highest of the data (or of ``peak_window``); on ``side`` (``low`` or
+    ``high``) the cut is, by ``rule``: ``slope`` (default), where the density's slope has
+    fallen to ``tol`` × its steepest value, or nearer where the density exceeds twice its
+    mirror image across the peak (the shoulder's own events outnumber the peak's there);
+    ``mirror``, only the latter; ``sd``, ``n_sd`` (2.5) robust SDs from the peak, the SD taken
+    on the peak's clean half (away from ``side``); ``valley``, only a real valley. With
+    ``prefer_valley`` (default true) a real valley next to the peak wins (``rule: valley``).
+    Bounds move as for ``valley``; the cut must land inside ``window``.
+``relative``
+    Bounds relative to a reference population of the same sample, in its robust SDs:
+    ``{method: relative, reference: B cells, dims: {CD20: {below: 3}, CD27: {above: 2},
+    CD38: {above: 3, window: [3.5, 8.0]}}}``. ``below: k`` sets the upper bound to
+    ``location − k·SD``, ``above: k`` the lower bound to ``location + k·SD``; ``below_by`` /
+    ``above_by`` give the distance in transformed units instead. ``stat: peak`` (default for
+    ``below``) locates the reference's density peak with the SD of its half away from the cut
+    (a bright population whose dim tail is sought, e.g. the mature-B CD20 peak); ``stat:
+    median`` (default for ``above``) uses the median and 1.4826·MAD of all reference events
+    (the "bulk"). A cut outside its ``window`` (per dim, or ``window: {marker: [lo, hi]}``)
+    leaves that bound at its default (``partial_fallback``).
+``scatter``
+    The lymphocyte cloud on FSC × SSC wherever the instrument puts it. ``window`` is in
+    fractions of each channel's $PnR (default ``[[0.02, 0.98], [0.0, 0.98]]``); inside it the
+    cloud is found on log scale as the dense peak lying lowest below the diagonal (least side
+    scatter for its size: not debris, dead cells, monocytes or granulocytes), then a mixture is
+    fitted to the events within ``around`` × that peak (default ``[[0.5, 2.0], [0.25, 4.0]]``)
+    and the components at the peak become an ellipse, as ``mixture`` does: ``{method:
+    scatter, components: 5, distance_square: 18.4}``. The same template then works on 18-bit
+    (262144), CytoFLEX-like (1048576) and Aurora-like (4194304) scales. It is a method of its
+    own, not an option of ``mixture``, so a window in fractions is never read as one in
+    channel units.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
-from scipy.signal import find_peaks
 
 from immunoprofile.errors import TemplateError
 from immunoprofile.gating.events import EventSpace
+from immunoprofile.gating.landmarks import (
+    NoLandmark,
+    density_peak_2d,
+    find_peak,
+    find_valley,
+    mixture_cloud,
+    relative_cut,
+    scatter_landmark,
+    tail_threshold,
+)
 from immunoprofile.template.model import (
     Dimension,
     EllipseGate,
@@ -51,62 +95,22 @@ from immunoprofile.template.model import (
 )
 from immunoprofile.template.transforms import Identity
 
-METHODS = ("valley", "reference", "align", "mixture", "singlets")
+METHODS = ("valley", "reference", "align", "mixture", "singlets", "tail", "relative", "scatter")
 _MAX_FIT_EVENTS = 20_000
 # A mixture on FSC/SSC is stable from a few thousand events; more only costs time.
 _MIXTURE_EVENTS = 5_000
 
 
-class _Fallback(Exception):
-    """The data do not support moving the gate; the reason is the message."""
-
-
-def _density(v: np.ndarray, lo: float, hi: float, bins: int = 512,
-             adjust: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """A binned Gaussian KDE on [lo, hi] (Silverman bandwidth × ``adjust``)."""
-    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
-    spread = min(np.std(v), np.subtract(*np.percentile(v, [75, 25])) / 1.34) or np.std(v)
-    bw = adjust * 0.9 * max(spread, 1e-9) * v.size ** -0.2
-    sigma_bins = max(bw / (edges[1] - edges[0]), 1.0)
-    return centers, gaussian_filter1d(hist.astype(float), sigma_bins, mode="constant")
-
-
-def find_valley(v: np.ndarray, window: tuple[float, float], *, min_events: int = 100,
-                min_peak_fraction: float = 0.02) -> float:
-    """The deepest density minimum inside ``window`` lying between two real peaks.
-
-    Raises ``_Fallback`` when there are too few events or no such valley (one peak).
-    """
-    v = v[np.isfinite(v)]
-    if v.size < min_events:
-        raise _Fallback(f"{v.size} events, fewer than {min_events}")
-    lo = min(np.percentile(v, 0.5), window[0])
-    hi = max(np.percentile(v, 99.5), window[1])
-    x, d = _density(v, lo, hi)
-    peaks, _ = find_peaks(d, prominence=d.max() * min_peak_fraction)
-    if peaks.size < 2:
-        raise _Fallback("one peak: no valley to place the gate in")
-    best: tuple[float, float] | None = None
-    for a, b in itertools.pairwise(peaks):
-        k = a + int(np.argmin(d[a:b + 1]))
-        if window[0] <= x[k] <= window[1] and (best is None or d[k] < best[1]):
-            best = (float(x[k]), float(d[k]))
-    if best is None:
-        raise _Fallback(f"no valley between two peaks inside {list(window)}")
-    return best[0]
-
-
-def find_peak(v: np.ndarray, window: tuple[float, float], *, min_events: int = 50) -> float:
-    """The highest density peak strictly inside ``window`` (not at its edge)."""
-    v = v[np.isfinite(v) & (v >= window[0]) & (v <= window[1])]
-    if v.size < min_events:
-        raise _Fallback(f"{v.size} events in {list(window)}, fewer than {min_events}")
-    x, d = _density(v, window[0], window[1], bins=256, adjust=1.0)
-    k = int(np.argmax(d))
-    if k < 3 or k > d.size - 4:
-        raise _Fallback(f"the peak sits at the edge of {list(window)}")
-    return float(x[k])
+# The data do not support moving the gate; the reason is the message. It is the landmark
+# functions' own exception, so a landmark not found is a fallback without translation.
+_Fallback = NoLandmark
+# Where the lymphocyte cloud may lie, in fractions of each scatter channel's $PnR: everything
+# but the saturated top and the lowest FSC (noise and debris at the trigger threshold).
+_SCATTER_WINDOW = ((0.02, 0.98), (0.0, 0.98))
+# The events a scatter mixture is fitted to, in multiples of the cloud's peak: the
+# lymphocytes (FSC SD ≈ 12 %, SSC SD ≈ 30 %) with room for NK cells, blasts and the
+# monocytes beside them, without the debris (≈ 0.2 × FSC) or most granulocytes (≈ 8 × SSC).
+_SCATTER_AROUND = ((0.5, 2.0), (0.25, 4.0))
 
 
 def _dim_named(gate: Gate, marker: str) -> int:
@@ -128,7 +132,7 @@ class Placer:
     def __init__(self, space: EventSpace, membership: dict[str, np.ndarray]):
         self.space = space
         self.membership = membership
-        self._groups: dict[str, dict[str, float]] = {}
+        self._groups: dict[str, dict[str, Any]] = {}
 
     def values(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
         return self.space.values(dim, idx)
@@ -152,6 +156,12 @@ class Placer:
                 gate, placed = self._mixture(pop, spec, idx)
             elif method == "singlets":
                 gate, placed = self._singlets(pop, spec, idx)
+            elif method == "tail":
+                gate, placed = self._tail(pop, spec, idx)
+            elif method == "relative":
+                gate, placed = self._relative(pop, spec)
+            elif method == "scatter":
+                gate, placed = self._scatter(pop, spec, idx)
             else:
                 raise TemplateError(f"population {pop.name!r}: unknown adaptive method "
                                     f"{method!r} (use one of {', '.join(METHODS)})")
@@ -162,54 +172,134 @@ class Placer:
         return gate, record
 
     # -- methods ---------------------------------------------------------------------------
-    def _thresholds(self, pop: Population, spec: dict, idx: np.ndarray) -> dict[str, float]:
+    def _cuts(self, pop: Population, spec: dict, idx: np.ndarray,
+              find: Callable[[np.ndarray, dict, str], tuple[float, dict]]) -> dict[str, Any]:
+        """One threshold per listed marker (``dims:``, or the gate's first dimension), found
+        by ``find(values, options, marker)``; options are the spec's with the marker's own on
+        top. A quadrant's populations share one placement (kept per group)."""
         key = pop.group or pop.name
         if key in self._groups:
             return self._groups[key]
-        dims = spec.get("dims") or {pop.gate.dims[0].marker: {"window": spec.get("window")}}
-        out: dict[str, float] = {}
+        dims = spec.get("dims") or {pop.gate.dims[0].marker: {}}
+        shared = {k: v for k, v in spec.items() if k not in ("method", "dims")}
+        cuts: dict[str, float] = {}
+        info: dict[str, dict] = {}
         problems = []
         for marker, opts in dims.items():
-            opts = opts or {}
-            window = opts.get("window") or spec.get("window")
-            if not window:
-                raise TemplateError(f"population {pop.name!r}: valley needs a window for "
-                                    f"{marker}")
             dim = pop.gate.dims[_dim_named(pop.gate, marker)]
+            own = {k: v for k, v in (opts or {}).items() if v is not None}
             try:
-                out[marker] = find_valley(self.values(dim, idx), tuple(window),
-                                          min_events=int(spec.get("min_events", 100)))
+                cuts[marker], info[marker] = find(self.values(dim, idx), {**shared, **own},
+                                                  marker)
             except _Fallback as why:
                 problems.append(f"{marker}: {why}")
-        if problems and not out:
+        if problems and not cuts:
             raise _Fallback("; ".join(problems))
-        if problems:
-            out["_partial"] = "; ".join(problems)  # type: ignore[assignment]
+        out = {"cuts": cuts, "info": info, "partial": "; ".join(problems)}
         self._groups[key] = out
         return out
 
     def _valley(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
-        gate = pop.gate
-        if not isinstance(gate, RectangleGate):
-            raise TemplateError(f"population {pop.name!r}: valley moves range, rectangle or "
-                                "quadrant gates")
-        cuts = self._thresholds(pop, spec, idx)
+        gate = _rectangle(pop, "valley")
+
+        def find(v: np.ndarray, opts: dict, marker: str) -> tuple[float, dict]:
+            if not opts.get("window"):
+                raise TemplateError(f"population {pop.name!r}: valley needs a window for "
+                                    f"{marker}")
+            return find_valley(v, tuple(opts["window"]),
+                               min_events=int(spec.get("min_events", 100))), {}
+
+        found = self._cuts(pop, spec, idx, find)
+        placed: dict[str, Any] = dict(found["cuts"])
+        if found["partial"]:
+            placed["partial_fallback"] = found["partial"]
+        return _move_bounds(gate, found["cuts"], spec), placed
+
+    def _tail(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
+        gate = _rectangle(pop, "tail")
+
+        def find(v: np.ndarray, opts: dict, marker: str) -> tuple[float, dict]:
+            side = opts.get("side")
+            if side not in ("low", "high"):
+                raise TemplateError(f"population {pop.name!r}: tail needs side: low or high "
+                                    f"for {marker}")
+            try:
+                got = tail_threshold(
+                    v, side, window=_pair(opts.get("window")),
+                    peak_window=_pair(opts.get("peak_window")),
+                    rule=str(opts.get("rule", "slope")), tol=float(opts.get("tol", 0.05)),
+                    n_sd=float(opts.get("n_sd", 2.5)),
+                    prefer_valley=bool(opts.get("prefer_valley", True)),
+                    min_events=int(opts.get("min_events", 100)))
+            except ValueError as exc:
+                raise TemplateError(f"population {pop.name!r}: {exc}") from exc
+            return got["threshold"], got
+
+        found = self._cuts(pop, spec, idx, find)
+        placed: dict[str, Any] = {}
+        for marker, t in found["cuts"].items():
+            got = found["info"][marker]
+            placed.update({marker: t, f"peak_{marker}": got["peak"],
+                           f"sd_{marker}": got["sd"], f"rule_{marker}": got["rule"]})
+        if found["partial"]:
+            placed["partial_fallback"] = found["partial"]
+        return _move_bounds(gate, found["cuts"], spec), placed
+
+    def _relative(self, pop: Population, spec: dict) -> tuple[Gate, dict]:
+        gate = _rectangle(pop, "relative")
+        ref = spec.get("reference")
+        dims = spec.get("dims")
+        if not ref or not isinstance(dims, dict) or not dims:
+            raise TemplateError(f"population {pop.name!r}: relative needs a reference and "
+                                "dims: {marker: {below: k} or {above: k}}")
+        windows = spec.get("window") or {}
+        if not isinstance(windows, dict):
+            raise TemplateError(f"population {pop.name!r}: relative's window is per marker: "
+                                "{CD38: [lo, hi]}")
+        if ref not in self.membership:
+            raise _Fallback(f"reference population {ref!r} not available")
+        ref_idx = _subsample(np.flatnonzero(self.membership[ref]), 50_000)
+        min_events = int(spec.get("min_events", 50))
         mins, maxs = list(gate.mins), list(gate.maxs)
-        dims_spec = spec.get("dims") or {}
-        for marker, t in cuts.items():
-            if marker.startswith("_"):
-                continue
+        placed: dict[str, Any] = {"reference": ref, "n_reference": int(ref_idx.size)}
+        problems = []
+        for marker, opts in dims.items():
+            opts = opts or {}
             i = _dim_named(gate, marker)
-            # A quadrant's or range's single finite bound is the cut; a closed interval
-            # says which end moves with `bound: min|max`.
-            bound = (dims_spec.get(marker) or {}).get("bound") or spec.get("bound")
-            if mins[i] is not None and bound in (None, "min"):
-                mins[i] = t
-            if maxs[i] is not None and bound in (None, "max"):
-                maxs[i] = t
-        placed = {m: t for m, t in cuts.items() if not m.startswith("_")}
-        if "_partial" in cuts:
-            placed["partial_fallback"] = cuts["_partial"]
+            asks = [(side, opts.get(side), opts.get(f"{side}_by")) for side in ("below", "above")
+                    if opts.get(side) is not None or opts.get(f"{side}_by") is not None]
+            if not asks:
+                raise TemplateError(f"population {pop.name!r}: relative needs below, above, "
+                                    f"below_by or above_by for {marker}")
+            v = self.values(gate.dims[i], ref_idx)
+            v = v[np.isfinite(v)]
+            if v.size < min_events:
+                problems.append(f"{marker}: reference {ref!r} has {v.size} events")
+                continue
+            window = opts.get("window") or windows.get(marker)
+            for side, k_sd, by in asks:
+                stat = opts.get("stat") or ("peak" if side == "below" else "median")
+                try:
+                    cut, loc, sd = relative_cut(v, side, n_sd=k_sd, by=by, stat=stat)
+                except ValueError as exc:
+                    raise TemplateError(f"population {pop.name!r}: {exc}") from exc
+                except _Fallback as why:
+                    problems.append(f"{marker}: {why}")
+                    continue
+                if window and not window[0] <= cut <= window[1]:
+                    problems.append(f"{marker}: cut {cut:.3g} outside {list(window)}")
+                    continue
+                if side == "below":
+                    maxs[i] = cut
+                else:
+                    mins[i] = cut
+                bound = "max" if side == "below" else "min"
+                placed.update({f"{bound}_{marker}": cut, f"ref_{marker}": loc,
+                               f"ref_sd_{marker}": sd, f"stat_{marker}": stat})
+        if not any(k.startswith(("max_", "min_")) for k in placed):
+            raise _Fallback("; ".join(problems) or "no cut placed")
+        if problems:
+            placed["partial_fallback"] = "; ".join(problems)
         return replace(gate, mins=tuple(mins), maxs=tuple(maxs)), placed
 
     def _reference(self, pop: Population, spec: dict) -> tuple[Gate, dict]:
@@ -271,8 +361,6 @@ class Placer:
     def _mixture(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
         """The lymphocyte cloud: the densest peak inside the window, and the mixture
         components near it (T/B and NK differ in side scatter), as one ellipse."""
-        from sklearn.mixture import GaussianMixture
-
         gate = pop.gate
         if len(gate.dims) != 2:
             raise TemplateError(f"population {pop.name!r}: mixture gates are 2-D")
@@ -284,32 +372,61 @@ class Placer:
         if in_window.sum() < int(spec.get("min_events", 500)):
             raise _Fallback(f"{int(in_window.sum())} events in the window, too few for a "
                             "mixture")
-        peak = _density_peak(pts[in_window])
-        scale = np.std(pts, axis=0) + 1e-12
-        gmm = GaussianMixture(n_components=int(spec.get("components", 5)), random_state=0,
-                              covariance_type="full").fit(pts / scale)
-        means = gmm.means_ * scale
-        covs = gmm.covariances_ * np.outer(scale, scale)
-        ok = gmm.weights_ >= float(spec.get("min_weight", 0.02))
-        # The component whose own Gaussian best explains the peak.
-        dist = np.array([_mahalanobis(peak, m, c) for m, c in zip(means, covs)])
-        if not np.any(ok & (dist < 3.0)):
-            raise _Fallback("no mixture component at the densest point of the window")
-        k = int(np.argmin(np.where(ok, dist, np.inf)))
-        merge = float(spec.get("merge_distance", 3.0))
-        chosen = np.flatnonzero(ok & (np.array([_mahalanobis(m, means[k], covs[k])
-                                                for m in means]) <= merge))
-        w = gmm.weights_[chosen] / gmm.weights_[chosen].sum()
-        center = (w[:, None] * means[chosen]).sum(axis=0)
-        cov = sum(wi * (covs[j] + np.outer(means[j] - center, means[j] - center))
-                  for wi, j in zip(w, chosen))
-        d2 = float(spec.get("distance_square", 9.0))
-        placed = {"center_x": float(center[0]), "center_y": float(center[1]),
-                  "peak_x": float(peak[0]), "peak_y": float(peak[1]),
-                  "components": int(chosen.size), "weight": float(gmm.weights_[chosen].sum()),
-                  "distance_square": d2}
-        return EllipseGate(dims=gate.dims, mean=tuple(center),
-                           covariance=tuple(map(tuple, cov)), distance_square=d2), placed
+        return _mixture_ellipse(gate, pts, density_peak_2d(pts[in_window]), spec)
+
+    def _scatter(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
+        """The lymphocyte cloud found from the instrument's range and the data's landmarks
+        (see the module docstring), then fitted as ``mixture`` does."""
+        gate = pop.gate
+        if len(gate.dims) != 2:
+            raise TemplateError(f"population {pop.name!r}: scatter gates are 2-D (FSC, SSC)")
+        sub = _subsample(idx, int(spec.get("fit_events", _MIXTURE_EVENTS)))
+        lin = np.column_stack([self.space.linear_at(d, sub) for d in gate.dims])
+        ranges = np.array([self._range(d, lin[:, i]) for i, d in enumerate(gate.dims)])
+        window = np.asarray(spec.get("window", _SCATTER_WINDOW), dtype=float) * ranges[:, None]
+        with np.errstate(invalid="ignore"):
+            ok = np.all(np.isfinite(lin) & (lin > 0) & (lin >= window[:, 0])
+                        & (lin <= window[:, 1]), axis=1)
+        if ok.sum() < int(spec.get("min_events", 500)):
+            raise _Fallback(f"{int(ok.sum())} events in the scatter window, too few")
+        # Log scale: a detector's gain becomes a shift, the same for every cloud.
+        found = scatter_landmark(np.log10(lin[ok, 0]), np.log10(lin[ok, 1]),
+                                 min_peak=float(spec.get("min_peak", 0.1)))
+        landmark = 10 ** np.asarray(found["peak"])
+        box = np.asarray(spec.get("around", _SCATTER_AROUND), dtype=float) * landmark[:, None]
+        near = ok & np.all((lin >= box[:, 0]) & (lin <= box[:, 1]), axis=1)
+        if near.sum() < int(spec.get("min_events", 500)) // 2:
+            raise _Fallback(f"{int(near.sum())} events around the scatter peak, too few")
+        pts = np.column_stack([self.values(d, sub[near]) for d in gate.dims])
+        peak = np.array([float(self.space.transform(d).apply(np.array([m]))[0])
+                         for d, m in zip(gate.dims, landmark)])
+        ellipse, placed = _mixture_ellipse(gate, pts, peak, spec)
+        # How far this instrument sits from the template's default gate (linear units).
+        default = np.array([float(self.space.transform(d).inverse(np.array([np.mean(e)]))[0])
+                            for d, e in zip(gate.dims, gate.extent())])
+        for i, axis in enumerate("xy"):
+            placed.update({f"landmark_{axis}": float(landmark[i]),
+                           f"range_{axis}": float(ranges[i]),
+                           f"fraction_{axis}": float(landmark[i] / ranges[i]),
+                           f"scale_{axis}": float(landmark[i] / default[i]),
+                           f"fit_{axis}_min": float(box[i, 0]),
+                           f"fit_{axis}_max": float(box[i, 1])})
+        placed["candidates"] = len(found["candidates"])
+        return ellipse, placed
+
+    def _range(self, dim: Dimension, linear: np.ndarray) -> float:
+        """The channel's $PnR, or the data's 99.9th percentile when $PnR is missing or the
+        data overflow it (some exports rescale values but keep the acquisition $PnR)."""
+        table = self.space.sample.channels
+        rows = table.index[table["pnn"] == self.space.channel(dim)]
+        pnr = float(table.loc[rows[0], "pnr"]) if len(rows) else float("nan")
+        finite = linear[np.isfinite(linear)]
+        top = float(np.percentile(finite, 99.9)) if finite.size else float("nan")
+        if not pnr > 0 or top > 1.05 * pnr:
+            if not top > 0:
+                raise _Fallback(f"no range for {dim.marker}: $PnR missing, no positive data")
+            return top
+        return pnr
 
     def _singlets(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
         gate = pop.gate
@@ -331,7 +448,8 @@ class Placer:
         mad = 1.4826 * float(np.median(np.abs(near - mode)))
         k = float(spec.get("n_mad", 4.0))
         lo, hi = max(mode - k * mad, window[0]), min(mode + k * mad, window[1])
-        top = float(spec.get("max_area", 1.1 * 262144))
+        # Up to the instrument's range: a fixed 18-bit top cut 4M-scale cytometers' cells off.
+        top = float(spec.get("max_area", 1.1 * self._range(gate.dims[0], area)))
         low = 1.0
         verts = ((low, lo * low), (top, lo * top), (top, hi * top), (low, hi * low))
         # Only the identity keeps a ratio band straight; other transforms would bend it.
@@ -340,18 +458,45 @@ class Placer:
         return poly, {"ratio_mode": mode, "ratio_low": lo, "ratio_high": hi}
 
 
-def _mahalanobis(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
-    d = np.asarray(x, float) - np.asarray(mean, float)
-    return float(np.sqrt(d @ np.linalg.solve(cov, d)))
+def _rectangle(pop: Population, method: str) -> RectangleGate:
+    if not isinstance(pop.gate, RectangleGate):
+        raise TemplateError(f"population {pop.name!r}: {method} moves range, rectangle or "
+                            "quadrant gates")
+    return pop.gate
 
 
-def _density_peak(pts: np.ndarray, bins: int = 64) -> np.ndarray:
-    """The densest point of a 2-D cloud (smoothed histogram mode)."""
-    from scipy.ndimage import gaussian_filter
+def _pair(value: Any) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
 
-    hist, xe, ye = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins)
-    i, j = np.unravel_index(np.argmax(gaussian_filter(hist, 1.5)), hist.shape)
-    return np.array([(xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2])
+
+def _move_bounds(gate: RectangleGate, cuts: dict[str, float], spec: dict) -> RectangleGate:
+    """Move the bounds of ``gate`` to per-marker thresholds ``cuts``."""
+    mins, maxs = list(gate.mins), list(gate.maxs)
+    dims_spec = spec.get("dims") or {}
+    for marker, t in cuts.items():
+        i = _dim_named(gate, marker)
+        # A quadrant's or range's single finite bound is the cut; a closed interval says
+        # which end moves with `bound: min|max`.
+        bound = (dims_spec.get(marker) or {}).get("bound") or spec.get("bound")
+        if mins[i] is not None and bound in (None, "min"):
+            mins[i] = t
+        if maxs[i] is not None and bound in (None, "max"):
+            maxs[i] = t
+    return replace(gate, mins=tuple(mins), maxs=tuple(maxs))
+
+
+def _mixture_ellipse(gate: Gate, pts: np.ndarray, peak: np.ndarray,
+                     spec: dict) -> tuple[EllipseGate, dict]:
+    """The mixture components of ``pts`` at ``peak`` as one ellipse at Mahalanobis distance²
+    ``distance_square`` (see :func:`~immunoprofile.gating.landmarks.mixture_cloud`)."""
+    center, cov, placed = mixture_cloud(
+        pts, peak, components=int(spec.get("components", 5)),
+        min_weight=float(spec.get("min_weight", 0.02)),
+        merge_distance=float(spec.get("merge_distance", 3.0)))
+    d2 = float(spec.get("distance_square", 9.0))
+    placed["distance_square"] = d2
+    return EllipseGate(dims=gate.dims, mean=tuple(center),
+                       covariance=tuple(map(tuple, cov)), distance_square=d2), placed
 
 
 def _shift(gate: Gate, shifts: dict[str, float]) -> Gate:

@@ -465,6 +465,18 @@ def _placement_text(record: dict[str, Any], default: list[Gate] | None) -> str:
                 f"{100 * placed.get('weight', float('nan')):.0f}% of events")
     if method == "singlets":
         return f"singlets: H/A {placed.get('ratio_low', 0):.2f}–{placed.get('ratio_high', 0):.2f}"
+    if method == "tail":
+        return "tail: " + " · ".join(f"{m} at {cut:.2f} ({placed.get(f'rule_{m}')})"
+                                     for m, cut in placed.items()
+                                     if isinstance(cut, float) and f"rule_{m}" in placed)
+    if method == "relative":
+        return f"relative to {placed.get('reference')}: " + " · ".join(
+            f"{k[4:]} {'<' if k.startswith('max_') else '≥'} {v:.2f}"
+            for k, v in placed.items() if k.startswith(("max_", "min_")))
+    if method == "scatter":
+        return (f"scatter: FSC peak {placed.get('landmark_x', float('nan')):.3g} "
+                f"({100 * placed.get('fraction_x', float('nan')):.0f}% of range), "
+                f"{100 * placed.get('weight', float('nan')):.0f}% of events")
     return str(method)
 
 
