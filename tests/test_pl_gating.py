@@ -40,7 +40,33 @@ def tubes(tmp_path_factory: pytest.TempPathFactory):
         tube = simulate_tube(kind, N_EVENTS, seed=seed)
         sample = ip.read_fcs(_write(tube, out / f"{kind}_s1.fcs"))
         made[kind] = (tube, sample, ip.gate_sample(sample, kind))
+    tube, sample, _ = made["bcell"]
+    made["quadrant"] = (tube, sample, ip.gate_sample(sample, _quadrant_template(out)))
     return made
+
+
+def _quadrant_template(out: Path):
+    """The shipped B-cell template with IgD x CD27 as one 2-D quadrant gate (as v1 had),
+    written to a file so that plots can reread its default positions."""
+    import yaml
+
+    from immunoprofile.template import load_template, shipped_templates
+
+    data = yaml.safe_load(shipped_templates()["bcell"].read_text())
+    four = ("Naive B", "Double negative B", "Unswitched memory B", "Switched memory B")
+    at = next(i for i, p in enumerate(data["populations"]) if p["name"] in four)
+    data["populations"] = [p for p in data["populations"] if p["name"] not in four]
+    data["populations"].insert(at, {
+        "name": "IgD x CD27", "parent": "Mature B cells",
+        "gate": {"quadrant": {"dims": ["IgD", "CD27"], "dividers": [3.8, 2.8], "quadrants": {
+            "Naive B": ["+", "-"], "Unswitched memory B": ["+", "+"],
+            "Switched memory B": ["-", "+"], "Double negative B": ["-", "-"]}}},
+        "adaptive": {"method": "tail", "dims": {"IgD": {"window": [2.5, 5.0], "side": "low"},
+                                                "CD27": {"window": [1.2, 3.5],
+                                                         "side": "high"}}}})
+    data["name"] = "bcell_quadrant"
+    (out / "bcell_quadrant.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_template(out / "bcell_quadrant.yaml")
 
 
 def _expected_panels(result: ip.GatingResult) -> list[str]:
@@ -66,7 +92,8 @@ def _panel(fig: Figure, name: str):
     return ax
 
 
-@pytest.mark.parametrize("kind, group", [("treg", "Treg CD45RA split"), ("bcell", "IgD x CD27")])
+@pytest.mark.parametrize("kind, group", [("treg", "Treg CD45RA split"),
+                                         ("quadrant", "IgD x CD27"), ("bcell", "Naive B")])
 def test_one_panel_per_gate_with_counts(tubes, kind, group):
     _, sample, result = tubes[kind]
     fig = ip.pl.gating(result, sample)
@@ -86,7 +113,7 @@ def test_one_panel_per_gate_with_counts(tubes, kind, group):
 
 
 def test_quadrant_group_is_one_panel_with_each_quadrant_labelled(tubes):
-    _, sample, result = tubes["bcell"]
+    _, sample, result = tubes["quadrant"]
     fig = ip.pl.gating(result, sample)
     ax = _panel(fig, "IgD x CD27")
     texts = " ".join(t.get_text() for t in ax.texts)
@@ -168,7 +195,7 @@ def test_not_measured_and_passed_through_gates_are_skipped(tubes, tmp_path):
 def test_populations_subset_and_bad_input(tubes):
     _, sample, result = tubes["bcell"]
     fig = ip.pl.gating(result, sample, populations=["B cells", "Naive B"], ncols=1)
-    assert [t.split("\n")[0] for t in _titles(fig)] == ["B cells", "IgD x CD27"]
+    assert [t.split("\n")[0] for t in _titles(fig)] == ["B cells", "Naive B"]
     with pytest.raises(ImmunoprofileError, match="no population"):
         ip.pl.gating(result, sample, populations=["Plasma cells"])
     other = tubes["treg"][1]
@@ -185,6 +212,7 @@ def _truncated(sample: ip.FCSSample) -> ip.FCSSample:
 def test_save_gating_pngs_one_file_per_pair(tubes, tmp_path):
     pairs = [(result, sample) for _, sample, result in tubes.values()]
     paths = ip.pl.save_gating_pngs(pairs, tmp_path / "gating", max_events=5_000, dpi=60)
-    assert [p.name for p in paths] == ["treg_s1_treg.png", "bcell_s1_bcell.png"]
+    assert [p.name for p in paths] == ["treg_s1_treg.png", "bcell_s1_bcell.png",
+                                       "bcell_s1_bcell_quadrant.png"]
     for path in paths:
         assert mpimg.imread(path).std() > 0

@@ -174,7 +174,7 @@ def test_dry_run_prints_the_plan_and_gates_nothing(sim_cohort, tmp_path: Path) -
     result = cli("gate", sheet, "-t", "treg", "-t", "bcell", "--out", out, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "sheet ok: 3 samples, timepoints W0" in result.stdout
-    assert "template treg v1.0.0" in result.stdout and "template bcell v1.0.0" in result.stdout
+    assert "template treg v2.0.0" in result.stdout and "template bcell v2.0.0" in result.stdout
     plan = {line.split()[0]: line for line in result.stdout.splitlines()
             if line.strip().startswith("P00")}
     assert set(plan) == set(rows["sample_id"])

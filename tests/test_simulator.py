@@ -253,17 +253,38 @@ def _default_gate_readouts(sample: fk.Sample, artefact: np.ndarray) -> dict[str,
     return {"B cells": 100 * b.sum() / live.sum(), "Plasmablasts": 100 * pb.sum() / b.sum()}
 
 
-def test_default_gates_recover_truth(gating_cohort):
-    truth = gating_cohort.truth.set_index(["sample_id", "population"])
+def _default_gate_errors(cohort) -> pd.DataFrame:
+    truth = cohort.truth.set_index(["sample_id", "population"])
     rows = []
-    for sid in gating_cohort.samplesheet["sample_id"]:
-        artefact = _labels(gating_cohort, sid)["artefact"].to_numpy()
-        for pop, gated in _default_gate_readouts(_sample(gating_cohort, sid), artefact).items():
+    for sid in cohort.samplesheet["sample_id"]:
+        artefact = _labels(cohort, sid)["artefact"].to_numpy()
+        for pop, gated in _default_gate_readouts(_sample(cohort, sid), artefact).items():
             true = truth.loc[(sid, pop)]
             rows.append({"sample_id": sid, "population": pop, "count": true["count"],
                          "rel_err": abs(gated - true["pct_of_reference"])
                          / true["pct_of_reference"]})
-    err = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def tidy_cohort(tmp_path_factory):
+    """The same design in the tidy mode (cleanly separated populations)."""
+    return simulate_cohort(tmp_path_factory.mktemp("tidy"), patients_per_arm=2,
+                           n_events=60_000, visits=(0, 12), seed=7, realistic=False)
+
+
+def test_fixed_cuts_fail_on_the_realistic_default_as_on_real_files(gating_cohort):
+    # DOMAIN's starting cut points are absolute: on the realistic default they miss most
+    # CD20-intermediate plasmablasts and many Treg of the CD25/CD127 continua, as they do on
+    # real files. A simulator on which they worked would prove nothing about real files.
+    summary = _default_gate_errors(gating_cohort).groupby("population")["rel_err"].median()
+    print("\nDOMAIN fixed cuts on the realistic default:\n" + summary.round(3).to_string())
+    assert summary["Plasmablasts"] > 0.5 and summary["Treg"] > 0.1
+    assert summary["B cells"] < 0.05  # CD3/CD19 stay bimodal
+
+
+def test_default_gates_recover_truth_in_tidy_mode(tidy_cohort):
+    err = _default_gate_errors(tidy_cohort)
     summary = err.groupby("population")["rel_err"].agg(["median", "max", "size"])
     print("\ndefault-gate relative error vs truth:\n" + summary.round(4).to_string())
     assert set(summary.index) == {"Treg", "B cells", "Plasmablasts"}

@@ -126,7 +126,7 @@ def test_adaptive_positions_are_recorded(sim_cohort) -> None:
     pos = res.gate_positions
     assert pos["T cells"]["method"] == "valley" and not pos["T cells"]["fallback"]
     assert 1.5 <= pos["T cells"]["placed"]["CD3"] <= 3.8
-    assert pos["Lymphocytes"]["method"] == "mixture"
+    assert pos["Lymphocytes"]["method"] == "scatter" and not pos["Lymphocytes"]["fallback"]
     assert {"shift_CD25", "shift_CD127"} <= set(pos["Treg"]["placed"])
     # The applied template holds the placed gates (what plots draw).
     assert res.template["T cells"].gate.mins[0] == pos["T cells"]["placed"]["CD3"]

@@ -30,7 +30,7 @@ __all__ = ["PHENOTYPE_OVERRIDES", "REALISTIC_DEFAULT", "realistic_phenotypes",
 
 #: Whether ``TubeParams`` and ``simulate_cohort`` simulate realistic shapes unless told
 #: otherwise. Flip to True once the gating templates are tuned on realistic data.
-REALISTIC_DEFAULT = False
+REALISTIC_DEFAULT = True
 
 # --- Phenotypes (compensated linear scale of the reference instrument; specs as in _events).
 # Markers not named here keep the default phenotype; every value is assumed unless it cites

@@ -50,8 +50,10 @@ Methods (``adaptive: {method: …}``):
     ``below``) locates the reference's density peak with the SD of its half away from the cut
     (a bright population whose dim tail is sought, e.g. the mature-B CD20 peak); ``stat:
     median`` (default for ``above``) uses the median and 1.4826·MAD of all reference events
-    (the "bulk"). A cut outside its ``window`` (per dim, or ``window: {marker: [lo, hi]}``)
-    leaves that bound at its default (``partial_fallback``).
+    (the "bulk"). ``bound: min`` / ``max`` says which bound a cut moves when it is not the
+    default (``CD20: {below: 3, bound: min}``: mature B cells reach down to 3 SDs below the
+    B-cell CD20 peak). A cut outside its ``window`` (per dim, or ``window: {marker: [lo,
+    hi]}``) leaves that bound at its default (``partial_fallback``).
 ``scatter``
     The lymphocyte cloud on FSC × SSC wherever the instrument puts it. ``window`` is in
     fractions of each channel's $PnR (default ``[[0.02, 0.98], [0.0, 0.98]]``); inside it the
@@ -188,8 +190,11 @@ class Placer:
         for marker, opts in dims.items():
             dim = pop.gate.dims[_dim_named(pop.gate, marker)]
             own = {k: v for k, v in (opts or {}).items() if v is not None}
+            # `within`: the cut is found on the events inside ranges of the gate's other
+            # dimensions (IgD between switched and unswitched memory: CD27+ cells only).
+            sub = self._within(pop.gate, idx, own.pop("within", None))
             try:
-                cuts[marker], info[marker] = find(self.values(dim, idx), {**shared, **own},
+                cuts[marker], info[marker] = find(self.values(dim, sub), {**shared, **own},
                                                   marker)
             except _Fallback as why:
                 problems.append(f"{marker}: {why}")
@@ -198,6 +203,13 @@ class Placer:
         out = {"cuts": cuts, "info": info, "partial": "; ".join(problems)}
         self._groups[key] = out
         return out
+
+    def _within(self, gate: Gate, idx: np.ndarray, ranges: dict | None) -> np.ndarray:
+        """The events of ``idx`` inside ``{marker: [lo, hi]}`` ranges of the gate's dims."""
+        for other, (lo, hi) in (ranges or {}).items():
+            j = _dim_named(gate, other)
+            idx = idx[self.space.in_range(gate.dims[j], idx, lo, hi)]
+        return idx
 
     def _valley(self, pop: Population, spec: dict, idx: np.ndarray) -> tuple[Gate, dict]:
         gate = _rectangle(pop, "valley")
@@ -289,11 +301,16 @@ class Placer:
                 if window and not window[0] <= cut <= window[1]:
                     problems.append(f"{marker}: cut {cut:.3g} outside {list(window)}")
                     continue
-                if side == "below":
+                # By default a cut below the reference is the gate's upper bound; `bound: min`
+                # makes it a floor instead (mature B: CD20 down to well below the B peak).
+                bound = opts.get("bound") or ("max" if side == "below" else "min")
+                if bound not in ("min", "max"):
+                    raise TemplateError(f"population {pop.name!r}: bound is min or max, "
+                                        f"not {bound!r}")
+                if bound == "max":
                     maxs[i] = cut
                 else:
                     mins[i] = cut
-                bound = "max" if side == "below" else "min"
                 placed.update({f"{bound}_{marker}": cut, f"ref_{marker}": loc,
                                f"ref_sd_{marker}": sd, f"stat_{marker}": stat})
         if not any(k.startswith(("max_", "min_")) for k in placed):
@@ -337,14 +354,9 @@ class Placer:
         for item in spec.get("align") or []:
             marker = item["marker"]
             i = _dim_named(gate, marker)
-            sub = idx
-            for other, (lo, hi) in (item.get("within") or {}).items():
-                j = _dim_named(gate, other)
-                keep = self.space.in_range(gate.dims[j], sub, lo, hi)
-                sub = sub[keep]
+            sub = self._within(gate, idx, item.get("within"))
             try:
-                peak = find_peak(self.values(gate.dims[i], sub), tuple(item["window"]),
-                                 min_events=int(item.get("min_events", 50)))
+                peak = _locate(self.values(gate.dims[i], sub), item)
             except _Fallback as why:
                 notes.append(f"{marker}: {why}")
                 continue
@@ -456,6 +468,22 @@ class Placer:
         poly = PolygonGate(dims=tuple(replace(d, transform=Identity()) for d in gate.dims),
                            vertices=verts)
         return poly, {"ratio_mode": mode, "ratio_low": lo, "ratio_high": hi}
+
+
+def _locate(v: np.ndarray, item: dict) -> float:
+    """Where an ``align`` population sits: its density peak inside ``window`` (default), or
+    with ``stat: median`` its median inside the window, steadier for a broad continuum (the
+    conventional CD4 cells' CD25) where a peak wanders with the noise of the density."""
+    window = tuple(item["window"])
+    min_events = int(item.get("min_events", 50))
+    if item.get("stat", "peak") == "peak":
+        return find_peak(v, window, min_events=min_events)
+    if item["stat"] != "median":
+        raise TemplateError(f"align stat is peak or median, not {item['stat']!r}")
+    v = v[np.isfinite(v) & (v >= window[0]) & (v <= window[1])]
+    if v.size < min_events:
+        raise _Fallback(f"{v.size} events in {list(window)}, fewer than {min_events}")
+    return float(np.median(v))
 
 
 def _rectangle(pop: Population, method: str) -> RectangleGate:

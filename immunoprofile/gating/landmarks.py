@@ -307,6 +307,8 @@ def _slope_end(v: np.ndarray, peak: float, sd: float, sign: float, lo: float, hi
     i_sh = int(shoulder[0]) if shoulder.size else xs.size
     return float(xs[min(i_tol, i_sh)]), ("slope" if i_tol <= i_sh else "mirror")
 
+_DIAGONAL_TOLERANCE = 0.15  # decades: candidates this close to the lowest diagonal compete
+
 
 def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 0.02,
                      smooth: float = 0.04, min_peak: float = 0.1) -> dict[str, Any]:
@@ -314,9 +316,10 @@ def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 
 
     The candidates are the local maxima of the smoothed 2-D histogram at least ``min_peak``
     of the highest one, except those piled against the lowest FSC of the data (debris cut
-    by the trigger threshold). The lymphocyte peak is the candidate lying lowest below the
-    diagonal (smallest log SSC − log FSC): lymphocytes are the least granular cells for
-    their size, and debris, dead cells, monocytes and granulocytes all lie above them.
+    by the trigger threshold). The lymphocyte peak is, among the candidates lying lowest
+    below the diagonal (within 0.15 decades of the smallest log SSC − log FSC), the one with
+    the lowest SSC: lymphocytes are the least granular cells for their size; debris, dead
+    cells and granulocytes lie above them, and monocytes, which can lie as low, scatter more.
     A detector's gain multiplies all its values, which on log scale shifts every cloud by
     the same amount: the order, hence the choice, does not depend on the instrument.
 
@@ -358,7 +361,12 @@ def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 
         raise NoLandmark("no scatter peak above the lowest FSC")
     px = (xe[ii] + xe[ii + 1]) / 2
     py = (ye[jj] + ye[jj + 1]) / 2
-    best = int(np.argmin(py - px))
+    # Monocytes can lie as far below the diagonal as lymphocytes (a real-looking cohort put
+    # them 0.02 decades further): among the candidates near the lowest diagonal, lymphocytes
+    # are the least granular (lowest SSC). Debris stays out: it lies well above the diagonal.
+    diagonal = py - px
+    near = np.flatnonzero(diagonal <= diagonal.min() + _DIAGONAL_TOLERANCE)
+    best = int(near[np.argmin(py[near])])
     return {"peak": (float(px[best]), float(py[best])),
             "candidates": [(float(a), float(b)) for a, b in zip(px, py)]}
 

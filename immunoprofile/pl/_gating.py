@@ -311,7 +311,8 @@ def _default_gate(pop: Population, defaults: Template | None,
     gates = [p.gate for p in names]
     for g in gates:
         same = len(g.dims) == len(pop.gate.dims) and all(
-            a.marker == b.marker and defaults.transform_for(a) == space.transform(b)
+            a.marker == b.marker
+            and defaults.transform_for(a).for_channel(space.pnr(b)) == space.transform(b)
             for a, b in zip(g.dims, pop.gate.dims))
         if not same:
             return None  # other axes or transform: the outline would be misplaced

@@ -316,7 +316,8 @@ class _Exporter:
         if d.ratio is not None:
             raise TemplateError(f"ratio dimension {d.marker} cannot be exported yet")
         channel = self.channel[d.marker]
-        gml, factor = to_gatingml(self.t.transform_for(d))
+        pnr = float(self.sample.channels.set_index("pnn").loc[channel, "pnr"])
+        gml, factor = to_gatingml(self.t.transform_for(d).for_channel(pnr))
         xid = None
         if gml is not None:
             if gml not in self.xform_ids:

@@ -40,6 +40,11 @@ class Transform:
         """The YAML form, e.g. ``{"type": "logicle", "T": 262144, ...}``."""
         return {"type": self.kind, **asdict(self)}
 
+    def for_channel(self, pnr: float | None) -> Transform:
+        """The transform as applied to a channel whose top of range is ``pnr`` ($PnR): the
+        same one, except for transforms declared relative to a reference range."""
+        return self
+
 
 @dataclass(frozen=True)
 class Identity(Transform):
@@ -59,9 +64,16 @@ class Identity(Transform):
 
 @dataclass(frozen=True)
 class Arcsinh(Transform):
-    """``asinh(x / cofactor)``: cofactor 150 for conventional flow, 5 for mass cytometry."""
+    """``asinh(x / cofactor)``: cofactor 150 for conventional flow, 5 for mass cytometry.
+
+    With ``reference_range`` the cofactor is meant for channels of that top of range
+    ($PnR, 262144 for BD's 18-bit scale) and follows each file's own range: a CytoFLEX channel
+    (2^20) gets 4 × the cofactor, an Aurora one (2^22) 16 ×, since their signals are that
+    much larger for the same cells. Gate coordinates then mean the same on every instrument.
+    """
 
     cofactor: float = 150.0
+    reference_range: float | None = None
     kind: ClassVar[str] = "arcsinh"
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -69,6 +81,20 @@ class Arcsinh(Transform):
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.sinh(_col(y)) * self.cofactor
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.kind, "cofactor": self.cofactor}
+        if self.reference_range is not None:
+            out["reference_range"] = self.reference_range
+        return out
+
+    def for_channel(self, pnr: float | None) -> Transform:
+        if self.reference_range is None or pnr is None or not math.isfinite(pnr) or pnr <= 1:
+            return self
+        # Round the scale to a power of two: ranges are 2^k, and a ratio of exactly 1 must
+        # give back this very transform (the same cache keys and GatingML as before).
+        scale = 2.0 ** round(math.log2(pnr / self.reference_range))
+        return self if scale == 1.0 else Arcsinh(cofactor=self.cofactor * scale)
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,8 @@ def _check_parameters(t: Transform, where: str) -> None:
     problems = []
     if isinstance(t, Arcsinh) and not t.cofactor > 0:
         problems.append("cofactor must be > 0")
+    if isinstance(t, Arcsinh) and t.reference_range is not None and not t.reference_range > 1:
+        problems.append("reference_range must be > 1 (a $PnR such as 262144)")
     for name in ("T", "M"):
         value = getattr(t, name, None)
         if value is not None and not value > 0:
