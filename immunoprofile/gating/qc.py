@@ -45,6 +45,7 @@ _GROSS_RATE = math.log(3.0)  # windows this far off the typical rate stay out of
 _TREND_SPAN = 0.25  # running-median span of the rate trend, as a share of the windows
 _FLAG_PCT = 1.0  # a check removing at least this % of events is named in the flags
 _MAX_WINDOWS = 200  # by default
+_PAUSE_STEPS = 1000  # a forward Time gap this many typical steps long is a pause
 _MAX_WINDOWS_ASKED = 2000  # when asked for more (segmentation and edge fits grow with it)
 
 
@@ -62,9 +63,10 @@ class QCResult:
         Events in the sample and events failing any check.
     windows
         One row per time window: ``start``, ``end`` (Time units, on a clock joined across
-        resets), ``n_events``, ``rate`` (per Time unit), ``rate_z``, ``signal_z`` (largest |z|
-        of the peak medians), ``flagged_rate``, ``flagged_signal`` and ``median_<$PnN>``
-        (linear) per signal channel; empty when the time-based checks did not run.
+        resets and pauses), ``n_events``, ``rate`` (per Time unit), ``rate_z``, ``signal_z``
+        (largest |z| of the peak medians), ``flagged_rate``, ``flagged_signal`` and
+        ``median_<$PnN>`` (linear) per signal channel; empty when the time-based checks did
+        not run.
     flags, params
         Human-readable warnings; the settings and channels used.
     """
@@ -304,17 +306,28 @@ def _empty_windows(names: list[str]) -> pd.DataFrame:
     return frame.astype({"n_events": int, "flagged_rate": bool, "flagged_signal": bool})
 
 
-def _clock(t: np.ndarray) -> tuple[np.ndarray, int]:
-    """A non-decreasing clock from Time values that may reset: each backward jump is joined to
-    the run before it by one typical inter-event step."""
+def _clock(t: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A non-decreasing clock from Time values that may reset or pause.
+
+    Each backward jump (a reset) and each pause (a forward jump longer than a time window and
+    than ``_PAUSE_STEPS`` typical inter-event steps: acquisition stopped, or a gated export
+    lost a stretch) is joined to the run before it by one typical step. A pause holds no
+    events, so it is no fault of the events around it; unjoined, the windows it falls in look
+    slow and the flow-rate check removed their events. Returns (clock, resets, pauses).
+    """
     d = np.diff(t)
-    back = np.flatnonzero(d < 0)
-    if back.size == 0:
-        return t, 0
+    if d.size == 0:
+        return t, 0, 0
     step = float(np.median(d[d > 0])) if (d > 0).any() else 1.0
+    span = float(np.sum(np.where(d > 0, d, 0.0)))
+    back = d < 0
+    pause = d > max(_PAUSE_STEPS * step, span / _MAX_WINDOWS)
+    if not (back.any() or pause.any()):
+        return t, 0, 0
     jump = np.zeros_like(t)
-    jump[back + 1] = step - d[back]
-    return t + np.cumsum(jump), int(back.size)
+    joined = back | pause
+    jump[1:][joined] = step - d[joined]
+    return t + np.cumsum(jump), int(back.sum()), int(pause.sum())
 
 
 def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_windows, k_rate,
@@ -326,11 +339,14 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
     t = sample.events[:, t_idx].astype(np.float64)
     if not np.isfinite(t).all():
         return (*empty, ["Time channel holds non-finite values: time-based QC skipped"])
-    clock, resets = _clock(t)
+    clock, resets, pauses = _clock(t)
     if resets > max(10, n // 1000):
         return (*empty, [f"Time is not in acquisition order ({resets} backward steps): "
                          "time-based QC skipped"])
     flags = [f"Time resets {resets} time(s): runs joined into one clock"] if resets else []
+    if pauses:
+        flags.append(f"Time pauses {pauses} time(s) (gaps without events): joined, no events "
+                     "removed for them")
     span = clock[-1] - clock[0]
     if span <= 0:
         return (*empty, [*flags, "Time channel is constant: time-based QC skipped"])
@@ -378,7 +394,7 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
     for j, name in enumerate(names):
         frame[f"median_{name}"] = med[:, j]
     tparams = {"n_windows": n_windows, "window_width": float(edges[1] - edges[0]),
-               "time_tick": tick, "time_resets": resets}
+               "time_tick": tick, "time_resets": resets, "time_pauses": pauses}
     return frame, bounds, tparams, flags
 
 
