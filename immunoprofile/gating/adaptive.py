@@ -82,6 +82,7 @@ from immunoprofile.gating.landmarks import (
     density_peak_2d,
     find_peak,
     find_valley,
+    locate,
     mixture_cloud,
     relative_cut,
     scatter_landmark,
@@ -356,7 +357,11 @@ class Placer:
             i = _dim_named(gate, marker)
             sub = self._within(gate, idx, item.get("within"))
             try:
-                peak = _locate(self.values(gate.dims[i], sub), item)
+                peak = locate(self.values(gate.dims[i], sub), tuple(item["window"]),
+                              stat=str(item.get("stat", "peak")),
+                              min_events=int(item.get("min_events", 50)))
+            except ValueError as exc:
+                raise TemplateError(f"population {pop.name!r}: {exc}") from exc
             except _Fallback as why:
                 notes.append(f"{marker}: {why}")
                 continue
@@ -468,22 +473,6 @@ class Placer:
         poly = PolygonGate(dims=tuple(replace(d, transform=Identity()) for d in gate.dims),
                            vertices=verts)
         return poly, {"ratio_mode": mode, "ratio_low": lo, "ratio_high": hi}
-
-
-def _locate(v: np.ndarray, item: dict) -> float:
-    """Where an ``align`` population sits: its density peak inside ``window`` (default), or
-    with ``stat: median`` its median inside the window, steadier for a broad continuum (the
-    conventional CD4 cells' CD25) where a peak wanders with the noise of the density."""
-    window = tuple(item["window"])
-    min_events = int(item.get("min_events", 50))
-    if item.get("stat", "peak") == "peak":
-        return find_peak(v, window, min_events=min_events)
-    if item["stat"] != "median":
-        raise TemplateError(f"align stat is peak or median, not {item['stat']!r}")
-    v = v[np.isfinite(v) & (v >= window[0]) & (v <= window[1])]
-    if v.size < min_events:
-        raise _Fallback(f"{v.size} events in {list(window)}, fewer than {min_events}")
-    return float(np.median(v))
 
 
 def _rectangle(pop: Population, method: str) -> RectangleGate:
