@@ -58,7 +58,7 @@ MARKER_ALIASES: dict[str, tuple[str, ...]] = {
         "FVS510", "FVS575V", "FVS620", "FVD", "FVD eFluor780", "FVD eFluor506",
         "Fixable Viability", "Fixable viability dye", "Aqua", "LIVE/DEAD Aqua", "Dead",
         "Viability dye", "ViaDye", "Viakrome", "SYTOX", "Live", "Viab",
-        "LIVE/DEAD Fixable Aqua",
+        "LIVE/DEAD Fixable Aqua", "Lv/Dd", "Amine", "Amine reactive dye", "Vital dye",
     ),
     "CD3": ("CD3", "CD3e", "CD3 epsilon"),
     "CD4": ("CD4",),

@@ -25,7 +25,7 @@ REAL = SHARED / "real-data"
 VIABILITY_LABELS = [
     "Viab", "L/D", "Live/ Dead", "Live/Dead", "LD", "Live Dead", "Aqua", "Amcyan viability",
     "Zombie Aqua", "Zombie NIR", "FVS510", "7-AAD", "7AAD", "DAPI", "PI",
-    "LIVE/DEAD Fixable Aqua",
+    "LIVE/DEAD Fixable Aqua", "Lv/Dd", "Lv/Dd Aqua", "Amine Aqua", "Viability Dye eF780",
     # The same labels as other labs type them: matching ignores case, spaces and punctuation.
     "live/dead", "LIVE-DEAD", "l/d", "zombie-aqua", "live/dead fixable aqua", "7 AAD",
 ]
