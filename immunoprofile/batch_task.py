@@ -140,8 +140,10 @@ def _events(sample: FCSSample, results: list[GatingResult], mask: np.ndarray,
 def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
     """Read, QC and gate one sample with every template that fits.
 
-    Returns ``(sample, qc_mask, results, errors, qc_summary)``; ``sample`` is None when the
-    file could not be read.
+    Returns ``(sample, kept, results, errors, qc_summary)``: ``kept`` marks the events some
+    template gated from (QC-passing events for templates with QC, every event for those
+    without), from which the kept-event subsample is drawn; ``sample`` is None when the file
+    could not be read.
     """
     from immunoprofile.batch import _error, named_in_panel
 
@@ -155,17 +157,29 @@ def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
             return None, None, [], [_error(row, "", "read", exc)], {}
     read_warnings = [str(w.message) for w in caught]
 
-    mask = np.ones(sample.n_events, bool)
+    fitting: list[Template] = []
+    unfit: list[str] = []
+    for template in templates:
+        reason = _fits(sample, template)
+        if reason is None:
+            fitting.append(template)
+        elif named_in_panel(row.get("panel"), template):
+            errors.append(_error(row, template.name, "fit", reason))
+        else:
+            unfit.append(f"{template.name}: {reason}")
+
+    # QC runs for the templates that gate this sample and ask for it, with their checks.
+    everything = np.ones(sample.n_events, bool)
+    qc_mask = everything
     qc_summary: dict[str, Any] = {"sample_id": sid, "n_events": sample.n_events}
-    checked = [t for t in templates if qc_applies(t, settings)]
+    checked = [t for t in fitting if qc_applies(t, settings)]
     if checked:
         try:
             qc = _qc(sample, checked)
-            mask = qc.mask
+            qc_mask = qc.mask
             qc_summary.update(qc.summary())
         except Exception as exc:  # QC failing must not lose the sample: gate without it
             errors.append(_error(row, "", "qc", exc))
-    everything = np.ones(sample.n_events, bool)
     if read_warnings:
         flags = [qc_summary.get("flags", "")] if qc_summary.get("flags") else []
         qc_summary["flags"] = "; ".join(flags + read_warnings)
@@ -173,30 +187,24 @@ def _gate_all(row: dict, templates: list[Template], settings: BatchSettings):
         qc_summary["qc_flags"] = qc_summary.pop("flags")
 
     results: list[GatingResult] = []
-    unfit: list[str] = []
-    for template in templates:
-        named = named_in_panel(row.get("panel"), template)
-        reason = _fits(sample, template)
-        if reason is not None:
-            if named:
-                errors.append(_error(row, template.name, "fit", reason))
-            else:
-                unfit.append(f"{template.name}: {reason}")
-            continue
+    kept = np.zeros(sample.n_events, bool)  # the events some template gated from
+    for template in fitting:
+        checks = template in checked and "n_removed" in qc_summary
+        own = qc_mask if checks else everything
         try:
-            checks = qc_applies(template, settings) and "n_removed" in qc_summary
-            result = gate_sample(sample, template, sample_id=sid,
-                                 event_mask=mask if checks else everything,
+            result = gate_sample(sample, template, sample_id=sid, event_mask=own,
                                  adaptive=settings.adaptive)
-            if checks:
-                result.qc = {k: qc_summary[k] for k in ("n_events", "n_removed", "pct_removed")}
-            results.append(result)
         except ImmunoprofileError as exc:
             errors.append(_error(row, template.name, "gate", exc))
+            continue
+        if checks:
+            result.qc = {k: qc_summary[k] for k in ("n_events", "n_removed", "pct_removed")}
+        results.append(result)
+        kept |= own
     if not results and not errors:
         errors.append(_error(row, "", "fit", "no template fits this sample: "
                              + " | ".join(unfit)))
-    return sample, mask, results, errors, qc_summary
+    return sample, kept, results, errors, qc_summary
 
 
 def events_for_sample(row: dict, templates: list[Template],

@@ -79,3 +79,22 @@ def test_report_warns_about_samples_losing_more_than_ten_percent(clogged, tmp_pa
     qc.to_csv(run / "qc.csv", index=False)
     text = write_report(run).read_text()
     assert "Acquisition QC removed more than 10% of the events of 1 sample(s): s1" in text
+
+
+def test_events_kept_and_qc_follow_the_templates_that_gate(clogged) -> None:
+    out, templates = clogged
+    shipped, imported = templates
+    # Only the QC-less template: QC does not run, every event can be kept.
+    result = gate_samples(out / "sheet.csv", [imported], out / "noqc", workers=1,
+                          settings=BatchSettings(plots=False, keep_events=50_000))
+    assert "n_removed" not in result.qc.columns
+    events = pd.read_parquet(out / "noqc" / "events" / "s1.parquet")
+    assert len(events) == 20_000
+    # Both: the QC-less template's events are all there, and its own counts agree with them.
+    result = gate_samples(out / "sheet.csv", templates, out / "both", workers=1,
+                          settings=BatchSettings(plots=False, keep_events=50_000))
+    events = pd.read_parquet(out / "both" / "events" / "s1.parquet")
+    assert len(events) == 20_000
+    counts = result.subsets.set_index(["template", "population"])["count"]
+    assert events["treg_imported/Treg"].sum() == counts[("treg_imported", "Treg")]
+    assert events["treg/Treg"].sum() == counts[("treg", "Treg")]

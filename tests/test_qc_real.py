@@ -79,3 +79,14 @@ def test_real_anomalies_of_flowai_examples() -> None:
     rate = two.windows["flagged_rate"].to_numpy()
     assert rate[-10:].all() and rate[: int(0.8 * rate.size)].sum() == 0
     assert two.n_removed <= two.removed["margin"] + two.removed["flow_rate"]
+
+
+def test_a_higher_cap_never_removes_less() -> None:
+    _need_shared()
+    path = SHARED / "real-data" / "flowai_bcells" / "Bcells2.fcs"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    sample = _read(path)
+    removed = [acquisition_qc(sample, max_removed_pct=cap).n_removed
+               for cap in (30, 50, 55, 57, 60, 70, 100)]
+    assert removed == sorted(removed), removed

@@ -99,7 +99,7 @@ def test_adaptive_gates_place_where_expected(gated, name: str) -> None:
     # Dead cells are small and fall outside the scatter gate, so viability is one peak inside
     # it: the live valley has nothing to find and the default cut (above the B cells) holds.
     live = positions["Live lymphocytes"]
-    assert live["fallback"] and "one peak" in live["reason"]
+    assert live["fallback"] and ("one peak" in live["reason"] or "no valley" in live["reason"])
     # Align-placed gates (continuum markers) find their reference peak in every file.
     for pop in ("CD21lo B", "CD23+ B", "Switched memory B"):
         assert not positions[pop]["fallback"], f"{name}: {pop}: {positions[pop]['reason']}"

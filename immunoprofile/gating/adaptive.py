@@ -99,9 +99,10 @@ from immunoprofile.template.model import (
 from immunoprofile.template.transforms import Identity
 
 METHODS = ("valley", "reference", "align", "mixture", "singlets", "tail", "relative", "scatter")
-_MAX_FIT_EVENTS = 20_000
-# A mixture on FSC/SSC is stable from a few thousand events; more only costs time.
-_MIXTURE_EVENTS = 5_000
+# Events a scatter mixture is fitted on. On a real FlowJo 9 file 5,000 let the number of
+# merged components, hence the gate's count, jump by 20% between subsamples; 20,000 hold it
+# within about 1% (0.17 s per placement).
+_MIXTURE_EVENTS = 20_000
 
 
 # The data do not support moving the gate; the reason is the message. It is the landmark
@@ -123,10 +124,18 @@ def _dim_named(gate: Gate, marker: str) -> int:
     raise TemplateError(f"adaptive setting names {marker!r}, which the gate does not use")
 
 
-def _subsample(idx: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+def _subsample(idx: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of the events ``idx``, chosen by a fixed pseudo-random key per event.
+
+    Each event keeps its key whatever else is in ``idx``, so a parent that differs by a few
+    events (QC on or off, another sample's mask) gives nearly the same subsample and the gate
+    placed on it moves accordingly little; a fresh random draw changed the scatter gate's
+    count by up to 9% when 1% of the events were removed.
+    """
     if idx.size <= n:
         return idx
-    return np.sort(np.random.default_rng(seed).choice(idx, n, replace=False))
+    key = (idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
+    return np.sort(idx[np.argpartition(key, n - 1)[:n]])
 
 
 class Placer:

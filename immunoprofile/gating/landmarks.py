@@ -333,6 +333,7 @@ def _slope_end(v: np.ndarray, peak: float, sd: float, sign: float, lo: float, hi
     return float(xs[min(i_tol, i_sh)]), ("slope" if i_tol <= i_sh else "mirror")
 
 _DIAGONAL_TOLERANCE = 0.15  # decades: candidates this close to the lowest diagonal compete
+_DEBRIS_FSC = 0.15  # a candidate under this share of the largest candidate's FSC is debris
 
 
 def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 0.02,
@@ -343,8 +344,9 @@ def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 
     of the highest one, except those piled against the lowest FSC of the data (debris cut
     by the trigger threshold). The lymphocyte peak is, among the candidates lying lowest
     below the diagonal (within 0.15 decades of the smallest log SSC − log FSC), the one with
-    the lowest SSC: lymphocytes are the least granular cells for their size; debris, dead
-    cells and granulocytes lie above them, and monocytes, which can lie as low, scatter more.
+    the lowest SSC: lymphocytes are the least granular cells for their size; dead cells and
+    granulocytes lie above them, and monocytes, which can lie as low, scatter more. Debris
+    (under 0.15 of the largest candidate's FSC) is no candidate.
     A detector's gain multiplies all its values, which on log scale shifts every cloud by
     the same amount: the order, hence the choice, does not depend on the instrument.
 
@@ -389,6 +391,10 @@ def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 
     # Monocytes can lie as far below the diagonal as lymphocytes (a real-looking cohort put
     # them 0.02 decades further): among the candidates near the lowest diagonal, lymphocytes
     # are the least granular (lowest SSC). Debris stays out: it lies well above the diagonal.
+    # Debris can lie as low too (a FlowJo 9 file's, at 7.6k FSC): it is far smaller than
+    # every cell cloud, so candidates under _DEBRIS_FSC of the largest candidate's FSC go.
+    cells = px >= px.max() + np.log10(_DEBRIS_FSC)
+    px, py = px[cells], py[cells]
     diagonal = py - px
     near = np.flatnonzero(diagonal <= diagonal.min() + _DIAGONAL_TOLERANCE)
     best = int(near[np.argmin(py[near])])

@@ -45,7 +45,7 @@ _GROSS_RATE = math.log(3.0)  # windows this far off the typical rate stay out of
 _TREND_SPAN = 0.25  # running-median span of the rate trend, as a share of the windows
 _FLAG_PCT = 1.0  # a check removing at least this % of events is named in the flags
 _MAX_WINDOWS = 200  # by default
-_PAUSE_STEPS = 1000  # a forward Time gap this many typical steps long is a pause
+_PAUSE_STEPS = 20  # a forward Time gap this many mean intervals (and a window) long is a pause
 _MAX_WINDOWS_ASKED = 2000  # when asked for more (segmentation and edge fits grow with it)
 
 
@@ -143,9 +143,10 @@ def acquisition_qc(
         are not counted: faults scale signals, so they move positive peaks too (the real
         flowsom 68983 LSR file has PE negatives drifting by 0.65 SD, positives steady).
     max_removed_pct
-        If a time-based check (flow rate, signal) would remove more than this share of the
-        file, its events are kept and a flag says so, and the same for both together: QC
-        never gates the minority of a file (the window table still shows what was found).
+        If the time-based checks (flow rate, signal) would together remove more than this
+        share of the file, the largest of them is overruled (its events kept, a flag says so)
+        until the rest stays under it: QC never gates the minority of a file, and a higher cap
+        never removes less (the window table still shows what was found).
 
     Returns
     -------
@@ -191,21 +192,23 @@ def acquisition_qc(
             # A "fault" covering most of the run is the run's normal state or one QC cannot
             # judge: removing it would gate the minority. Such a check keeps its events; the
             # user decides from the flag and the window table.
-            timed = np.zeros(n, bool)
+            # Windows are contiguous event ranges of the time-ordered clock.
+            bad = {reason: (np.repeat(windows[col].to_numpy(), np.diff(bounds)) if len(windows)
+                            else np.zeros(n, bool))
+                   for reason, col in (("flow_rate", "flagged_rate"),
+                                       ("signal_shift", "flagged_signal"))}
+            # Overrule the largest check until what is left stays under the cap, so a higher
+            # cap never removes less.
             overruled = []
-            for reason, col in (("flow_rate", "flagged_rate"), ("signal_shift", "flagged_signal")):
-                # Windows are contiguous event ranges of the time-ordered clock.
-                bad = np.repeat(windows[col].to_numpy(), np.diff(bounds)) if len(windows) else False
-                if 100.0 * np.sum(bad) / n > max_removed_pct:
-                    overruled.append(f"{reason.replace('_', '-')} QC would remove "
-                                     f"{100.0 * np.sum(bad) / n:.1f}%")
-                    continue
-                removed[reason] = int(np.sum(bad))
-                timed |= bad
-            if 100.0 * timed.sum() / n > max_removed_pct:
-                overruled.append(f"time-based QC would remove {100.0 * timed.sum() / n:.1f}%")
-                removed["flow_rate"] = removed["signal_shift"] = 0
-                timed[:] = False
+            while bad and 100.0 * np.logical_or.reduce(list(bad.values())).sum() / n \
+                    > max_removed_pct:
+                reason = max(bad, key=lambda r: bad[r].sum())
+                overruled.append(f"{reason.replace('_', '-')} QC would remove "
+                                 f"{100.0 * bad.pop(reason).sum() / n:.1f}%")
+            timed = np.zeros(n, bool)
+            for reason, hit in bad.items():
+                removed[reason] = int(hit.sum())
+                timed |= hit
             if overruled:
                 flags.append(f"{'; '.join(overruled)} of events (more than "
                              f"{max_removed_pct:g}%): events kept, review this file")
@@ -306,14 +309,15 @@ def _empty_windows(names: list[str]) -> pd.DataFrame:
     return frame.astype({"n_events": int, "flagged_rate": bool, "flagged_signal": bool})
 
 
-def _clock(t: np.ndarray) -> tuple[np.ndarray, int, int]:
+def _clock(t: np.ndarray, windows: int) -> tuple[np.ndarray, int, int]:
     """A non-decreasing clock from Time values that may reset or pause.
 
-    Each backward jump (a reset) and each pause (a forward jump longer than a time window and
-    than ``_PAUSE_STEPS`` typical inter-event steps: acquisition stopped, or a gated export
-    lost a stretch) is joined to the run before it by one typical step. A pause holds no
-    events, so it is no fault of the events around it; unjoined, the windows it falls in look
-    slow and the flow-rate check removed their events. Returns (clock, resets, pauses).
+    Each backward jump (a reset) and each pause (a forward jump longer than one of the
+    ``windows`` time windows and than ``_PAUSE_STEPS`` mean inter-event intervals, which a
+    steady flow gives with probability e^-20: acquisition stopped, or a gated export lost a
+    stretch) is joined to the run before it by one typical step. A pause holds no events, so
+    it is no fault of the events around it; unjoined, the windows it falls in look slow and
+    the flow-rate check removed their events. Returns (clock, resets, pauses).
     """
     d = np.diff(t)
     if d.size == 0:
@@ -321,7 +325,7 @@ def _clock(t: np.ndarray) -> tuple[np.ndarray, int, int]:
     step = float(np.median(d[d > 0])) if (d > 0).any() else 1.0
     span = float(np.sum(np.where(d > 0, d, 0.0)))
     back = d < 0
-    pause = d > max(_PAUSE_STEPS * step, span / _MAX_WINDOWS)
+    pause = d > max(_PAUSE_STEPS * span / d.size, span / max(windows, 1))
     if not (back.any() or pause.any()):
         return t, 0, 0
     jump = np.zeros_like(t)
@@ -339,7 +343,13 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
     t = sample.events[:, t_idx].astype(np.float64)
     if not np.isfinite(t).all():
         return (*empty, ["Time channel holds non-finite values: time-based QC skipped"])
-    clock, resets, pauses = _clock(t)
+    # Pauses are judged against the windows the run will have (the default count here).
+    expected = n_windows or (min(_MAX_WINDOWS, n // (2 * min_events)) if not window_seconds
+                             else None)
+    if expected is None:
+        positive = np.diff(t)
+        expected = math.ceil(float(positive[positive > 0].sum()) / window_seconds) or 1
+    clock, resets, pauses = _clock(t, int(expected))
     if resets > max(10, n // 1000):
         return (*empty, [f"Time is not in acquisition order ({resets} backward steps): "
                          "time-based QC skipped"])
