@@ -22,6 +22,10 @@ def test_cofactor_follows_the_range() -> None:
     assert t.for_channel(4194304.0) == Arcsinh(cofactor=2400.0)
     assert t.for_channel(None) is t and t.for_channel(float("nan")) is t
     assert Arcsinh(cofactor=150).for_channel(4194304.0) == Arcsinh(cofactor=150)
+    # The range as decoded, not $PnR: a log-amplified 10-bit channel ($PnE 4,0: top ~9910)
+    # gets a small cofactor; ranges that are no power of two scale in proportion.
+    assert t.for_channel(9910.0).cofactor == pytest.approx(150 * 9911 / 262144)
+    assert t.for_channel(99_999.0).cofactor == pytest.approx(150 * 100_000 / 262144)
     assert t.to_dict() == {"type": "arcsinh", "cofactor": 150.0, "reference_range": 262144.0}
     assert Arcsinh().to_dict() == {"type": "arcsinh", "cofactor": 150.0}
     with pytest.raises(TemplateError, match="reference_range"):

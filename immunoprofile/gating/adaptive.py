@@ -441,14 +441,13 @@ class Placer:
         return ellipse, placed
 
     def _range(self, dim: Dimension, linear: np.ndarray) -> float:
-        """The channel's $PnR, or the data's 99.9th percentile when $PnR is missing or the
-        data overflow it (some exports rescale values but keep the acquisition $PnR)."""
-        table = self.space.sample.channels
-        rows = table.index[table["pnn"] == self.space.channel(dim)]
-        pnr = float(table.loc[rows[0], "pnr"]) if len(rows) else float("nan")
+        """The channel's range as decoded ($PnR over its gain), or the data's 99.9th
+        percentile when $PnR is missing or the data overflow it (some exports rescale values
+        but keep the acquisition $PnR)."""
+        pnr = (self.space.range_top(dim) or float("nan")) + 1.0
         finite = linear[np.isfinite(linear)]
         top = float(np.percentile(finite, 99.9)) if finite.size else float("nan")
-        if not pnr > 0 or top > 1.05 * pnr:
+        if not (0 < pnr < float("inf")) or top > 1.05 * pnr:
             if not top > 0:
                 raise _Fallback(f"no range for {dim.marker}: $PnR missing, no positive data")
             return top

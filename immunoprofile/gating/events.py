@@ -110,7 +110,7 @@ class EventSpace:
         self._cache: dict[tuple, _Computed] = {}
         self._inverse: dict[tuple[str, str], tuple] = {}
         self._max_abs: float | None = None
-        self._pnr: dict[str, float] | None = None
+        self._tops: dict[str, float] | None = None
         # (reference, channel) pairs each population's gate reads. One solve gives every
         # channel, so solving for a channel keeps, at the same events, the channels read with
         # it and those its population's children read: they are asked for next, at the same
@@ -231,17 +231,19 @@ class EventSpace:
                 for ref, m in self._matrices.items()}
 
     # -- transformed values ----------------------------------------------------------------
-    def pnr(self, dim: Dimension) -> float | None:
-        """The top of range ($PnR) of an axis's channel (None for ratios)."""
+    def range_top(self, dim: Dimension) -> float | None:
+        """The largest decodable value of an axis's channel (None for ratios; see
+        :func:`~immunoprofile.io.fcs.channel_top`)."""
         if dim.ratio is not None or dim.marker not in self.channel_of:
             return None
-        if self._pnr is None:  # transforms are asked for per gate and event block: look up once
-            self._pnr = dict(zip(self.names, self.sample.channels["pnr"].astype(float)))
-        return self._pnr.get(self.channel_of[dim.marker])
+        if self._tops is None:  # transforms are asked for per gate and event block: look up once
+            self._tops = self.sample.range_tops()
+        return self._tops.get(self.channel_of[dim.marker])
 
     def transform(self, dim: Dimension) -> Transform:
-        """The axis's transform as applied to this file (range-relative ones follow $PnR)."""
-        return self.template.transform_for(dim).for_channel(self.pnr(dim))
+        """The axis's transform as applied to this file (range-relative ones follow its
+        channel's range)."""
+        return self.template.transform_for(dim).for_channel(self.range_top(dim))
 
     def values(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
         """Transformed values of an axis at event indices ``idx`` (cached per event)."""

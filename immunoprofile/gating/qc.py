@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from immunoprofile.gating._qc_signal import MIN_WINDOWS, signal_evidence
 from immunoprofile.gating._qc_stretches import stretches
-from immunoprofile.io.fcs import FCSSample
+from immunoprofile.io.fcs import FCSSample, channel_top
 from immunoprofile.panel import resolve_markers
 
 __all__ = ["REASONS", "QCResult", "acquisition_qc"]
@@ -260,28 +260,13 @@ def _scatter_indices(table: pd.DataFrame) -> list[int]:
     return out
 
 
-def _range_top(row: pd.Series) -> float:
-    """The largest value the reader can decode for a channel (∞ when $PnR is unusable)."""
-    pnr = float(row["pnr"])
-    if not math.isfinite(pnr) or pnr <= 1:
-        return math.inf
-    try:
-        f1, f2 = (float(v) for v in str(row["pne"]).split(","))
-    except ValueError:
-        f1 = f2 = 0.0
-    if f1 > 0:
-        return 10 ** (f1 * (pnr - 1) / pnr) * (f2 or 1.0)
-    png = float(row.get("png", 1.0) or 1.0)
-    return (pnr - 1) / (png if png not in (0.0, 1.0) else 1.0)
-
-
 def _margins(sample: FCSSample, idx: list[int], margin_range: tuple[float, float]
              ) -> tuple[np.ndarray, list[str], dict[str, int]]:
     bad = np.zeros(sample.n_events, bool)
     notes, counts = [], {}
     for i in idx:
         x, row = sample.events[:, i], sample.channels.iloc[i]
-        top = _range_top(row)
+        top = channel_top(row)
         hit = ~np.isfinite(x)
         xmax = float(x[~hit].max()) if (~hit).any() else 0.0
         if xmax > top * 1.001:
@@ -391,7 +376,7 @@ def _time_qc(sample, t_idx, sig_idx, flow_rate, signal, window_seconds, n_window
             hit[[0, -1]] = False
         rate_flag = stretches(hit, np.abs(rate_z), k_rate, rate_z[:, None], np.ones_like(hit),
                                ramp=False)
-    tops = np.array([_range_top(sample.channels.iloc[i]) for i in sig_idx])
+    tops = np.array([channel_top(sample.channels.iloc[i]) for i in sig_idx])
     med, sig_z, sig_flag, note = signal_evidence(sample.events, sig_idx, counts, min_events,
                                                  k_signal, tops, min_shift_sd)
     if not signal:

@@ -22,6 +22,7 @@ treat a repeated name as ambiguous (a warning names the repeats).
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import warnings
@@ -97,6 +98,31 @@ class FCSSample:
     def cytometer(self) -> str | None:
         """$CYT, the instrument that acquired the file (None when absent)."""
         return self.metadata.get("cyt") or None
+
+    def range_tops(self) -> dict[str, float]:
+        """``{$PnN: largest decodable value}`` (see :func:`channel_top`)."""
+        return {str(row["pnn"]): channel_top(row) for _, row in self.channels.iterrows()}
+
+
+def channel_top(row: pd.Series) -> float:
+    """The largest value the reader can decode for a channel (∞ when $PnR is unusable).
+
+    ``row`` is one row of :attr:`FCSSample.channels`. Linear channels: ($PnR − 1) / $PnG;
+    log-amplified ones ($PnE f1,f2): 10^(f1·($PnR − 1)/$PnR) · f2, as values are decoded.
+    The top of a channel's real scale, whatever its $PnR says: transforms that follow the
+    instrument (a range-relative arcsinh cofactor) and QC margins use it.
+    """
+    pnr = float(row["pnr"])
+    if not math.isfinite(pnr) or pnr <= 1:
+        return math.inf
+    try:
+        f1, f2 = (float(v) for v in str(row["pne"]).split(","))
+    except ValueError:
+        f1 = f2 = 0.0
+    if f1 > 0:
+        return 10 ** (f1 * (pnr - 1) / pnr) * (f2 or 1.0)
+    png = float(row.get("png", 1.0) or 1.0)
+    return (pnr - 1) / (png if png not in (0.0, 1.0) else 1.0)
 
 
 def read_fcs(path: str | Path, *, dataset: int = 0) -> FCSSample:

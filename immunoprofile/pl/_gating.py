@@ -312,7 +312,7 @@ def _default_gate(pop: Population, defaults: Template | None,
     for g in gates:
         same = len(g.dims) == len(pop.gate.dims) and all(
             a.marker == b.marker
-            and defaults.transform_for(a).for_channel(space.pnr(b)) == space.transform(b)
+            and defaults.transform_for(a).for_channel(space.range_top(b)) == space.transform(b)
             for a, b in zip(g.dims, pop.gate.dims))
         if not same:
             return None  # other axes or transform: the outline would be misplaced

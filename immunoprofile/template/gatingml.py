@@ -316,8 +316,8 @@ class _Exporter:
         if d.ratio is not None:
             raise TemplateError(f"ratio dimension {d.marker} cannot be exported yet")
         channel = self.channel[d.marker]
-        pnr = float(self.sample.channels.set_index("pnn").loc[channel, "pnr"])
-        gml, factor = to_gatingml(self.t.transform_for(d).for_channel(pnr))
+        top = self.sample.range_tops().get(channel)
+        gml, factor = to_gatingml(self.t.transform_for(d).for_channel(top))
         xid = None
         if gml is not None:
             if gml not in self.xform_ids:

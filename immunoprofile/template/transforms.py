@@ -40,9 +40,10 @@ class Transform:
         """The YAML form, e.g. ``{"type": "logicle", "T": 262144, ...}``."""
         return {"type": self.kind, **asdict(self)}
 
-    def for_channel(self, pnr: float | None) -> Transform:
-        """The transform as applied to a channel whose top of range is ``pnr`` ($PnR): the
-        same one, except for transforms declared relative to a reference range."""
+    def for_channel(self, top: float | None) -> Transform:
+        """The transform as applied to a channel whose largest decodable value is ``top``
+        ($PnR − 1 for a linear channel): the same one, except for transforms declared
+        relative to a reference range."""
         return self
 
 
@@ -66,10 +67,11 @@ class Identity(Transform):
 class Arcsinh(Transform):
     """``asinh(x / cofactor)``: cofactor 150 for conventional flow, 5 for mass cytometry.
 
-    With ``reference_range`` the cofactor is meant for channels of that top of range
-    ($PnR, 262144 for BD's 18-bit scale) and follows each file's own range: a CytoFLEX channel
-    (2^20) gets 4 × the cofactor, an Aurora one (2^22) 16 ×, since their signals are that
-    much larger for the same cells. Gate coordinates then mean the same on every instrument.
+    With ``reference_range`` the cofactor is meant for channels of that range (262144 for
+    BD's 18-bit scale) and follows each file's own range as decoded (``$PnR`` over its gain,
+    or the top of a log-amplified channel): a CytoFLEX channel (2^20) gets 4 × the cofactor,
+    an Aurora one (2^22) 16 ×, since their signals are that much larger for the same cells.
+    Gate coordinates then mean the same on every instrument.
     """
 
     cofactor: float = 150.0
@@ -88,12 +90,15 @@ class Arcsinh(Transform):
             out["reference_range"] = self.reference_range
         return out
 
-    def for_channel(self, pnr: float | None) -> Transform:
-        if self.reference_range is None or pnr is None or not math.isfinite(pnr) or pnr <= 1:
+    def for_channel(self, top: float | None) -> Transform:
+        if self.reference_range is None or top is None or not math.isfinite(top) or top <= 0:
             return self
-        # Round the scale to a power of two: ranges are 2^k, and a ratio of exactly 1 must
-        # give back this very transform (the same cache keys and GatingML as before).
-        scale = 2.0 ** round(math.log2(pnr / self.reference_range))
+        scale = (top + 1.0) / self.reference_range
+        # Within 1% of a power of two is that power (float32 ranges, 2^k − 1 tops); a ratio
+        # of 1 gives back this very transform (the same cache keys and GatingML as before).
+        power = 2.0 ** round(math.log2(scale))
+        if abs(scale / power - 1.0) < 0.01:
+            scale = power
         return self if scale == 1.0 else Arcsinh(cofactor=self.cofactor * scale)
 
 
