@@ -337,3 +337,56 @@ def test_scatter_on_a_lymphocyte_gated_export() -> None:
     rec = res.gate_positions["Lymphocytes"]
     assert not rec["fallback"], rec["reason"]
     assert res.membership["Lymphocytes"].mean() > 0.85
+
+
+# -- bounds: which end moves, cuts that cross, `within` -----------------------------------------
+def test_cuts_that_cross_fall_back_and_closed_ranges_need_a_bound(tmp_path) -> None:
+    cols, _ = _b_cells(n=5000)
+    crossing = """
+  - name: B cells
+    gate: {range: {CD19: [2.0, null]}}
+  - name: Odd
+    parent: B cells
+    gate: {rectangle: {CD38: [1.0, 7.0]}}
+    adaptive:
+      method: relative
+      reference: B cells
+      dims:
+        CD38: {below: 1.0, above: 1.0}
+"""
+    rec = _gate(tmp_path, cols, crossing).gate_positions["Odd"]
+    assert rec["fallback"] and "cross" in rec["reason"]  # never an empty gate in silence
+    closed = """
+  - name: B cells
+    gate: {range: {CD19: [2.0, null]}}
+  - name: CD20 band
+    parent: B cells
+    gate: {range: {CD20: [3.0, 9.0]}}
+    adaptive: {method: tail, window: [2.0, 6.0], side: low}
+"""
+    with pytest.raises(ip.ImmunoprofileError, match="bound: min or max"):
+        _gate(tmp_path, cols, closed)
+    with pytest.raises(ip.ImmunoprofileError, match="bound is min or max"):
+        _gate(tmp_path, cols, closed.replace("side: low}", "side: low, bound: upper}"))
+    placed = _gate(tmp_path, cols, closed.replace("side: low}", "side: low, bound: min}"))
+    gate = placed.template["CD20 band"].gate
+    assert gate.maxs[0] == 9.0 and gate.mins[0] == placed.gate_positions["CD20 band"][
+        "placed"]["CD20"]
+
+
+def test_within_at_the_top_level_applies_to_every_dimension(tmp_path) -> None:
+    cols, _ = _b_cells(n=20_000)
+    spec = """
+  - name: B cells
+    gate: {range: {CD19: [2.0, null]}}
+  - name: Bright CD20
+    parent: B cells
+    gate: {rectangle: {CD20: [3.0, null], CD38: [null, 9.0]}}
+    adaptive: {method: tail, side: low, window: [1.0, 6.0], %s
+               dims: {CD20: {}}}
+"""
+    everything = _gate(tmp_path, cols, spec % "").gate_positions["Bright CD20"]["placed"]
+    only_low_cd38 = _gate(tmp_path, cols, spec % "within: {CD38: [null, 4.0]},")
+    placed = only_low_cd38.gate_positions["Bright CD20"]["placed"]
+    # The plasmablasts (CD38 high, CD20 intermediate) are left out of the peak's data.
+    assert placed["CD20"] != everything["CD20"]

@@ -193,7 +193,7 @@ class Placer:
         if key in self._groups:
             return self._groups[key]
         dims = spec.get("dims") or {pop.gate.dims[0].marker: {}}
-        shared = {k: v for k, v in spec.items() if k not in ("method", "dims")}
+        shared = {k: v for k, v in spec.items() if k not in ("method", "dims", "within")}
         cuts: dict[str, float] = {}
         info: dict[str, dict] = {}
         problems = []
@@ -202,7 +202,7 @@ class Placer:
             own = {k: v for k, v in (opts or {}).items() if v is not None}
             # `within`: the cut is found on the events inside ranges of the gate's other
             # dimensions (IgD between switched and unswitched memory: CD27+ cells only).
-            sub = self._within(pop.gate, idx, own.pop("within", None))
+            sub = self._within(pop.gate, idx, own.pop("within", spec.get("within")))
             try:
                 cuts[marker], info[marker] = find(self.values(dim, sub), {**shared, **own},
                                                   marker)
@@ -327,7 +327,7 @@ class Placer:
             raise _Fallback("; ".join(problems) or "no cut placed")
         if problems:
             placed["partial_fallback"] = "; ".join(problems)
-        return replace(gate, mins=tuple(mins), maxs=tuple(maxs)), placed
+        return _checked(replace(gate, mins=tuple(mins), maxs=tuple(maxs))), placed
 
     def _reference(self, pop: Population, spec: dict) -> tuple[Gate, dict]:
         gate = pop.gate
@@ -503,11 +503,24 @@ def _move_bounds(gate: RectangleGate, cuts: dict[str, float], spec: dict) -> Rec
         # A quadrant's or range's single finite bound is the cut; a closed interval says
         # which end moves with `bound: min|max`.
         bound = (dims_spec.get(marker) or {}).get("bound") or spec.get("bound")
+        if bound not in (None, "min", "max"):
+            raise TemplateError(f"{marker}: bound is min or max, not {bound!r}")
+        if mins[i] is not None and maxs[i] is not None and bound is None:
+            raise TemplateError(f"{marker}: the gate's range is closed at both ends; say which "
+                                "end the cut moves with bound: min or max")
         if mins[i] is not None and bound in (None, "min"):
             mins[i] = t
         if maxs[i] is not None and bound in (None, "max"):
             maxs[i] = t
-    return replace(gate, mins=tuple(mins), maxs=tuple(maxs))
+    return _checked(replace(gate, mins=tuple(mins), maxs=tuple(maxs)))
+
+
+def _checked(gate: RectangleGate) -> RectangleGate:
+    """The gate, unless placed cuts left a dimension empty (then fall back, saying so)."""
+    for d, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
+        if lo is not None and hi is not None and lo >= hi:
+            raise _Fallback(f"{d.marker}: placed cuts cross ({lo:.3g} ≥ {hi:.3g})")
+    return gate
 
 
 def _mixture_ellipse(gate: Gate, pts: np.ndarray, peak: np.ndarray,
