@@ -63,3 +63,15 @@ __all__ = [
     "validate_template",
     "write_template",
 ]
+
+
+_INTEROP = ("read_gatingml", "write_gatingml", "read_flowjo")
+
+
+def __getattr__(name: str):
+    # GatingML and FlowJo interop need FlowKit: loaded when first used, not with every template.
+    if name in _INTEROP:
+        from immunoprofile.template import gatingml
+
+        return getattr(gatingml, name)
+    raise AttributeError(f"module 'immunoprofile.template' has no attribute {name!r}")
