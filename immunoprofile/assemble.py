@@ -118,6 +118,9 @@ def timepoint_anndata(
         Events per sample. Default: as many as the smallest sample has, so that each sample
         contributes equally; with ``proportional=True`` the same fraction of every sample.
         Asking for more than the run kept re-reads and re-gates the FCS files.
+    proportional
+        Take from every sample the same fraction, ``n_per_sample`` over the smallest
+        sample's events (at most all of them), instead of the same number.
     seed
         Subsampling seed.
     """
@@ -246,6 +249,16 @@ def sample_anndata(run_dir: str | Path) -> ad.AnnData:
     ``pct_parent`` and ``abs_per_ul`` (NaN where not available); ``var`` holds ``template``,
     ``population``, ``parent`` (as ``<template>/<parent>``); ``obs`` the visit's metadata and
     ``sample_id`` (the tubes' ids joined by ';').
+
+    Parameters
+    ----------
+    run_dir
+        A batch run folder (its subsets table and manifest are read).
+
+    Returns
+    -------
+    anndata.AnnData
+        One row per visit, one column per ``<template>/<population>``.
     """
     run = RunFolder(run_dir)
     sub = run.subsets.copy()
@@ -284,6 +297,18 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     anndata 0.12 stores such keys in HDF5 with a FutureWarning that a later release will
     refuse them; that warning is silenced here, and the names will need an encoding when the
     project moves to an anndata that refuses them.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to write.
+    path
+        Destination ``.h5ad`` file; written to a temporary file first, then moved into place.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
     """
     import warnings
 
@@ -300,7 +325,26 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
 def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
                  n_per_sample: int | None = None, population: str | None = None) -> list[Path]:
     """Write ``<timepoint>.h5ad`` (or ``<timepoint>_<panel>.h5ad`` when tubes differ) per
-    timepoint and ``samples.h5ad`` into ``out`` (default ``RUN_DIR/anndata``)."""
+    timepoint and ``samples.h5ad`` into ``out`` (default ``RUN_DIR/anndata``).
+
+    Parameters
+    ----------
+    run_dir
+        A batch run folder.
+    out
+        Output folder; default ``RUN_DIR/anndata``.
+    n_per_sample
+        Events per sample in each timepoint file, as in :func:`timepoint_anndata` (default:
+        as many as the timepoint's smallest sample has).
+    population
+        Parent population the events come from, as in :func:`timepoint_anndata` (default
+        ``"Live lymphocytes"``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, timepoints in sheet order, ``samples.h5ad`` last.
+    """
     run = RunFolder(run_dir)
     out = Path(out) if out else run.path / "anndata"
     samples = run.samples()

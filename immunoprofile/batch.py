@@ -92,7 +92,24 @@ class BatchResult:
 # -- templates ---------------------------------------------------------------------------------
 
 def resolve_templates(specs: Iterable[str | Path | Template]) -> list[Template]:
-    """Templates from shipped names, YAML files, or folders of YAML files (in that order)."""
+    """Templates from shipped names, YAML files, or folders of YAML files (in that order).
+
+    Parameters
+    ----------
+    specs
+        Each a :class:`~immunoprofile.template.Template`, a shipped template name, a YAML
+        path, or a folder whose ``*.yaml`` then ``*.yml`` files are loaded in name order.
+
+    Returns
+    -------
+    list of Template
+        The templates, in the order given.
+
+    Raises
+    ------
+    TemplateError
+        A folder holds no ``.yaml`` file, or two templates share a name.
+    """
     out: list[Template] = []
     for spec in specs:
         if isinstance(spec, Template):
@@ -115,7 +132,21 @@ def resolve_templates(specs: Iterable[str | Path | Template]) -> list[Template]:
 
 
 def named_in_panel(panel: Any, template: Template) -> bool:
-    """Whether a sample-sheet `panel` value names this template (``treg`` or ``bcell;plasma``)."""
+    """Whether a sample-sheet `panel` value names this template (``treg`` or ``bcell;plasma``).
+
+    Parameters
+    ----------
+    panel
+        The row's ``panel`` cell: template names separated by ``;`` or ``,``; anything but a
+        non-empty string (NaN, None) names no template.
+    template
+        The template whose name is looked for.
+
+    Returns
+    -------
+    bool
+        True when the template's name is one of the listed names (exact, case-sensitive).
+    """
     if not isinstance(panel, str) or not panel:
         return False
     return template.name in {p.strip() for p in panel.replace(",", ";").split(";")}
@@ -124,6 +155,20 @@ def named_in_panel(panel: Any, template: Template) -> bool:
 # -- the per-sample task -----------------------------------------------------------------------
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, part of the key that lets ``resume`` reuse a sample.
+
+    Parameters
+    ----------
+    path
+        The file to hash.
+    chunk
+        Bytes read at a time (1 MiB by default), so a large FCS file is never held whole.
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
@@ -170,6 +215,28 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     """Gate one sample with every template that fits it and write its parts.
 
     Never raises on bad input: failures become error rows in the outcome.
+
+    Parameters
+    ----------
+    row
+        One sample-sheet row as a dict: ``sample_id``, ``path`` and the metadata columns
+        (``panel`` chooses templates).
+    templates
+        The run's templates; each whose required markers the file carries is applied, and one
+        the row names in ``panel`` that does not fit becomes an error row.
+    out
+        The run folder; the sample's parts are written under its parts folder.
+    settings
+        The run's :class:`BatchSettings`.
+    resume
+        Reuse the sample's parts when an earlier run gated it with the same file hash,
+        templates, settings, metadata and immunoprofile version.
+
+    Returns
+    -------
+    SampleOutcome
+        Status (``ok``, ``partial``, ``failed`` or ``resumed``), event count, error rows and
+        the seconds taken.
     """
     from immunoprofile.batch_task import gate_one  # heavy imports stay in workers
 
@@ -299,6 +366,19 @@ def plan(sheet: SampleSheet, templates: list[Template]) -> pd.DataFrame:
     """Which templates are named for which sample (``panel``) — the dry-run view.
 
     Marker fit is checked on each file when it is read; the plan shows the panel choice.
+
+    Parameters
+    ----------
+    sheet
+        The study's sample sheet.
+    templates
+        The run's templates.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sample: ``sample_id``, ``path``, ``exists`` (the file is there) and
+        ``templates`` (names joined by ';', or ``(by markers)`` when the row names none).
     """
     rows = []
     for _, r in sheet.table.iterrows():
@@ -462,5 +542,11 @@ def _write_run_json(out: Path, sheet: SampleSheet, templates: list[Template],
 
 
 def clear_parts(out: str | Path) -> None:
-    """Remove the per-sample parts of a run (the final tables stay)."""
+    """Remove the per-sample parts of a run (the final tables stay).
+
+    Parameters
+    ----------
+    out
+        The run folder; a missing parts folder is not an error.
+    """
     shutil.rmtree(Path(out) / PARTS, ignore_errors=True)

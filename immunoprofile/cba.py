@@ -123,6 +123,17 @@ def shipped_kits() -> dict[str, Path]:
 def load_kit(name_or_path: str | Path | Kit) -> Kit:
     """Load a kit by shipped name (``"bd_cba_th1_th2_th17"``) or from a YAML file.
 
+    Parameters
+    ----------
+    name_or_path
+        A YAML file, the name of a shipped kit (see :func:`shipped_kits`), or a
+        :class:`Kit`, returned as it is.
+
+    Returns
+    -------
+    Kit
+        The validated kit.
+
     Raises
     ------
     KitError
@@ -209,6 +220,20 @@ def resolve_channel(sample: FCSSample, name: str,
     compared with every channel's $PnN and $PnS, ignoring case, spaces, hyphens and
     underscores; the first alias that matches exactly one channel wins.
 
+    Parameters
+    ----------
+    sample
+        The bead file.
+    name
+        Fluorochrome or scatter name as the kit writes it.
+    aliases
+        The kit's ``{name: [spellings]}``, tried before :data:`CHANNEL_ALIASES`.
+
+    Returns
+    -------
+    int
+        Index of the channel among the file's parameters (a column of ``sample.events``).
+
     Raises
     ------
     PanelError
@@ -293,6 +318,14 @@ def _levels(x: np.ndarray, k: int, kit: Kit, channel: str) -> tuple[np.ndarray, 
 def measure_beads(sample: FCSSample, kit: Kit) -> dict[str, Any]:
     """Gate the beads of one file and take the median reporter per analyte.
 
+    Parameters
+    ----------
+    sample
+        One bead FCS file (a standard, blank or sample), uncompensated.
+    kit
+        The kit: its scatter, singlet, classification and reporter channels, analytes in
+        bead order and the minimum beads per analyte.
+
     Returns
     -------
     dict
@@ -361,6 +394,17 @@ def read_cba_sheet(path: str | Path) -> pd.DataFrame:
     ``standard_pg_ml`` (standards: the concentration of every analyte in that standard),
     ``dilution`` (default 1) and, for samples, ``patient_id, arm, timepoint`` and any further
     columns (carried into the outputs). Relative paths are relative to the sheet's folder.
+
+    Parameters
+    ----------
+    path
+        The sheet; the delimiter (comma, tab, semicolon) is sniffed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The sheet with stripped cells, lower-case ``role``, numeric ``standard_pg_ml`` (NaN
+        outside standards), ``dilution`` (1 where blank) and absolute ``path``.
 
     Raises
     ------

@@ -53,7 +53,28 @@ class CurveError(ValueError):
 
 def logistic(x: np.ndarray | float, a: float, d: float, c: float, b: float,
              g: float = 1.0) -> np.ndarray:
-    """The 5PL (4PL when ``g = 1``) response at concentrations ``x`` (``a`` at ``x <= 0``)."""
+    """The 5PL (4PL when ``g = 1``) response at concentrations ``x`` (``a`` at ``x <= 0``).
+
+    ``a + (d - a) / (1 + (c / x) ** b) ** g``.
+
+    Parameters
+    ----------
+    x
+        Concentrations.
+    a, d
+        Bottom and top asymptotes (response at zero and at infinite concentration).
+    c
+        Inflection point (EC50 of the 4PL), in concentration units; must be > 0.
+    b
+        Hill slope.
+    g
+        Asymmetry (1 for the 4PL).
+
+    Returns
+    -------
+    numpy.ndarray
+        The response, shaped like ``x`` (a 0-d array for a scalar).
+    """
     x = np.asarray(x, dtype=float)
     with np.errstate(divide="ignore", over="ignore"):
         ratio = np.where(x > 0, np.exp(b * (math.log(c) - np.log(np.maximum(x, 1e-300)))),
@@ -207,7 +228,23 @@ def fit_curve(concentration: Sequence[float], reporter: Sequence[float], *,
 
 def back_calculate(curve: Curve, concentration: Sequence[float],
                    reporter: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Back-calculated concentrations and recoveries (%; NaN for a zero standard)."""
+    """Back-calculated concentrations and recoveries (%; NaN for a zero standard).
+
+    Parameters
+    ----------
+    curve
+        The fitted curve.
+    concentration
+        Nominal concentration of each standard (0 for a blank or zero standard).
+    reporter
+        Measured reporter intensity of each standard, in the same order.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Back-calculated concentrations (0 at or below the curve's bottom, ``inf`` at or above
+        its top) and recoveries ``100 * back / concentration``.
+    """
     x = np.asarray(concentration, dtype=float)
     back = curve.concentration(np.asarray(reporter, dtype=float))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -223,6 +260,25 @@ def quant_range(concentration: Sequence[float], recovery: Sequence[float], *,
 
     Replicates of a level are pooled by their median recovery. The range is the longest run of
     consecutive levels within ``limits``, extended down by one level within ``limits_at_lloq``.
+
+    Parameters
+    ----------
+    concentration
+        Nominal concentration of each standard; levels at or below 0 are ignored.
+    recovery
+        Recovery (%) of each standard, as from :func:`back_calculate`.
+    limits
+        Accepted recovery range (%), 80–120 by default.
+    limits_at_lloq
+        Wider range (%) allowed for the one level below the run, 70–130 by default.
+    min_standards
+        Fewest levels the range must span.
+
+    Returns
+    -------
+    tuple of float
+        ``(lloq, uloq)``: the lowest and highest accepted levels. Between runs of the same
+        length the lower one wins.
 
     Raises
     ------
@@ -263,6 +319,22 @@ def fit_standards(concentration: Sequence[float], reporter: Sequence[float], *,
                   min_standards: int = 4) -> tuple[Curve, float, float]:
     """Fit one analyte's standards and derive its range: ``(curve, lloq, uloq)``.
 
+    Parameters
+    ----------
+    concentration
+        Standard concentrations (0 allowed: it pins the bottom).
+    reporter
+        Median reporter intensity of each standard.
+    models
+        Models to fit (``"4PL"``, ``"5PL"``); the one with the lowest AICc is chosen.
+    limits, limits_at_lloq, min_standards
+        Acceptance of the back-calculated standards, as in :func:`quant_range`.
+
+    Returns
+    -------
+    tuple
+        The :class:`Curve`, the LLOQ and the ULOQ (in the well, before dilution).
+
     Raises
     ------
     CurveError
@@ -278,6 +350,17 @@ def fit_standards(concentration: Sequence[float], reporter: Sequence[float], *,
 def censor(curve: Curve, lloq: float, uloq: float, reporter: Sequence[float],
            dilution: Sequence[float]) -> dict[str, np.ndarray]:
     """Sample concentrations × dilution, censored outside [LLOQ, ULOQ] (never clipped).
+
+    Parameters
+    ----------
+    curve
+        The accepted standard curve.
+    lloq, uloq
+        The curve's range in the well (before dilution).
+    reporter
+        Median reporter intensity of each sample.
+    dilution
+        Each sample's dilution factor, applied to the concentration and the limits.
 
     Returns
     -------
@@ -419,7 +502,30 @@ def plate_curves(plate: str, rows: pd.DataFrame, measured: Mapping[str, dict],
 def sample_rows(rows: pd.DataFrame, measured: Mapping[str, dict],
                 fitted: Mapping[str, tuple[Curve, float, float]], analytes: Sequence[str],
                 plate: str, meta: Sequence[str]) -> list[dict]:
-    """One record per sample × analyte: reporter, censored concentration, flags."""
+    """One record per sample × analyte: reporter, censored concentration, flags.
+
+    Parameters
+    ----------
+    rows
+        The plate's sample rows of the CBA sheet (``sample_id``, ``dilution`` and, for the
+        IL-2 flag, ``days_since_last_il2_dose``).
+    measured
+        Per sample id, ``reporter`` and ``counts`` per analyte (see ``cba.measure_beads``).
+    fitted
+        The plate's accepted ``{analyte: (curve, lloq, uloq)}`` (see :func:`plate_curves`);
+        an analyte missing here gets NaN concentrations and a note.
+    analytes
+        Analytes in kit order.
+    plate
+        Plate name, written into each record.
+    meta
+        Sheet columns copied into each record.
+
+    Returns
+    -------
+    list of dict
+        Records with the :data:`CYTOKINES` columns (see :func:`cytokine_table`).
+    """
     out = []
     for row in rows.to_dict("records"):
         m = measured[row["sample_id"]]
@@ -449,7 +555,22 @@ def sample_rows(rows: pd.DataFrame, measured: Mapping[str, dict],
 
 
 def cytokine_table(records: list[dict], meta: Sequence[str]) -> pd.DataFrame:
-    """The cytokines table from :func:`sample_rows` records, in documented column order."""
+    """The cytokines table from :func:`sample_rows` records, in documented column order.
+
+    Parameters
+    ----------
+    records
+        Records of every plate, from :func:`sample_rows`.
+    meta
+        The sheet columns the records carry; ``sample_id`` is put first whatever its place.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``sample_id``, the other ``meta`` columns, ``plate`` then the rest of
+        :data:`CYTOKINES`; flags as bool, ``n_beads`` as int64 and a whole-number ``week``
+        as Int64. Empty (with those columns) when there are no records.
+    """
     df = pd.DataFrame(records)
     order = ["sample_id", *[c for c in meta if c != "sample_id"], "plate"] + [
         c.name for c in CYTOKINES[3:]]

@@ -118,6 +118,25 @@ def validate_clinical(table: pd.DataFrame, *, source: str = "clinical table",
     """Validate a clinical table already in memory (see :func:`read_clinical`).
 
     Values may be strings (as read from a file) or numbers.
+
+    Parameters
+    ----------
+    table
+        One row per patient × visit; the input is not modified.
+    source
+        How messages name the table (e.g. its path).
+    required
+        Columns that must be present (default: ``patient_id``, ``timepoint``, ``sledai``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`read_clinical` returns it, with ``attrs["source"]`` set to ``source``.
+
+    Raises
+    ------
+    ClinicalTableError
+        Every problem at once (see :func:`read_clinical`).
     """
     table = table.copy()
     table.columns = [str(c).strip() for c in table.columns]
@@ -200,7 +219,19 @@ def _order(table: pd.DataFrame) -> list[str]:
 
 
 def index_columns(clinical: pd.DataFrame) -> list[str]:
-    """The columns analysed as indexes: the standard ones present, then further numeric ones."""
+    """The columns analysed as indexes: the standard ones present, then further numeric ones.
+
+    Parameters
+    ----------
+    clinical
+        A validated clinical table.
+
+    Returns
+    -------
+    list of str
+        The :data:`INDEX_COLUMNS` present, in that order, then every other numeric,
+        non-categorical column not in :data:`NOT_ANALYSED`, in table order.
+    """
     standard = [c for c in INDEX_COLUMNS if c in clinical.columns]
     extra = [c for c in clinical.columns
              if c not in INDEX_COLUMNS and c not in NOT_ANALYSED
@@ -210,7 +241,26 @@ def index_columns(clinical: pd.DataFrame) -> list[str]:
 
 
 def baseline_timepoint(clinical: pd.DataFrame, baseline: str | None = None) -> str:
-    """``baseline`` checked against the table, or its first visit."""
+    """``baseline`` checked against the table, or its first visit.
+
+    Parameters
+    ----------
+    clinical
+        A clinical table; visits are ordered by the ``timepoint`` categories when it is
+        categorical, otherwise naturally (W2 before W12).
+    baseline
+        The baseline visit, or None for the first.
+
+    Returns
+    -------
+    str
+        The baseline visit.
+
+    Raises
+    ------
+    ClinicalTableError
+        ``baseline`` is not a visit of the table.
+    """
     tps = ([str(c) for c in clinical["timepoint"].cat.categories]
            if isinstance(clinical["timepoint"].dtype, pd.CategoricalDtype)
            else sorted(set(clinical["timepoint"].astype(str)), key=natural_key))
@@ -278,6 +328,20 @@ def attach_arms(clinical: pd.DataFrame | str | Path,
 
     ``arms`` (``patient_id → arm``, e.g. from the sample sheet) fills or checks the table's
     ``arm`` column; patients without an arm are dropped.
+
+    Parameters
+    ----------
+    clinical
+        A validated clinical table, or a path read with :func:`read_clinical`; a table is
+        copied, not modified.
+    arms
+        ``patient_id → arm`` (a mapping or Series); None uses the table's own ``arm`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table with ``patient_id`` as str and an ``arm`` column, rows without an arm
+        removed.
 
     Raises
     ------

@@ -155,6 +155,35 @@ def compare_run(
     with the same contrasts (``clinical``/``cytokines`` tables), correlated with every subset
     (``correlations``) and responders counted per arm (``responders.csv``). Patients' arms come
     from the run's sample sheet; visit-level covariates (constant within a visit) too.
+
+    Parameters
+    ----------
+    run_dir
+        A batch run folder; its ``clusters.parquet``, when present, is tested too.
+    control, baseline
+        The control arm and the baseline timepoint, as named in the sample sheet.
+    out
+        Output folder; default ``RUN_DIR/compare``.
+    pairs
+        Extra arm pairs for ``change_vs_arm`` (``"COMBO:IL2"``).
+    covariates
+        Sample-sheet columns entered in every model (``batch``, ``days_since_last_il2_dose``).
+    responder
+        Responder rule (see :meth:`~immunoprofile.tl.ResponderRule.parse`); ignored when no
+        population of the run matches it, None for none.
+    plots
+        Also draw trajectory, effects-heatmap and volcano plots (and the clinical and
+        cytokine plots) into ``out/plots``.
+    clinical
+        Clinical table (path or validated DataFrame), or None.
+    cytokines
+        Cytokines table of a CBA run (path or DataFrame), or None.
+
+    Returns
+    -------
+    Comparison
+        The abundance, state and response tables (each also written to ``out``) and, with
+        ``clinical``/``cytokines``, the joint tables.
     """
     from immunoprofile.assemble import RunFolder
 

@@ -38,6 +38,22 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
     with none, its own changes from baseline (``change_from_baseline``), said so. Each
     population is reported once, at its most significant visit, as an odds ratio, preferring
     frequency among lymphocytes where that was tested.
+
+    Parameters
+    ----------
+    abundance
+        The differential abundance table (:func:`~immunoprofile.tl.differential_abundance`);
+        cluster rows and the upstream gates are left out.
+    fdr
+        FDR threshold.
+    per_arm
+        Most findings listed per arm.
+
+    Returns
+    -------
+    dict
+        ``{arm: [sentences]}`` for every arm with a ``change_vs_control`` contrast; an arm
+        with no finding gets one sentence saying so.
     """
     table = abundance[abundance["fdr"].notna()
                       & ~abundance["template"].astype(str).str.startswith("clusters:")
@@ -74,6 +90,21 @@ def cluster_figures(run: Path, *, seed: int = 0, max_events: int = 3000) -> list
 
     UMAP runs on a seeded subsample of ``max_events`` events: enough to see the structure,
     quick on two cores.
+
+    Parameters
+    ----------
+    run
+        A run folder whose ``anndata/*.h5ad`` hold ``flowsom`` clusters (files without them
+        are skipped).
+    seed
+        Seed of the subsample and of UMAP.
+    max_events
+        Events in the UMAP subsample (all when the file has fewer); the heatmap uses all.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The PNG files written.
     """
     import anndata as ad
 
@@ -106,7 +137,35 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
              n_events: int = 20_000, visits: tuple[float, ...] = (0, 2, 12),
              workers: int | None = None,
              say: Callable[[str], None] = print) -> DemoResult:
-    """Run every stage on a small simulated trial and write ``out/run/report.html``."""
+    """Run every stage on a small simulated trial and write ``out/run/report.html``.
+
+    Parameters
+    ----------
+    out
+        Folder for the simulated cohort (``out/cohort``) and the run (``out/run``).
+    seed
+        Seed of the simulation, gating, clustering and UMAP.
+    patients_per_arm
+        Patients in each of the four arms (TEL, IL2, COMBO, SOC).
+    n_events
+        Events per simulated FCS file.
+    visits
+        Visit weeks; week 0 is the baseline ``W0``.
+    workers
+        Gating processes (default: as :func:`~immunoprofile.batch.gate_samples` chooses).
+    say
+        Where progress lines go (``print`` by default).
+
+    Returns
+    -------
+    DemoResult
+        The folders, the report path, headline findings per arm and seconds per stage.
+
+    Raises
+    ------
+    RuntimeError
+        Gating produced nothing usable.
+    """
     from immunoprofile.assemble import assemble_run
     from immunoprofile.batch import BatchSettings, gate_samples
     from immunoprofile.compare import compare_run

@@ -123,6 +123,16 @@ def normalise(text: str) -> str:
 
     >>> normalise("IL-7Ra") == normalise("il7ra")
     True
+
+    Parameters
+    ----------
+    text
+        A marker or channel name (converted with ``str``).
+
+    Returns
+    -------
+    str
+        Upper case without whitespace, ``-``, ``_``, ``.`` or ``/``.
     """
     return re.sub(r"[\s\-_./]+", "", str(text)).upper()
 
@@ -200,6 +210,16 @@ def canonical_name(name: str) -> str:
 
     Known markers map to their canonical spelling (``FoxP3`` → ``FOXP3``, ``7-AAD`` →
     ``viability``); unknown names are returned stripped, unchanged otherwise.
+
+    Parameters
+    ----------
+    name
+        A marker name as written (``"FoxP3"``, ``"CD45RA"``).
+
+    Returns
+    -------
+    str
+        The canonical name from :data:`MARKER_ALIASES`, or ``name`` stripped.
     """
     return _known(name.strip()) or name.strip()
 
@@ -251,7 +271,20 @@ def _channel_table(source: FCSSample | pd.DataFrame) -> tuple[pd.DataFrame, str]
 
 
 def describe_channels(source: FCSSample | pd.DataFrame) -> str:
-    """A one-line list of a file's channels and the markers they carry, for error messages."""
+    """A one-line list of a file's channels and the markers they carry, for error messages.
+
+    Parameters
+    ----------
+    source
+        An :class:`~immunoprofile.io.fcs.FCSSample` or its ``channels`` table (``pnn``,
+        ``pns`` and optionally ``marker``; markers are derived when absent).
+
+    Returns
+    -------
+    str
+        ``"FITC-A=CD45RA, PE-A=CD25, FSC-A, …"``: ``$PnN=marker``, or the $PnN alone when
+        the channel carries no marker or is named by it.
+    """
     channels, _ = _channel_table(source)
     parts = []
     for pnn, marker in zip(channels["pnn"], channels["marker"]):
@@ -263,6 +296,22 @@ def read_panel_mapping(path: str | Path) -> dict[str, str]:
     """Read an explicit marker → channel mapping for a panel.
 
     The file is YAML (``CD4: B530-A``) or CSV/TSV with columns ``marker`` and ``channel``.
+
+    Parameters
+    ----------
+    path
+        The mapping file; ``.csv``, ``.tsv`` and ``.txt`` are read as tables (delimiter
+        sniffed), anything else as YAML.
+
+    Returns
+    -------
+    dict
+        ``{marker: channel}`` with names stripped of surrounding whitespace.
+
+    Raises
+    ------
+    PanelError
+        Unreadable file, missing columns, or YAML that is not a mapping of strings.
     """
     path = Path(path)
     try:

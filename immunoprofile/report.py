@@ -194,7 +194,23 @@ def _comparison(run: Path) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  gallery_limit: int = 400) -> Path:
-    """Write ``report.html`` for a run folder (``RUN_DIR/report.html`` by default)."""
+    """Write ``report.html`` for a run folder (``RUN_DIR/report.html`` by default).
+
+    Parameters
+    ----------
+    run_dir
+        A batch run folder; its ``compare``, ``cluster_plots`` and ``cytokines`` outputs get
+        sections when present.
+    out
+        The HTML file to write; default ``RUN_DIR/report.html``.
+    gallery_limit
+        Most gating plots shown as thumbnails (outliers first); the rest are counted.
+
+    Returns
+    -------
+    pathlib.Path
+        The report written (one self-contained HTML page).
+    """
     run = Path(run_dir)
     manifest = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() \
         else {}

@@ -110,7 +110,16 @@ TABLES = {
 
 
 def register(title: str, columns: tuple[Column, ...]) -> None:
-    """Add another output table's columns to the documentation (later stages call this)."""
+    """Add another output table's columns to the documentation (later stages call this).
+
+    Parameters
+    ----------
+    title
+        Heading of the table in :func:`schema_markdown` (file name and what a row is); a
+        title already registered is replaced.
+    columns
+        The table's columns, in order.
+    """
     TABLES[title] = columns
 
 
@@ -125,7 +134,23 @@ def schema_markdown() -> str:
 
 
 def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = None) -> Path:
-    """Parquet with ``schema_version`` (and any ``metadata``) in the file's key-value metadata."""
+    """Parquet with ``schema_version`` (and any ``metadata``) in the file's key-value metadata.
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written.
+    path
+        Destination; parent folders are created and the file is replaced atomically.
+    metadata
+        JSON-serialisable entries stored with ``schema_version`` under the ``immunoprofile``
+        key.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = dict(arrow.schema.metadata or {})
     meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
@@ -135,11 +160,41 @@ def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = No
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
+    """CSV of a table, written atomically.
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written.
+    path
+        Destination; parent folders are created and the file is replaced atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def wide(subsets: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:
-    """One row per sample; columns ``<template>/<population>/<measure>``."""
+    """One row per sample; columns ``<template>/<population>/<measure>``.
+
+    Parameters
+    ----------
+    subsets
+        The long subset table (``sample_id``, ``template``, ``population`` and the measures
+        ``count``, ``pct_parent``, ``abs_per_ul``, ``pct_of_*`` present).
+    id_columns
+        Per-sample columns kept in front (must include ``sample_id``); each sample's first
+        row gives their values.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``id_columns`` then one column per template × population × measure (missing
+        values dropped before pivoting, so NaN where a sample has none).
+    """
     measures = [c for c in subsets.columns
                 if c in ("count", "pct_parent", "abs_per_ul") or c.startswith("pct_of_")]
     long = subsets.melt(id_vars=["sample_id", "template", "population"], value_vars=measures,

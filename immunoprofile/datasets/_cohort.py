@@ -66,6 +66,21 @@ def population_members(tube: str) -> dict[str, list[str]]:
     "Lymphocytes" counts lymphocyte singlets (live or dead) and lymphocyte doublets;
     "Singlets" the lymphocyte singlets; "Live lymphocytes" and everything below are live
     singlet lymphocytes. Transitional B cells are inside "Naive B" (IgD+CD27−) as well.
+
+    Parameters
+    ----------
+    tube
+        ``"treg"`` or ``"bcell"``.
+
+    Returns
+    -------
+    dict
+        ``{population: [leaf labels]}`` for every canonical population of the tube.
+
+    Raises
+    ------
+    ValueError
+        Another tube name.
     """
     live = leaf_labels(tube)
     out = {"Lymphocytes": [*live, "dead_lymphocyte", "lymphocyte_doublet"],
@@ -177,7 +192,19 @@ def _draw_baseline(rng: np.random.Generator) -> dict[str, float]:
 
 
 def days_since_last_il2_dose(week: float) -> float:
-    """Days from the last IL-2 dose to a visit (sampled before that day's dose); NaN if none."""
+    """Days from the last IL-2 dose to a visit (sampled before that day's dose); NaN if none.
+
+    Parameters
+    ----------
+    week
+        The visit's study week (day ``round(week * 7)``); doses are every other day for two
+        weeks from days 0, 28 and 56.
+
+    Returns
+    -------
+    float
+        Days since the last dose strictly before the visit's day, NaN at or before day 0.
+    """
     day = round(week * 7)
     prior = IL2_DOSE_DAYS[IL2_DOSE_DAYS < day]
     return float(day - prior.max()) if prior.size else math.nan

@@ -48,6 +48,14 @@ def simulate_counts(
 
     Parameters
     ----------
+    arms
+        Arm names, in order.
+    control
+        The control arm (the reference of the ``expected`` contrasts).
+    patients_per_arm
+        Patients per arm (ids ``<arm>-01``, ``<arm>-02``, …).
+    timepoints
+        Visit names, baseline first.
     populations
         ``{population: baseline % of parent}``; default Treg 4.5%, B cells 9%, Plasmablasts 4%.
     effects
@@ -58,6 +66,16 @@ def simulate_counts(
         Between-patient and visit-to-visit SD on the logit (and log-MFI) scale.
     parent_count
         Range of parent counts per sample (uniform).
+    mfi_median
+        Typical median CD25 MFI (``mfi_median_CD25``) before patient and visit variation.
+    seed
+        Random seed.
+
+    Returns
+    -------
+    SimulatedCounts
+        ``subsets`` in the shape of a run's subset table (template ``sim``) and the
+        ``expected`` effect of every contrast (``readout`` ``abundance`` or ``state``).
     """
     rng = np.random.default_rng(seed)
     populations = dict(populations or {"Treg": 4.5, "B cells": 9.0, "Plasmablasts": 4.0})

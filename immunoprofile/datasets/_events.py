@@ -66,13 +66,36 @@ NONLYMPH_LABELS = ["dead_lymphocyte", "dead_other", "lymphocyte_doublet", "other
 
 
 def leaf_labels(kind: str) -> list[str]:
-    """Leaf labels of live singlet lymphocytes in one tube, in hierarchy order."""
+    """Leaf labels of live singlet lymphocytes in one tube, in hierarchy order.
+
+    Parameters
+    ----------
+    kind
+        ``"treg"``; any other value gives the B-cell tube's labels.
+
+    Returns
+    -------
+    list of str
+        The leaves (T-cell subsets or B-cell subsets in detail, the other lineages lumped).
+    """
     return [*T_LEAVES, "b_cell", "nk_other"] if kind == "treg" else ["t_cell", *B_LEAVES,
                                                                       "nk_other"]
 
 
 def tube_labels(kind: str) -> list[str]:
-    """The full per-event label vocabulary of a tube (lymphocyte leaves, then the rest)."""
+    """The full per-event label vocabulary of a tube (lymphocyte leaves, then the rest).
+
+    Parameters
+    ----------
+    kind
+        ``"treg"``; any other value gives the B-cell tube's labels.
+
+    Returns
+    -------
+    list of str
+        :func:`leaf_labels` then dead cells, doublets, myeloid cells and debris; a
+        :class:`SimulatedTube`'s ``labels`` index this list.
+    """
     return [*leaf_labels(kind), *NONLYMPH_LABELS]
 
 
@@ -267,7 +290,18 @@ class SimulatedTube:
         return list(self.spillover.columns)
 
     def subset(self, keep: np.ndarray) -> SimulatedTube:
-        """The events where ``keep`` is True, with their labels, flags and true values."""
+        """The events where ``keep`` is True, with their labels, flags and true values.
+
+        Parameters
+        ----------
+        keep
+            Boolean mask over events (or indices), applied to every per-event array.
+
+        Returns
+        -------
+        SimulatedTube
+            A new tube; channels, spillover and other fields are shared with this one.
+        """
         return replace(self, events=self.events[keep], labels=self.labels[keep],
                        artefact=self.artefact[keep], compensated=self.compensated[keep],
                        clipped=self.clipped[keep])
@@ -278,6 +312,19 @@ def spillover_matrix(kind: str, instrument: str | Instrument = "fortessa") -> pd
 
     Labelled by the $PnN of ``instrument``; the values are the reference instrument's (the
     dyes spill the same way, whatever the detectors are called: assumed).
+
+    Parameters
+    ----------
+    kind
+        The tube, ``"treg"`` or ``"bcell"``.
+    instrument
+        An instrument name of :data:`INSTRUMENTS` or an :class:`Instrument` (default the
+        reference, ``"fortessa"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Square matrix over the tube's fluorescence detectors, in panel order.
     """
     detectors = [det for det, _ in PANELS[kind]["fluorescence"]]
     mat = np.eye(len(detectors))

@@ -82,12 +82,34 @@ class Instrument:
             k == v for k, v in self.detectors.items())
 
     def gains(self, n_fluorescence: int) -> np.ndarray:
-        """Multipliers of the FSC-A, FSC-H, SSC-A and fluorescence columns, in file order."""
+        """Multipliers of the FSC-A, FSC-H, SSC-A and fluorescence columns, in file order.
+
+        Parameters
+        ----------
+        n_fluorescence
+            Number of fluorescence channels (all get ``fl_gain``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``3 + n_fluorescence`` gains.
+        """
         return np.array([self.fsc_gain, self.fsc_gain, self.ssc_gain,
                          *[self.fl_gain] * n_fluorescence])
 
     def detector(self, reference_pnn: str) -> str:
-        """This instrument's $PnN for a reference detector name."""
+        """This instrument's $PnN for a reference detector name.
+
+        Parameters
+        ----------
+        reference_pnn
+            The detector's $PnN on the reference instrument (the Fortessa).
+
+        Returns
+        -------
+        str
+            This instrument's name for it, or ``reference_pnn`` when it is not renamed.
+        """
         return self.detectors.get(reference_pnn, reference_pnn)
 
 

@@ -16,7 +16,24 @@ from immunoprofile.template.model import Template
 
 def read_matrix(path: str | Path) -> pd.DataFrame:
     """Read a spillover matrix from CSV/TSV: a header row of channel (or marker) names and one
-    row per fluorochrome, optionally with the row names in a first column."""
+    row per fluorochrome, optionally with the row names in a first column.
+
+    Parameters
+    ----------
+    path
+        The matrix file (delimiter sniffed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Square float matrix, columns as in the header; rows named by the first column, or
+        like the columns when there is none.
+
+    Raises
+    ------
+    TemplateError
+        Unreadable, non-numeric or not square.
+    """
     path = Path(path)
     try:
         table = pd.read_csv(path, sep=None, engine="python")
@@ -44,6 +61,28 @@ def matrix_for(
     ``ref`` is ``"file"`` (the sample's own $SPILLOVER; None when it has none, which GatingML
     treats as uncompensated), ``"none"``, the name of a matrix carried by the template, or a
     path to a matrix file (relative to the template's folder).
+
+    Parameters
+    ----------
+    sample
+        The sample; its $SPILLOVER, and its panel to resolve marker-named columns.
+    template
+        The template: its ``compensation`` default, named ``comp_matrices`` and ``source``.
+    ref
+        Which matrix (see above); default the template's ``compensation``. ``"FCS"`` means
+        ``"file"`` and ``"uncompensated"`` means ``"none"``.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        The matrix with columns renamed to the sample's $PnN, or None for no compensation.
+
+    Raises
+    ------
+    TemplateError
+        A matrix file cannot be read.
+    PanelError
+        A matrix column names a marker the sample lacks.
     """
     ref = template.compensation if ref is None else ref
     if ref in ("none", "uncompensated"):

@@ -37,7 +37,18 @@ _BLOCK = 1 << 16  # points per call of FlowUtils' polygon and ellipse tests
 
 
 def slug(name: str) -> str:
-    """A column-safe form of a population name: ``"CD4+ T cells"`` → ``"cd4pos_t_cells"``."""
+    """A column-safe form of a population name: ``"CD4+ T cells"`` → ``"cd4pos_t_cells"``.
+
+    Parameters
+    ----------
+    name
+        Population name; ``+`` becomes ``pos`` and ``-`` or ``−`` becomes ``neg``.
+
+    Returns
+    -------
+    str
+        Lower-case letters, digits and underscores (``"population"`` when nothing is left).
+    """
     text = name.replace("+", "pos").replace("−", "neg").replace("-", "neg ")
     text = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
     return text or "population"
@@ -163,7 +174,19 @@ def _passed_through(template: Template, channel_of: dict[str, str]) -> dict[str,
 
 
 def required_markers(template: Template) -> tuple[list[str], list[str]]:
-    """(required, optional) markers of a template; undeclared ones are required."""
+    """(required, optional) markers of a template; undeclared ones are required.
+
+    Parameters
+    ----------
+    template
+        The template; its declared ``required_markers`` win, otherwise every marker its
+        gates use that is not declared optional.
+
+    Returns
+    -------
+    tuple of list of str
+        The required markers and the optional ones (those not also required).
+    """
     optional = list(template.optional_markers)
     used = template.markers()
     required = list(template.required_markers) or [m for m in used if m not in optional]

@@ -66,6 +66,23 @@ def find_valley(v: np.ndarray, window: tuple[float, float], *, min_events: int =
     """The deepest density minimum inside ``window`` lying between two real peaks.
 
     Raises ``NoLandmark`` when there are too few events or no such valley (one peak).
+
+    Parameters
+    ----------
+    v
+        Values on one (transformed) axis; non-finite values are dropped.
+    window
+        ``(low, high)`` where the valley may lie; the density is estimated over all the data
+        (0.5th to 99.5th percentile, widened to the window), so peaks may lie outside it.
+    min_events
+        Fewest finite values needed.
+    min_peak_fraction
+        A peak counts when its prominence is at least this fraction of the density's maximum.
+
+    Returns
+    -------
+    float
+        The valley's position: the lowest density point between two adjacent peaks.
     """
     v = v[np.isfinite(v)]
     if v.size < min_events:
@@ -87,7 +104,27 @@ def find_valley(v: np.ndarray, window: tuple[float, float], *, min_events: int =
 
 
 def find_peak(v: np.ndarray, window: tuple[float, float], *, min_events: int = 50) -> float:
-    """The highest density peak strictly inside ``window`` (not at its edge)."""
+    """The highest density peak strictly inside ``window`` (not at its edge).
+
+    Parameters
+    ----------
+    v
+        Values on one (transformed) axis; only finite values inside ``window`` are used.
+    window
+        ``(low, high)`` range searched.
+    min_events
+        Fewest values inside the window needed.
+
+    Returns
+    -------
+    float
+        The peak's position.
+
+    Raises
+    ------
+    NoLandmark
+        Too few events, or the maximum is within three grid points (of 256) of an edge.
+    """
     v = v[np.isfinite(v) & (v >= window[0]) & (v <= window[1])]
     if v.size < min_events:
         raise NoLandmark(f"{v.size} events in {list(window)}, fewer than {min_events}")
@@ -103,6 +140,23 @@ def mode(v: np.ndarray, window: tuple[float, float] | None = None) -> float:
 
     Unlike :func:`find_peak`, a peak at the window's edge is accepted: the caller asks for
     the location of a population known to be there, not for evidence that it exists.
+
+    Parameters
+    ----------
+    v
+        Values; non-finite values are dropped.
+    window
+        ``(low, high)``: only values inside it are used; all by default.
+
+    Returns
+    -------
+    float
+        Position of the density maximum (the median when the values barely vary).
+
+    Raises
+    ------
+    NoLandmark
+        Fewer than 3 values.
     """
     v = v[np.isfinite(v)]
     if window is not None:
@@ -403,13 +457,39 @@ def scatter_landmark(log_fsc: np.ndarray, log_ssc: np.ndarray, *, step: float = 
 
 
 def mahalanobis(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
-    """Mahalanobis distance of ``x`` from a Gaussian (``mean``, ``cov``)."""
+    """Mahalanobis distance of ``x`` from a Gaussian (``mean``, ``cov``).
+
+    Parameters
+    ----------
+    x
+        A point.
+    mean, cov
+        Centre and covariance matrix of the Gaussian.
+
+    Returns
+    -------
+    float
+        ``sqrt((x - mean)ᵀ cov⁻¹ (x - mean))``.
+    """
     d = np.asarray(x, float) - np.asarray(mean, float)
     return float(np.sqrt(d @ np.linalg.solve(cov, d)))
 
 
 def density_peak_2d(pts: np.ndarray, bins: int = 64) -> np.ndarray:
-    """The densest point of a 2-D cloud (smoothed histogram mode)."""
+    """The densest point of a 2-D cloud (smoothed histogram mode).
+
+    Parameters
+    ----------
+    pts
+        ``(n, 2)`` points.
+    bins
+        Histogram bins per axis (smoothed with a 1.5-bin Gaussian).
+
+    Returns
+    -------
+    numpy.ndarray
+        The ``(x, y)`` centre of the densest bin.
+    """
     hist, xe, ye = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins)
     i, j = np.unravel_index(np.argmax(gaussian_filter(hist, 1.5)), hist.shape)
     return np.array([(xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2])
@@ -423,6 +503,20 @@ def mixture_cloud(pts: np.ndarray, peak: np.ndarray, *, components: int = 5,
 
     Deterministic (``random_state=0``). Raises :class:`NoLandmark` when no component of at
     least ``min_weight`` lies within 3 Mahalanobis units of the peak.
+
+    Parameters
+    ----------
+    pts
+        ``(n, 2)`` points (e.g. FSC-A, SSC-A of a window).
+    peak
+        The cloud's densest point (see :func:`density_peak_2d`).
+    components
+        Components of the Gaussian mixture.
+    min_weight
+        Components lighter than this mixture weight are ignored.
+    merge_distance
+        Components whose means lie within this Mahalanobis distance of the chosen one (in
+        its covariance) are merged into the cloud.
 
     Returns
     -------

@@ -111,6 +111,16 @@ def channel_top(row: pd.Series) -> float:
     log-amplified ones ($PnE f1,f2): 10^(f1·($PnR − 1)/$PnR) · f2, as values are decoded.
     The top of a channel's real scale, whatever its $PnR says: transforms that follow the
     instrument (a range-relative arcsinh cofactor) and QC margins use it.
+
+    Parameters
+    ----------
+    row
+        One channel: ``pnr``, ``pne`` (``"f1,f2"``) and ``png`` (a gain of 0 counts as 1).
+
+    Returns
+    -------
+    float
+        The top of the decoded scale, ``inf`` when $PnR is missing or at most 1.
     """
     pnr = float(row["pnr"])
     if not math.isfinite(pnr) or pnr <= 1:

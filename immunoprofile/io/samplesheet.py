@@ -27,7 +27,18 @@ KNOWN_COLUMNS = (*REQUIRED_COLUMNS, "week", "panel", "batch", "visit_date",
 
 
 def natural_key(text: str) -> list:
-    """Sort key that orders ``W2`` before ``W12`` (numbers compared as numbers)."""
+    """Sort key that orders ``W2`` before ``W12`` (numbers compared as numbers).
+
+    Parameters
+    ----------
+    text
+        The value to sort (converted with ``str``).
+
+    Returns
+    -------
+    list
+        Alternating lower-cased text and int pieces, for ``sorted(..., key=natural_key)``.
+    """
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
 
 

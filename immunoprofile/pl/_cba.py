@@ -62,8 +62,8 @@ def standard_curves(result_or_tables: Any, *, plate: str | None = None,
         Analytes to draw (default: all, in bead order).
     ncols
         Panels per row.
-    save
-        Write a PNG here (atomically) at ``dpi``.
+    save, dpi
+        Write a PNG here (atomically) at this resolution.
 
     Returns
     -------

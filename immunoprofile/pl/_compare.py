@@ -177,6 +177,37 @@ def volcano(results: pd.DataFrame, *, contrast_type: str, arm: str | None = None
     significant of them per panel are named (texts with ``gid="label"``); the dashed line is
     the p-value cut ``fdr`` implies in that panel. ``arm``/``timepoint`` keep one arm or visit;
     ``reference`` selects the counts' reference (``None``: no selection).
+
+    Parameters
+    ----------
+    results
+        A differential abundance or state table
+        (:func:`~immunoprofile.tl.differential_abundance`,
+        :func:`~immunoprofile.tl.differential_state`).
+    contrast_type
+        The contrast to plot (``change_vs_control``, ``arm_vs_control``, ``change_vs_arm``,
+        ``change_from_baseline``).
+    arm, timepoint
+        Keep only this arm or visit (all by default).
+    reference
+        Keep rows with this ``reference`` (``"parent"`` by default); None keeps all, as does
+        a table without the column.
+    fdr
+        FDR threshold for colouring and the dashed line.
+    label
+        Most significant points named per panel.
+    save, dpi
+        Write a PNG here (atomically) at this resolution.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per arm (or arm pair) × visit, axes shared.
+
+    Raises
+    ------
+    ImmunoprofileError
+        The table is empty, lacks columns, or has no finite rows for the selection.
     """
     rows = _contrast_rows(results, contrast_type, reference, "volcano")
     keep = (np.isfinite(rows["estimate"].astype(float)) & np.isfinite(rows["pvalue"].astype(float))
@@ -214,6 +245,31 @@ def effects_heatmap(results: pd.DataFrame, *, contrast_type: str = "change_vs_co
     Colour is the estimate on a diverging scale centred at 0; each cell prints its estimate,
     bold with ``*`` when its FDR is below ``fdr`` (texts with ``gid="significant"``). Untested
     cells are light grey.
+
+    Parameters
+    ----------
+    results
+        A differential abundance or state table.
+    contrast_type
+        The contrast to show (``change_vs_control`` by default).
+    reference
+        Keep rows with this ``reference`` (``"parent"`` by default); None keeps all, which
+        fails when a population then has several rows per cell.
+    fdr
+        FDR threshold for the bold ``*`` cells.
+    save, dpi
+        Write a PNG here (atomically) at this resolution.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The heatmap, rows named ``template/population`` (with the marker for state).
+
+    Raises
+    ------
+    ImmunoprofileError
+        The table is empty, lacks columns, has no such rows, or has several rows per
+        population and column.
     """
     rows = _contrast_rows(results, contrast_type, reference, "effects_heatmap")
     rows = rows.assign(name=_row_names(rows, full=True), column=rows["arm"].astype(str)

@@ -180,6 +180,28 @@ def template_from_flowkit(gs: fk.GatingStrategy, *, name: str, source: str = "",
 
     Gate names must be unique (they become population names); a FlowKit strategy reusing a
     name under two parents is refused with the paths named.
+
+    Parameters
+    ----------
+    gs
+        The parsed GatingML (or FlowJo) gating strategy.
+    name
+        Template name.
+    source
+        Where the strategy came from, kept as the template's ``source`` and used in messages.
+    version
+        Template version.
+
+    Returns
+    -------
+    Template
+        Populations in hierarchy order, the strategy's spillover matrices as
+        ``comp_matrices``, ``compensation="none"`` and no template-level transforms.
+
+    Raises
+    ------
+    TemplateError
+        A gate name is used under several parents, or a gate cannot be converted.
     """
     matrices = _matrices_from_fk(gs)
     conv = _Converter(gs, matrices)
@@ -288,6 +310,17 @@ def gatingml_id(name: str) -> str:
     """The GatingML id (an XML NCName) a population name is exported under.
 
     ``"CD4+ T cells"`` → ``"CD4pos_T_cells"``: GatingML ids may not hold spaces or ``+``.
+
+    Parameters
+    ----------
+    name
+        Population name.
+
+    Returns
+    -------
+    str
+        ``+`` as ``pos``, other characters but letters, digits, ``_``, ``.`` and ``-`` as
+        ``_``, prefixed with ``_`` unless it starts with a letter or ``_``.
     """
     text = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.replace("+", "pos"))
     return text if re.match(r"[A-Za-z_]", text) else f"_{text}"
@@ -386,6 +419,20 @@ def template_to_flowkit(template: Template | str | Path,
     """Bind a template to one file's panel as a FlowKit ``GatingStrategy``.
 
     Gate ids are the populations' :func:`gatingml_id`.
+
+    Parameters
+    ----------
+    template
+        A :class:`Template`, a YAML path or a shipped template name.
+    sample
+        An :class:`~immunoprofile.io.fcs.FCSSample` or FCS path whose channels the markers
+        are resolved to.
+
+    Returns
+    -------
+    flowkit.GatingStrategy
+        The strategy; a complemented rectangle or polygon becomes an ``_inside`` gate and a
+        NOT gate of it.
     """
     template = load_template(template)
     if not isinstance(sample, FCSSample):
@@ -420,6 +467,21 @@ def write_gatingml(template: Template | str | Path, path: str | Path, *,
     (``arcsinh(x/c)`` as GatingML asinh, with gate coordinates rescaled), compensation the
     file's own spillover (``FCS``) for the channels it covers. Adaptive gates are written at
     their default positions. The file is written atomically.
+
+    Parameters
+    ----------
+    template
+        A :class:`Template`, a YAML path or a shipped template name.
+    path
+        The GatingML file to write.
+    sample
+        An :class:`~immunoprofile.io.fcs.FCSSample` or FCS path that binds markers to
+        channels.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
     """
     gs = template_to_flowkit(template, sample)
     buf = io.BytesIO()

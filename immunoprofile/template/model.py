@@ -249,7 +249,19 @@ class Template:
         return [p.name for p in self.populations]
 
     def transform_for(self, dim: Dimension) -> Transform:
-        """The transform an axis uses: its own, the marker's, or the template default."""
+        """The transform an axis uses: its own, the marker's, or the template default.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+
+        Returns
+        -------
+        Transform
+            The dimension's transform, else the template's for its marker, else the
+            ``"default"`` one, else :class:`Identity`.
+        """
         if dim.transform is not None:
             return dim.transform
         if dim.marker in self.transforms:
@@ -268,10 +280,38 @@ class Template:
         return list(seen)
 
     def children(self, name: str | None) -> list[Population]:
+        """Populations gated directly on ``name``.
+
+        Parameters
+        ----------
+        name
+            A population name, or None for the root populations.
+
+        Returns
+        -------
+        list of Population
+            The children, in template order.
+        """
         return [p for p in self.populations if p.parent == name]
 
     def ancestors(self, name: str) -> list[str]:
-        """Names from the parent up to the root."""
+        """Names from the parent up to the root.
+
+        Parameters
+        ----------
+        name
+            A population of the template.
+
+        Returns
+        -------
+        list of str
+            Parent first, root population last; empty for a root population.
+
+        Raises
+        ------
+        KeyError
+            No such population.
+        """
         out = []
         parent = self[name].parent
         while parent is not None:
@@ -280,10 +320,34 @@ class Template:
         return out
 
     def depth(self, name: str) -> int:
+        """How many gates lie above a population.
+
+        Parameters
+        ----------
+        name
+            A population of the template.
+
+        Returns
+        -------
+        int
+            0 for a root population.
+        """
         return len(self.ancestors(name))
 
     def dependencies(self, pop: Population) -> list[str]:
-        """Populations that must be evaluated before ``pop``."""
+        """Populations that must be evaluated before ``pop``.
+
+        Parameters
+        ----------
+        pop
+            A population.
+
+        Returns
+        -------
+        list of str
+            Its parent, the populations a Boolean gate refers to and an adaptive gate's
+            ``reference`` (direct dependencies only, possibly repeated).
+        """
         deps = [pop.parent] if pop.parent else []
         if isinstance(pop.gate, BooleanGate):
             deps += [ref for ref, _ in pop.gate.refs]
@@ -292,7 +356,19 @@ class Template:
         return deps
 
     def needed_markers(self, name: str) -> set[str]:
-        """Markers the population and its ancestors' gates read."""
+        """Markers the population and its ancestors' gates read.
+
+        Parameters
+        ----------
+        name
+            A population of the template.
+
+        Returns
+        -------
+        set of str
+            Markers of its gate and its ancestors' gates, following Boolean gates' references
+            (MFI markers and adaptive references are not included).
+        """
         out: set[str] = set()
         for n in [name, *self.ancestors(name)]:
             pop = self[n]
@@ -304,5 +380,16 @@ class Template:
         return out
 
     def with_populations(self, populations: Iterable[Population]) -> Template:
-        """A copy with another population list (e.g. adaptive gates frozen or placed)."""
+        """A copy with another population list (e.g. adaptive gates frozen or placed).
+
+        Parameters
+        ----------
+        populations
+            The new populations, in evaluation order.
+
+        Returns
+        -------
+        Template
+            A new template; every other field is shared with this one.
+        """
         return replace(self, populations=list(populations))

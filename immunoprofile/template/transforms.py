@@ -31,9 +31,33 @@ class Transform:
     kind: ClassVar[str] = ""
 
     def apply(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Display coordinates of linear values.
+
+        Parameters
+        ----------
+        x
+            Linear (compensated) values, any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            Transformed float64 values, same shape.
+        """
         raise NotImplementedError
 
     def inverse(self, y: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Linear values of display coordinates (the inverse of :meth:`apply`).
+
+        Parameters
+        ----------
+        y
+            Display coordinates, any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            Linear float64 values, same shape.
+        """
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,7 +67,19 @@ class Transform:
     def for_channel(self, top: float | None) -> Transform:
         """The transform as applied to a channel whose largest decodable value is ``top``
         ($PnR − 1 for a linear channel): the same one, except for transforms declared
-        relative to a reference range."""
+        relative to a reference range.
+
+        Parameters
+        ----------
+        top
+            The channel's largest decodable value (see
+            :func:`~immunoprofile.io.fcs.channel_top`), or None when unknown.
+
+        Returns
+        -------
+        Transform
+            The transform to use on that channel.
+        """
         return self
 
 
@@ -91,6 +127,21 @@ class Arcsinh(Transform):
         return out
 
     def for_channel(self, top: float | None) -> Transform:
+        """This transform with its cofactor scaled to a channel's range.
+
+        Parameters
+        ----------
+        top
+            The channel's largest decodable value; None, infinite or ≤ 0 leaves the
+            transform as it is.
+
+        Returns
+        -------
+        Transform
+            ``self`` without ``reference_range`` or when the ranges match; otherwise an
+            :class:`Arcsinh` with cofactor × ``(top + 1) / reference_range`` (rounded to a
+            power of two when within 1% of one).
+        """
         if self.reference_range is None or top is None or not math.isfinite(top) or top <= 0:
             return self
         scale = (top + 1.0) / self.reference_range
@@ -206,6 +257,24 @@ def transform_from_dict(spec: Any, *, where: str = "") -> Transform:
     ``{"type": "arcsinh", "cofactor": 150}``; ``{"type": "logicle", "T":…, "W":…, "M":…,
     "A":…}``; ``{"type": "asinh", "T":…, "M":…, "A":…}``; ``{"type": "hyperlog", …}``;
     ``{"type": "log", "T":…, "M":…}``. A bare string names the type with default parameters.
+
+    Parameters
+    ----------
+    spec
+        The YAML form (a mapping with ``type``), a type name, or a :class:`Transform`
+        (returned as it is).
+    where
+        Where the spec was found, prefixed to messages (e.g. ``"transforms.CD4"``).
+
+    Returns
+    -------
+    Transform
+        The transform, its parameters checked.
+
+    Raises
+    ------
+    TemplateError
+        No or unknown type, unknown or non-numeric parameters, or out-of-range values.
     """
     if isinstance(spec, Transform):
         return spec
@@ -265,6 +334,12 @@ def to_gatingml(t: Transform) -> tuple[Transform | None, float]:
     GatingML space. The identity maps to no transform (``None``), ``arcsinh(x/c)`` to GatingML's
     asinh with ``A = 0``, ``M = 4.5`` and ``T = c·sinh(M·ln10)``, which is ``asinh(x/c)`` divided
     by ``M·ln10``.
+
+    Parameters
+    ----------
+    t
+        A template transform; those other than the identity and arcsinh are returned as
+        they are.
     """
     if isinstance(t, Identity):
         return None, 1.0

@@ -57,7 +57,19 @@ def shipped_templates() -> dict[str, Path]:
 
 
 def template_hash(template: Template) -> str:
-    """A stable SHA-256 of the template's YAML form (what --resume compares)."""
+    """A stable SHA-256 of the template's YAML form (what --resume compares).
+
+    Parameters
+    ----------
+    template
+        The template; its :func:`template_to_dict` form is dumped with sorted keys, so the
+        hash does not depend on the source file's layout or comments.
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
+    """
     text = yaml.safe_dump(template_to_dict(template), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -98,7 +110,23 @@ def load_template(source: str | Path | Template) -> Template:
 
 
 def validate_template(source: str | Path) -> Template:
-    """Load and fully validate a template; alias of :func:`load_template` for the CLI."""
+    """Load and fully validate a template; alias of :func:`load_template` for the CLI.
+
+    Parameters
+    ----------
+    source
+        A path to a ``.yaml`` file or the name of a shipped template.
+
+    Returns
+    -------
+    Template
+        The validated template.
+
+    Raises
+    ------
+    TemplateError
+        The file is missing or malformed; the message lists every problem found.
+    """
     return load_template(source)
 
 
@@ -343,7 +371,26 @@ def _str_tuple(value: Any, where: str, problems: _Problems) -> tuple[str, ...]:
 
 
 def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
-    """Build and validate a :class:`Template` from its YAML form (see the module docstring)."""
+    """Build and validate a :class:`Template` from its YAML form (see the module docstring).
+
+    Parameters
+    ----------
+    data
+        The parsed YAML: a mapping with ``name``, ``populations`` and the optional keys.
+    source
+        Where it came from: named in messages, kept as the template's ``source`` (relative
+        matrix paths resolve against its folder) and, without ``name``, its stem names it.
+
+    Returns
+    -------
+    Template
+        The validated template, populations in hierarchy order.
+
+    Raises
+    ------
+    TemplateError
+        Every problem found, listed in one message.
+    """
     problems = _Problems()
     if not isinstance(data, Mapping):
         raise TemplateError(f"template {source}: expected a mapping at the top level")

@@ -66,7 +66,24 @@ def _gate_to_yaml(g: Gate) -> dict[str, Any]:
 
 
 def template_to_dict(t: Template) -> dict[str, Any]:
-    """The YAML form of a template (quadrant groups are written as their rectangles)."""
+    """The YAML form of a template (quadrant groups are written as their rectangles).
+
+    Parameters
+    ----------
+    t
+        The template.
+
+    Returns
+    -------
+    dict
+        Plain Python values that :func:`~immunoprofile.template.template_from_dict` reads
+        back; optional keys are left out when empty or at their defaults.
+
+    Raises
+    ------
+    TemplateError
+        A gate of a kind that has no YAML form.
+    """
     out: dict[str, Any] = {"name": t.name, "version": t.version}
     if t.description:
         out["description"] = t.description
@@ -104,6 +121,19 @@ def template_to_dict(t: Template) -> dict[str, Any]:
 
 
 def write_template(t: Template, path: str | Path) -> Path:
-    """Write a template as YAML, atomically (temporary file, then rename)."""
+    """Write a template as YAML, atomically (temporary file, then rename).
+
+    Parameters
+    ----------
+    t
+        The template.
+    path
+        The ``.yaml`` file to write; parent folders are created.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     text = yaml.safe_dump(template_to_dict(t), sort_keys=False, allow_unicode=True)
     return atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -38,6 +38,24 @@ def marker_thresholds(adata: AnnData, markers: Sequence[str] | None = None) -> p
     prominent (the bimodal valley). With a single peak (positives too few or too smeared to
     make one, such as CD25 on Treg and activated T cells), the peak is taken as the negative
     population and the threshold is where its bright flank has fallen to a tenth of its height.
+
+    Parameters
+    ----------
+    adata
+        Events × markers (transformed values in ``X``).
+    markers
+        Markers to threshold (default: the fluorescence markers, see
+        :func:`fluorescence_markers`).
+
+    Returns
+    -------
+    pandas.Series
+        Threshold per marker (index ``marker``, name ``threshold``).
+
+    Raises
+    ------
+    ImmunoprofileError
+        A marker is not in ``var_names`` or has missing values.
     """
     markers, X = marker_matrix(adata, markers)
     return pd.Series([_threshold(col) for col in X.T], index=pd.Index(markers, name="marker"),
@@ -70,14 +88,46 @@ def _threshold(values: np.ndarray) -> float:
 def cluster_agreement(adata: AnnData, cluster_key: str = "flowsom", *,
                       population_key: str = "population") -> pd.DataFrame:
     """Clusters × populations: ``cluster, population, count, frac_of_cluster,
-    frac_of_population`` (one row per pair, zeros included)."""
+    frac_of_population`` (one row per pair, zeros included).
+
+    Parameters
+    ----------
+    adata
+        Clustered events.
+    cluster_key
+        ``obs`` column of the clusters.
+    population_key
+        ``obs`` column of the gated populations.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The long table of :func:`agreement_table`.
+
+    Raises
+    ------
+    ImmunoprofileError
+        A key is not an ``obs`` column.
+    """
     _need_obs(adata, cluster_key, population_key)
     counts = pd.crosstab(adata.obs[cluster_key], adata.obs[population_key], dropna=False)
     return agreement_table(counts)
 
 
 def agreement_table(counts: pd.DataFrame) -> pd.DataFrame:
-    """Long agreement table from a clusters × populations count matrix."""
+    """Long agreement table from a clusters × populations count matrix.
+
+    Parameters
+    ----------
+    counts
+        Event counts, clusters as rows and populations as columns (e.g. ``pd.crosstab``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cluster, population, count, frac_of_cluster, frac_of_population`` (names as str;
+        fractions NaN for an empty cluster or population).
+    """
     counts = counts.astype(np.int64)
     counts.index = counts.index.astype(str)
     counts.columns = counts.columns.astype(str)
@@ -97,7 +147,30 @@ def cluster_abundance(adata: AnnData, cluster_key: str = "flowsom", *,
                       sample_key: str = "sample_id",
                       metadata: Sequence[str] = ()) -> pd.DataFrame:
     """Events per sample × cluster, long, zeros included: ``<sample_key>, cluster, count,
-    parent_count`` (the sample's events) ``, pct`` and the ``metadata`` obs columns."""
+    parent_count`` (the sample's events) ``, pct`` and the ``metadata`` obs columns.
+
+    Parameters
+    ----------
+    adata
+        Clustered events.
+    cluster_key
+        ``obs`` column of the clusters.
+    sample_key
+        ``obs`` column naming each event's sample (values compared as str).
+    metadata
+        Further ``obs`` columns copied per sample (from its first event), e.g. ``arm``,
+        ``timepoint``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sample × cluster; ``pct`` is ``100 * count / parent_count``.
+
+    Raises
+    ------
+    ImmunoprofileError
+        A key or metadata column is not an ``obs`` column.
+    """
     _need_obs(adata, cluster_key, sample_key, *metadata)
     table = pd.crosstab(adata.obs[sample_key].astype(str), adata.obs[cluster_key],
                         dropna=False)

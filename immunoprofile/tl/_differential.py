@@ -195,6 +195,29 @@ def differential_state(
     Same contrasts and columns as :func:`differential_abundance`, plus ``marker``;
     ``estimate`` is a log fold change of the median MFI (natural log), or a difference on the
     arcsinh(x/150) scale when some medians are ≤ 0 (the ``model`` column says which).
+
+    Parameters
+    ----------
+    data
+        The long subset table (``subsets.parquet``) or a run folder.
+    control, baseline
+        The control arm and the baseline timepoint, as named in the sample sheet.
+    markers
+        Markers to test (those without a ``mfi_median_<marker>`` column are skipped); all by
+        default.
+    pairs
+        Extra arm pairs for ``change_vs_arm`` (``"COMBO:IL2"`` or tuples).
+    covariates
+        Sample-sheet columns entered in every model.
+    populations
+        Restrict to these populations (all by default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per population × marker × contrast; the columns of
+        :func:`differential_abundance` (without ``reference``) with ``marker`` after
+        ``population``.
     """
     table = _load(data)
     design = _design(control, baseline, pairs, covariates)

@@ -69,6 +69,23 @@ def read_cytokines(cytokines: pd.DataFrame | str | Path) -> pd.DataFrame:
 
     One row per sample × analyte with ``patient_id, arm, timepoint, analyte, conc_pg_ml``
     (NaN when censored) and the censoring columns ``below_lloq, above_uloq, lloq, uloq``.
+
+    Parameters
+    ----------
+    cytokines
+        The table, or a ``.parquet``/``.pq`` or CSV file of it (a DataFrame is copied).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows without a ``patient_id`` dropped, ``patient_id`` as str, censoring flags as bool
+        (False when absent), limits and concentrations numeric (NaN when absent) and
+        ``timepoint`` an ordered categorical (by ``week`` when given, else naturally).
+
+    Raises
+    ------
+    ImmunoprofileError
+        The file cannot be read or required columns are missing.
     """
     if isinstance(cytokines, pd.DataFrame):
         table = cytokines.copy()
@@ -469,6 +486,15 @@ def rmcorr(x: np.ndarray, y: np.ndarray, patients: np.ndarray, *, alpha: float =
     The ANCOVA ``y ~ C(patient) + x``: ``r = sign(b)·√(SS_x / (SS_x + SS_res))`` equals the
     Pearson correlation of within-patient centred values, with ``N − k − 1`` degrees of
     freedom (N observations, k patients); the CI is Fisher's with that df.
+
+    Parameters
+    ----------
+    x, y
+        The two measurements, one value per observation (NaN pairs are dropped).
+    patients
+        Patient of each observation.
+    alpha
+        1 − confidence level of the interval.
 
     Returns
     -------

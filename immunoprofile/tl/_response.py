@@ -31,7 +31,25 @@ class ResponderRule:
     @classmethod
     def parse(cls, text: str) -> ResponderRule:
         """Parse ``"treg/Treg>=1.5"``, ``"B cells<=0.5"`` or, with a measure,
-        ``"Treg:pct_of_live_lymphocytes>=1.5"``."""
+        ``"Treg:pct_of_live_lymphocytes>=1.5"``.
+
+        Parameters
+        ----------
+        text
+            ``POPULATION[:MEASURE]>=FOLD`` (FOLD ≥ 1) or ``POPULATION[:MEASURE]<=FOLD``
+            (FOLD < 1); the measure defaults to ``pct_parent``.
+
+        Returns
+        -------
+        ResponderRule
+            The rule.
+
+        Raises
+        ------
+        ImmunoprofileError
+            No ``>=``/``<=``, a fold that is not a number, or an operator that does not fit
+            the fold.
+        """
         for op in (">=", "<="):
             if op in text:
                 left, right = text.split(op, 1)
@@ -49,6 +67,19 @@ class ResponderRule:
                                  "POPULATION<=FOLD")
 
     def matches(self, template: str, population: str) -> bool:
+        """Whether the rule names this population.
+
+        Parameters
+        ----------
+        template, population
+            A row's template and population names; the rule matches the bare population
+            name or ``template/population``.
+
+        Returns
+        -------
+        bool
+            True when the rule applies to the population.
+        """
         return self.population in (population, f"{template}/{population}")
 
 
