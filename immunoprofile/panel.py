@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import yaml
 
 from immunoprofile.errors import PanelError
 
@@ -324,11 +325,11 @@ def read_panel_mapping(path: str | Path) -> dict[str, str]:
                     "expected columns 'marker' and 'channel'"
                 )
             return dict(zip(table["marker"].str.strip(), table["channel"].str.strip()))
-        import yaml
-
         data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PanelError(f"panel mapping {path}: cannot be read ({exc})") from exc
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise PanelError(f"panel mapping {path}: cannot be read ({exc}); write one "
+                         "'MARKER: CHANNEL' line per marker, or a CSV with columns marker, "
+                         "channel") from exc
     if not isinstance(data, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

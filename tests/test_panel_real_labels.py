@@ -18,7 +18,7 @@ from conftest import SHARED
 import immunoprofile as ip
 from immunoprofile.errors import PanelError
 from immunoprofile.io.fcs_write import write_fcs
-from immunoprofile.panel import resolve_markers
+from immunoprofile.panel import read_panel_mapping, resolve_markers
 
 REAL = SHARED / "real-data"
 
@@ -136,3 +136,10 @@ def test_swapped_viability_still_ambiguous(tmp_path: Path) -> None:
     sample = _fcs(tmp_path, SWAPPED)
     with pytest.raises(PanelError, match=r"several channels: Live/Dead \(APC-Cy7-A\), 7-AAD"):
         resolve_markers(sample, ["viability"])
+
+
+def test_malformed_mapping_file_is_a_panel_error(tmp_path: Path) -> None:
+    bad = tmp_path / "panel.yaml"
+    bad.write_text("CD4: [unclosed\nCD8: B530-A\n")
+    with pytest.raises(ip.PanelError, match=r"panel\.yaml: cannot be read"):
+        read_panel_mapping(bad)

@@ -343,3 +343,12 @@ def test_million_realistic_events_stay_fast():
     elapsed = time.perf_counter() - start
     assert 400_000 < tube.events.shape[0] < 1_000_000
     assert elapsed < 10, f"1M realistic events took {elapsed:.1f} s"
+
+
+def test_unknown_tube_kind_is_refused() -> None:
+    from immunoprofile.datasets import leaf_labels, tube_labels
+
+    with pytest.raises(ValueError, match="kind must be one of"):
+        leaf_labels("bcells")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tube_labels("tregs")

@@ -71,13 +71,20 @@ def leaf_labels(kind: str) -> list[str]:
     Parameters
     ----------
     kind
-        ``"treg"``; any other value gives the B-cell tube's labels.
+        ``"treg"`` or ``"bcell"``.
 
     Returns
     -------
     list of str
         The leaves (T-cell subsets or B-cell subsets in detail, the other lineages lumped).
+
+    Raises
+    ------
+    ValueError
+        ``kind`` names no tube (a typo must not give the B tube's labels).
     """
+    if kind not in PANELS:
+        raise ValueError(f"kind must be one of {sorted(PANELS)}, not {kind!r}")
     return [*T_LEAVES, "b_cell", "nk_other"] if kind == "treg" else ["t_cell", *B_LEAVES,
                                                                       "nk_other"]
 
