@@ -5,8 +5,9 @@ it returns is plain GatingML (linear, logicle and asinh transforms; rectangle, p
 boolean gates) and converts like any GatingML file. This module handles the rest:
 
 - FlowJo's ``biex`` and ``log`` transforms (FlowKit's ``WSPBiexTransform``/``WSPLogTransform``)
-  become :class:`FlowJoBiex` and :class:`FlowJoLog`, which call FlowKit's own code, so values
-  and gate membership are bit-identical to FlowKit's;
+  become :class:`~immunoprofile.template.transforms.FlowJoBiex` and ``FlowJoLog`` (defined
+  with the other transforms, re-exported here), which call FlowKit's own code, so values and
+  gate membership are bit-identical to FlowKit's;
 - FlowJo ellipses (``WSPEllipsoidGate``, stored as foci and edge points in FlowJo's 256-bin
   display space) become the 128-vertex polygon FlowKit and FlowJo gate with;
 - FlowJo quadrant gates arrive as four rectangles named ``Q1: …`` to ``Q4: …``; they are
@@ -18,119 +19,20 @@ boolean gates) and converts like any GatingML file. This module handles the rest
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from immunoprofile.errors import TemplateError
-from immunoprofile.template.transforms import Transform
+from immunoprofile.template.model import BooleanGate, Gate, Population, RectangleGate, Template
+from immunoprofile.template.transforms import FlowJoBiex, FlowJoLog, Transform
 
 if TYPE_CHECKING:
     import flowkit as fk
-    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
 
-    from immunoprofile.template.model import Gate, Population, Template
-
-# FlowKit (with bokeh, ~1 s) is imported where FlowJo transforms or gates are used: this module
-# is imported with every template (transforms.py registers its transforms), and gating with
-# templates that use none of them must not pay for it.
-
-# The model is imported inside the functions that need it: transforms.py registers FlowJoBiex
-# and FlowJoLog in its _KINDS table, and model.py imports transforms.py, so importing the model
-# here would make that registration circular.
-
-
-def _col(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-# --- transforms ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _biex_lut(negative: float, width: float, positive: float,
-              max_value: float) -> WSPBiexTransform:
-    # Building the 4097-point lookup table and its interpolators costs milliseconds; the
-    # engine calls apply() once per chunk of events, so share one FlowKit object per setting.
-    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
-
-    return WSPBiexTransform(negative=negative, width=width, positive=positive,
-                            max_value=max_value)
-
-
-@dataclass(frozen=True)
-class FlowJoBiex(Transform):
-    """FlowJo 10's biexponential transform, exactly as FlowKit's ``WSPBiexTransform``.
-
-    FlowJo evaluates biex through a lookup table of 4097 points (output 0–4096, FlowJo's
-    channel scale) with linear interpolation between them; inputs beyond the table are clamped
-    to its ends. The parameters are the workspace's ``neg``, ``width`` (the negative "width
-    basis", e.g. -10), ``pos`` and ``maxRange`` attributes.
-
-    The map is non-decreasing and defined on all of R, but flat outside the table, so it is
-    not *strictly* increasing: range tests cannot be decided in linear space and the engine
-    computes transformed values exactly.
-    """
-
-    negative: float = 0.0
-    width: float = -10.0
-    positive: float = 4.418540
-    max_value: float = 262144.000029
-    kind: ClassVar[str] = "flowjo_biex"
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.width < 0:
-            problems.append(f"width must be negative (FlowJo's width basis), got {self.width}")
-        if not self.positive > 0:
-            problems.append(f"positive (decades) must be > 0, got {self.positive}")
-        if not self.max_value > 0:
-            problems.append(f"max_value must be > 0, got {self.max_value}")
-        if problems:
-            raise TemplateError(f"invalid {self.kind} transform: {'; '.join(problems)}")
-
-    def _lut(self) -> WSPBiexTransform:
-        return _biex_lut(float(self.negative), float(self.width), float(self.positive),
-                         float(self.max_value))
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._lut().apply(_col(x)), dtype=np.float64)
-
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(self._lut().inverse(_col(y)), dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class FlowJoLog(Transform):
-    """FlowJo 10's log transform: ``(log10(max(x, offset)) - log10(offset)) / decades``.
-
-    Output runs from 0 at ``offset`` to 1 at ``offset · 10**decades``; values below
-    ``offset`` are clamped to it (FlowJo's behaviour, as FlowKit's ``WSPLogTransform``).
-    Non-decreasing on R but flat below ``offset``, so, like biex, not strictly increasing.
-    """
-
-    offset: float = 1.0
-    decades: float = 4.5
-    kind: ClassVar[str] = "flowjo_log"
-
-    def __post_init__(self) -> None:
-        if not (self.offset > 0 and self.decades > 0):
-            raise TemplateError(f"invalid {self.kind} transform: offset and decades must be "
-                                f"> 0, got offset={self.offset}, decades={self.decades}")
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        # FlowKit's own code, so values are bit-identical to what FlowKit gates on.
-        from flowkit._models.transforms._wsp_transforms import WSPLogTransform
-
-        return WSPLogTransform(offset=self.offset, decades=self.decades).apply(_col(x))
-
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        # FlowKit has no inverse; this inverts the unclamped branch (y = 0 gives offset).
-        return self.offset * np.power(10.0, _col(y) * self.decades)
+# FlowKit (with bokeh, ~1 s) is imported where FlowJo transforms or gates are used, not with
+# every template: the FlowJo transforms live in transforms.py, which every template imports.
 
 
 def transform_from_wsp(xform: Any) -> Transform:
@@ -239,8 +141,6 @@ def qualify_duplicates(gs: fk.GatingStrategy) -> dict[str, str]:
 
 def rename_populations(template: Template, names: dict[str, str]) -> Template:
     """Rename populations (and every reference to them) by ``{old: new}``."""
-    from immunoprofile.template.model import BooleanGate
-
     if not names:
         return template
 
@@ -266,8 +166,6 @@ def group_quadrants(template: Template) -> Template:
     on each axis, one rectangle per sign combination) get ``group = "Q1-Q4 <x> vs <y>"``, as
     our converter gives GatingML quadrant gates. Anything else is left as plain rectangles.
     """
-    from immunoprofile.template.model import RectangleGate
-
     by_parent: dict[str | None, list[Population]] = {}
     for p in template.populations:
         if _QUADRANT.match(p.name) and isinstance(p.gate, RectangleGate) \

@@ -5,19 +5,25 @@ The GatingML-parameterised ones (``asinh``, ``logicle``, ``hyperlog``, ``log`` a
 with T/A) call the same FlowUtils kernels FlowKit uses, so values are bit-identical to FlowKit's
 and gate membership can be compared event for event. ``arcsinh`` (``asinh(x / cofactor)``, the
 conventional flow scale) and the identity are ours; :func:`to_gatingml` converts them to GatingML's
-parameterisation together with the factor by which gate coordinates must be scaled.
+parameterisation together with the factor by which gate coordinates must be scaled. FlowJo 10's
+own ``biex`` and ``log`` (imported workspaces) live here too, so that the template model needs
+nothing from the FlowJo importer (which imports the model).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from flowutils import transforms as fu
 
 from immunoprofile.errors import TemplateError
+
+if TYPE_CHECKING:
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
 
 
 def _col(x: np.ndarray) -> np.ndarray:
@@ -234,7 +240,91 @@ class GMLLog(Transform):
         return fu.log_inverse(_col(y), None, t=self.T, m=self.M)
 
 
-from immunoprofile.template.flowjo import FlowJoBiex, FlowJoLog  # noqa: E402 (needs Transform)
+# --- FlowJo 10's own transforms (imported workspaces) ----------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _biex_lut(negative: float, width: float, positive: float,
+              max_value: float) -> WSPBiexTransform:
+    # Building the 4097-point lookup table and its interpolators costs milliseconds; the
+    # engine calls apply() once per chunk of events, so share one FlowKit object per setting.
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform
+
+    return WSPBiexTransform(negative=negative, width=width, positive=positive,
+                            max_value=max_value)
+
+
+@dataclass(frozen=True)
+class FlowJoBiex(Transform):
+    """FlowJo 10's biexponential transform, exactly as FlowKit's ``WSPBiexTransform``.
+
+    FlowJo evaluates biex through a lookup table of 4097 points (output 0–4096, FlowJo's
+    channel scale) with linear interpolation between them; inputs beyond the table are clamped
+    to its ends. The parameters are the workspace's ``neg``, ``width`` (the negative "width
+    basis", e.g. -10), ``pos`` and ``maxRange`` attributes.
+
+    The map is non-decreasing and defined on all of R, but flat outside the table, so it is
+    not *strictly* increasing: range tests cannot be decided in linear space and the engine
+    computes transformed values exactly.
+    """
+
+    negative: float = 0.0
+    width: float = -10.0
+    positive: float = 4.418540
+    max_value: float = 262144.000029
+    kind: ClassVar[str] = "flowjo_biex"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.width < 0:
+            problems.append(f"width must be negative (FlowJo's width basis), got {self.width}")
+        if not self.positive > 0:
+            problems.append(f"positive (decades) must be > 0, got {self.positive}")
+        if not self.max_value > 0:
+            problems.append(f"max_value must be > 0, got {self.max_value}")
+        if problems:
+            raise TemplateError(f"invalid {self.kind} transform: {'; '.join(problems)}")
+
+    def _lut(self) -> WSPBiexTransform:
+        return _biex_lut(float(self.negative), float(self.width), float(self.positive),
+                         float(self.max_value))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._lut().apply(_col(x)), dtype=np.float64)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(self._lut().inverse(_col(y)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FlowJoLog(Transform):
+    """FlowJo 10's log transform: ``(log10(max(x, offset)) - log10(offset)) / decades``.
+
+    Output runs from 0 at ``offset`` to 1 at ``offset · 10**decades``; values below
+    ``offset`` are clamped to it (FlowJo's behaviour, as FlowKit's ``WSPLogTransform``).
+    Non-decreasing on R but flat below ``offset``, so, like biex, not strictly increasing.
+    """
+
+    offset: float = 1.0
+    decades: float = 4.5
+    kind: ClassVar[str] = "flowjo_log"
+
+    def __post_init__(self) -> None:
+        if not (self.offset > 0 and self.decades > 0):
+            raise TemplateError(f"invalid {self.kind} transform: offset and decades must be "
+                                f"> 0, got offset={self.offset}, decades={self.decades}")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        # FlowKit's own code, so values are bit-identical to what FlowKit gates on.
+        from flowkit._models.transforms._wsp_transforms import WSPLogTransform
+
+        return WSPLogTransform(offset=self.offset, decades=self.decades).apply(_col(x))
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        # FlowKit has no inverse; this inverts the unclamped branch (y = 0 gives offset).
+        return self.offset * np.power(10.0, _col(y) * self.decades)
+
+
 
 _KINDS: dict[str, type[Transform]] = {
     "linear": Identity,
