@@ -37,6 +37,7 @@ import pandas as pd
 from immunoprofile.errors import FCSError
 from immunoprofile.io import _fcs_text as _t
 from immunoprofile.io._fcs_text import Corrupt
+from immunoprofile.markers import canonical_marker
 
 
 class FCSWarning(UserWarning):
@@ -198,9 +199,6 @@ def read_fcs(path: str | Path, *, dataset: int = 0) -> FCSSample:
 
 
 def _markers(pnn: list[str], pns: list[str]) -> list[str]:
-    # Imported here: panel imports this module for its FCSSample type hints.
-    from immunoprofile.panel import canonical_marker
-
     return [canonical_marker(n, s) or "" for n, s in zip(pnn, pns, strict=True)]
 
 
