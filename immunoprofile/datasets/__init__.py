@@ -7,13 +7,7 @@ instrument=..., export=...)`` (and the same options of ``simulate_cohort``) give
 overlapping shapes, instrument scales (:data:`INSTRUMENTS`) and gated exports of real files.
 """
 
-from immunoprofile.datasets._cohort import (
-    POPULATIONS,
-    SimulatedCohort,
-    days_since_last_il2_dose,
-    population_members,
-    simulate_cohort,
-)
+from immunoprofile.datasets._cohort import POPULATIONS, population_members, simulate_cohort
 from immunoprofile.datasets._counts import SimulatedCounts, simulate_counts
 from immunoprofile.datasets._events import (
     SimulatedTube,
@@ -25,6 +19,7 @@ from immunoprofile.datasets._events import (
 )
 from immunoprofile.datasets._instruments import INSTRUMENTS, Instrument
 from immunoprofile.datasets._realistic import REALISTIC_DEFAULT
+from immunoprofile.datasets._trial import SimulatedCohort, days_since_last_il2_dose
 
 __all__ = [
     "INSTRUMENTS",

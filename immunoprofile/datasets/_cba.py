@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immunoprofile.datasets._cohort import DRUGS, SimulatedCohort, _seed, _write_csv
+from immunoprofile.datasets._trial import DRUGS, SimulatedCohort, rng_stream, write_csv
 from immunoprofile.io.fcs_write import write_fcs
 
 __all__ = ["CYTOKINE_TRUTH", "PlateParams", "plate_params", "simulate_cba", "simulate_cba_plate"]
@@ -42,7 +42,7 @@ CYTOKINE_TRUTH: dict[str, tuple[float, float, float]] = {
     "IL-17A": (1.0, 1.5, 1.0),
 }
 VISIT_SD = 0.30  # visit-to-visit log-SD within a patient (assumed)
-_W = (0, 2, 4, 12, 24)
+EFFECT_WEEKS = (0, 2, 4, 12, 24)
 ARM_EFFECTS = {  # DOMAIN §8, × vs week 0 at weeks 2/4/12/24 (full responders)
     "il2": {"IL-17A": (0.8, 0.85, 0.7, 0.8), "IL-6": (0.85, 0.9, 0.8, 0.85)},
     "tel": {"IL-6": (1.0, 0.95, 0.85, 0.8), "IL-10": (1.0, 0.95, 0.85, 0.8)},
@@ -84,7 +84,7 @@ def _kit_analytes() -> tuple[tuple[str, ...], tuple[float, ...]]:
 
 def plate_params(seed: int, plate_index: int, analytes: Sequence[str]) -> PlateParams:
     """The kit lot's curves and ladder (from ``seed``), nudged for one plate."""
-    lot = _seed(seed, 43)
+    lot = rng_stream(seed, 43)
     n = len(analytes)
     first = lot.uniform(500, 700)
     centres = first * 10 ** np.concatenate([[0.0], np.cumsum(lot.uniform(0.35, 0.40, n - 1))])
@@ -92,7 +92,7 @@ def plate_params(seed: int, plate_index: int, analytes: Sequence[str]) -> PlateP
     base = {a: (lot.uniform(30, 80), lot.uniform(20_000, 60_000),
                 math.exp(lot.uniform(math.log(300), math.log(1500))), lot.uniform(1.0, 1.3),
                 lot.uniform(0.8, 1.2)) for a in analytes}
-    rng = _seed(seed, 42, plate_index)
+    rng = rng_stream(seed, 42, plate_index)
     shift = math.exp(rng.normal(0, 0.02))
     curve = {}
     for a, (bot, top, ec50, hill, asym) in base.items():
@@ -183,7 +183,7 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
                math.nan) for sid, conc in truth.items()]
     rows = []
     for w, (sid, role, conc, nominal) in enumerate(wells):
-        rng = _seed(seed, 44, plate_index, w)
+        rng = rng_stream(seed, 44, plate_index, w)
         if role == "standard":  # serial-dilution pipetting error, ~2% (assumed)
             conc = {a: c * math.exp(rng.normal(0, 0.02)) for a, c in conc.items()}
         ev = bead_events(conc, params, rng, missing=(missing_beads or {}).get(sid, ()),
@@ -199,8 +199,8 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
     return pd.DataFrame(rows)
 
 
-def _interp_log(values: Sequence[float], week: float) -> float:
-    return float(np.interp(week, _W, np.log([1.0, *values])))
+def interp_log(values: Sequence[float], week: float) -> float:
+    return float(np.interp(week, EFFECT_WEEKS, np.log([1.0, *values])))
 
 
 def _activity(cohort: SimulatedCohort) -> dict[str, dict[str, float]]:
@@ -238,7 +238,7 @@ def _true_concentrations(cohort: SimulatedCohort, seed: int) -> pd.DataFrame:
     rows = []
     for _, p in cohort.design.iterrows():
         pid, arm = p["patient_id"], p["arm"]
-        prng = _seed(seed, 40, int(p["patient_index"]))
+        prng = rng_stream(seed, 40, int(p["patient_index"]))
         level = {}
         for a, (healthy, sle, sd) in CYTOKINE_TRUTH.items():
             shift = 0.0 if arm == "HC" else activity.get(pid, {}).get(a, 0.0)
@@ -249,7 +249,7 @@ def _true_concentrations(cohort: SimulatedCohort, seed: int) -> pd.DataFrame:
         pv = visits.loc[[pid]] if pid in visits.index else visits.iloc[:0]
         for _, v in pv.sort_values("week").iterrows():
             week = float(v["week"])
-            vrng = _seed(seed, 41, int(p["patient_index"]), round(week * 7))
+            vrng = rng_stream(seed, 41, int(p["patient_index"]), round(week * 7))
             dsl = float(v.get("days_since_last_il2_dose", math.nan))
             for a in CYTOKINE_TRUTH:
                 log_c = level[a] + vrng.normal(0, VISIT_SD)
@@ -257,7 +257,7 @@ def _true_concentrations(cohort: SimulatedCohort, seed: int) -> pd.DataFrame:
                     if a in ARM_EFFECTS[drug]:
                         resp = p.get(f"{drug}_response", 1.0)
                         resp = 1.0 if pd.isna(resp) else float(resp)
-                        log_c += resp * _interp_log(ARM_EFFECTS[drug][a], week)
+                        log_c += resp * interp_log(ARM_EFFECTS[drug][a], week)
                 if a == "IL-2" and dsl <= 1:
                     log_c += math.log(IL2_DOSE_FOLD)
                 rows.append({"sample_id": f"{pid}_{v['timepoint']}_cba", "patient_id": pid,
@@ -303,6 +303,6 @@ def simulate_cba(cohort: SimulatedCohort, *, seed: int = 0, plate_size: int = PL
         sheets.append(sheet.join(meta, on="sample_id"))
     sheet = pd.concat(sheets, ignore_index=True)
     truth = truth.drop(columns="days_since_last_il2_dose")
-    _write_csv(sheet, out / "cba_sheet.csv")
-    _write_csv(truth, out / "cytokine_truth.csv")
+    write_csv(sheet, out / "cba_sheet.csv")
+    write_csv(truth, out / "cytokine_truth.csv")
     cohort.cba_sheet, cohort.cytokine_truth = sheet, truth

@@ -30,14 +30,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from immunoprofile.datasets._cohort import (
-    _W,
+from immunoprofile.datasets._trial import (
     DRUGS,
+    EFFECT_WEEKS,
     PARTIAL,
     RESPONDER_P,
-    _interp_log,
-    _seed,
-    _write_csv,
+    ZERO_Z,
+    interp_log,
+    median_blood_leaves,
+    patient_effects,
+    rng_stream,
+    write_csv,
 )
 
 _KEY = 101  # random-stream key of this module (the cohort uses 0-5)
@@ -68,7 +71,7 @@ DECIMALS = {"c3": 2, "c4": 3, "anti_dsdna": 1, "igg": 1, "iga": 2, "igm": 2,
 
 def _curve(values: Sequence[float], week: float) -> float:
     """Log fold change at ``week`` of a curve tabulated at weeks 2/4/12/24 (1 at week 0)."""
-    return _interp_log(values, week, (0, *_W))
+    return interp_log(values, week, (0, *EFFECT_WEEKS))
 
 
 def _sledai_drug_log(drug: str, week: float) -> float:
@@ -86,10 +89,9 @@ def _soc_log(week: float) -> float:
 
 def _pb_log_fold(drug: str, week: float) -> float:
     """Log fold change of plasmablasts per µL of a full responder to ``drug`` (cohort model)."""
-    from immunoprofile.datasets._cohort import _ZERO_Z, _patient_effects, median_blood_leaves
 
     arm = {"il2": "IL2", "tel": "TEL"}[drug]
-    leaf_log, _ = _patient_effects(arm, week, {"tel": 1.0, "il2": 1.0}, _ZERO_Z)
+    leaf_log, _ = patient_effects(arm, week, {"tel": 1.0, "il2": 1.0}, ZERO_Z)
     base = median_blood_leaves()
     members = ["plasmablast", "plasma_cell"]
     w = np.array([base[m] for m in members])
@@ -142,7 +144,7 @@ def simulate_clinical(cohort, *, seed: int = 0) -> None:
         arm = str(prow["arm"])
         drugs = DRUGS.get(arm, ())
         resp = {d: float(prow.get(f"{d}_response", 1.0)) for d in drugs}
-        rng = _seed(seed, _KEY, int(prow["patient_index"]))
+        rng = rng_stream(seed, _KEY, int(prow["patient_index"]))
         level = {v: math.log(m) + rng.normal(0.0, sd) for v, (m, sd, _) in LEVELS.items()}
         log_b = math.log(SLEDAI_MEDIAN) + rng.normal(0.0, SLEDAI_SD)
         log_b = max(log_b, math.log(SLEDAI_MIN))
@@ -191,11 +193,11 @@ def simulate_clinical(cohort, *, seed: int = 0) -> None:
                                            + rng.normal(0.0, 0.15), 0.0, 3.0)), 1),
             })
     clinical = pd.DataFrame(rows)
-    _write_csv(clinical, cohort.out / "clinical.csv")
+    write_csv(clinical, cohort.out / "clinical.csv")
     weeks = sorted(visits["week"].unique())
     arms = list(dict.fromkeys(cohort.design["arm"]))
-    _write_csv(planted_effects(arms, weeks), cohort.out / "clinical_effects.csv")
-    _write_csv(pd.DataFrame([
+    write_csv(planted_effects(arms, weeks), cohort.out / "clinical_effects.csv")
+    write_csv(pd.DataFrame([
         ("anti_dsdna", "Plasmablasts per µL", "log-log slope", PB_LINK),
         ("anti_dsdna", "SLEDAI (patient and visit deviation)", "log-log slope",
          DSDNA_SLEDAI_LINK),

@@ -20,6 +20,12 @@ import pandas as pd
 from immunoprofile.datasets import _acquisition as acq
 from immunoprofile.datasets import _realistic as real
 from immunoprofile.datasets._instruments import SPILLOVER, Instrument, get_instrument
+from immunoprofile.datasets._trial import (
+    B_LEAVES,
+    NONLYMPH_LABELS,
+    T_LEAVES,
+    median_blood_leaves,
+)
 
 __all__ = ["SimulatedTube", "TubeParams", "leaf_labels", "simulate_tube", "spillover_matrix",
            "tube_labels"]
@@ -55,16 +61,6 @@ NEGATIVE: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 # Leaf cell types of the blood model (shared by both tubes; each tube lumps what it cannot see).
-T_LEAVES = ["treg_naive_foxp3pos", "treg_naive_foxp3neg", "treg_memory_foxp3pos",
-            "treg_memory_foxp3neg", "cd4_naive", "cd4_memory", "cd4_activated",
-            "cd4_cd25neg_foxp3pos", "cd8_other_t"]
-B_LEAVES = ["b_naive", "b_transitional", "b_unswitched", "b_switched", "b_double_negative",
-            "plasmablast", "plasma_cell"]
-BLOOD_LEAVES = [*T_LEAVES, *B_LEAVES, "nk", "other_lymphocyte"]
-NONLYMPH_LABELS = ["dead_lymphocyte", "dead_other", "lymphocyte_doublet", "other_doublet",
-                   "monocyte", "granulocyte", "debris"]
-
-
 def leaf_labels(kind: str) -> list[str]:
     """Leaf labels of live singlet lymphocytes in one tube, in hierarchy order.
 
@@ -457,8 +453,6 @@ def simulate_tube(
     code = {name: i for i, name in enumerate(names)}
     leaves = leaf_labels(kind)
     if params.leaf_fractions is None:
-        from immunoprofile.datasets._cohort import median_blood_leaves  # cohort owns §3
-
         fr = tube_leaf_fractions(kind, median_blood_leaves())
     else:
         fr = params.leaf_fractions
