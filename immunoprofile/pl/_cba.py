@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from immunoprofile.cba_fit import logistic
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.pl._gating import _save_png
+from immunoprofile.pl._figures import save_png
 
 STANDARD, FAILED, SAMPLE, CENSORED = "black", "#d62728", "#1f77b4", "#ff7f0e"
 
@@ -102,7 +102,7 @@ def standard_curves(result_or_tables: Any, *, plate: str | None = None,
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.04, 1, 0.96))
     if save is not None:
-        _save_png(fig, Path(save), dpi)
+        save_png(fig, Path(save), dpi)
     return fig
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from immunoprofile.clinical import UNITS
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.pl._compare import _arms, _figure, _finish, _suptitle, _timepoints
+from immunoprofile.pl._figures import arm_colours, figure, finish, suptitle, visit_positions
 
 _LINEAR = frozenset({"sledai", "prednisone_mg", "pga", "bilag_new_a", "bilag_new_b"})
 
@@ -71,13 +71,13 @@ def clinical_trajectories(data: pd.DataFrame, variable: str, *,
     rows, unit = _long(data, variable)
     if "arm" not in rows.columns:
         raise ImmunoprofileError("the table has no arm column")
-    order, colours = _arms(rows, list(arms) if arms is not None else None)
-    tps, xpos = _timepoints(rows)
+    order, colours = arm_colours(rows, list(arms) if arms is not None else None)
+    tps, xpos = visit_positions(rows)
     rows = rows[rows["arm"].astype(str).isin(order) & rows["y"].notna()]
     rows = rows.assign(x=rows["timepoint"].astype(str).map(xpos))
     if log is None:
         log = variable not in _LINEAR and bool((rows["y"] > 0).all())
-    fig, ax = _figure(7.0, 4.6)
+    fig, ax = figure(7.0, 4.6)
     for arm in order:
         g = rows[rows["arm"].astype(str) == arm]
         if g.empty:
@@ -110,9 +110,9 @@ def clinical_trajectories(data: pd.DataFrame, variable: str, *,
     ax.grid(axis="y", color="0.9", lw=0.6)
     ax.legend(frameon=False, fontsize=8, loc="best")
     note = " (open circles: < LLOQ, drawn and counted at LLOQ/2)" if rows["censored"].any() else ""
-    _suptitle(fig, f"{variable} per arm: patients (faint), median and interquartile range"
+    suptitle(fig, f"{variable} per arm: patients (faint), median and interquartile range"
               f"{note}")
-    return _finish(fig, save, dpi)
+    return finish(fig, save, dpi)
 
 
 def correlation_heatmap(correlations: pd.DataFrame, *, method: str = "rmcorr",
@@ -170,7 +170,7 @@ def correlation_heatmap(correlations: pd.DataFrame, *, method: str = "rmcorr",
     q = rows.pivot_table(index="subset", columns="variable", values="fdr", aggfunc="first")
     columns = [c for c in columns if c in r.columns]
     r, q = r.reindex(index=keep, columns=columns), q.reindex(index=keep, columns=columns)
-    fig, ax = _figure(1.6 + 0.55 * len(columns), 1.6 + 0.28 * len(keep))
+    fig, ax = figure(1.6 + 0.55 * len(columns), 1.6 + 0.28 * len(keep))
     image = ax.imshow(r.to_numpy(float), cmap="RdBu_r", norm=colors.Normalize(-1, 1),
                       aspect="auto", interpolation="nearest")
     image.set_gid("correlations")
@@ -182,6 +182,6 @@ def correlation_heatmap(correlations: pd.DataFrame, *, method: str = "rmcorr",
     ax.set_yticks(range(len(keep)), keep, fontsize=7)
     fig.colorbar(image, ax=ax, shrink=0.6, label="r")
     where = f" at {timepoint}" if method == "spearman" else " across visits (within patients)"
-    _suptitle(fig, f"{'Spearman' if method == 'spearman' else 'Repeated-measures'} correlation"
+    suptitle(fig, f"{'Spearman' if method == 'spearman' else 'Repeated-measures'} correlation"
               f"{where}; * FDR < {fdr:g}", size=9)
-    return _finish(fig, save, dpi)
+    return finish(fig, save, dpi)

@@ -10,22 +10,24 @@ writes a PNG atomically and the figure is returned either way.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.pl._gating import _save_png
+from immunoprofile.pl._figures import (
+    arm_colours,
+    figure,
+    finish,
+    suptitle,
+    visit_positions,
+)
 
 # tab10 with its blue and red last: they mean "down" and "up" in the volcano and heatmap.
-ARM_COLOURS = ["#ff7f0e", "#2ca02c", "#9467bd", "#7f7f7f", "#8c564b", "#e377c2", "#17becf",
-               "#bcbd22", "#1f77b4", "#d62728"]
 UP, DOWN, NOT_SIGNIFICANT = "#c0392b", "#2166ac", "0.72"
 _FOLD_TICKS = [1 / 16, 1 / 8, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 0.8, 1, 1.25, 1.5, 2, 3, 4, 8, 16]
 
@@ -59,12 +61,12 @@ def trajectories(patients: pd.DataFrame, *, population: str, template: str | Non
         raise ImmunoprofileError(f"measure must be 'fold_change' or 'value', not {measure!r}")
     rows, name = _select(patients, population, template, measure, "trajectories")
     log = measure == "fold_change"
-    order, colours = _arms(rows, arms)
-    tps, xpos = _timepoints(rows)
+    order, colours = arm_colours(rows, arms)
+    tps, xpos = visit_positions(rows)
     rows = _finite(rows, measure, log, name)
     rows = rows[rows["arm"].astype(str).isin(order)].assign(
         x=rows["timepoint"].astype(str).map(xpos))
-    fig, ax = _figure(7.0, 4.6)
+    fig, ax = figure(7.0, 4.6)
     ends = [1.0] if log else []
     for arm in order:
         g = rows[rows["arm"].astype(str) == arm]
@@ -91,7 +93,7 @@ def trajectories(patients: pd.DataFrame, *, population: str, template: str | Non
     ax.legend(title="arm", fontsize=8, title_fontsize=8, frameon=False,
               loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", color="0.92", lw=0.8)
-    return _finish(fig, save, dpi)
+    return finish(fig, save, dpi)
 
 
 def boxplots(subsets_or_patients: pd.DataFrame, *, population: str, template: str | None = None,
@@ -130,12 +132,12 @@ def boxplots(subsets_or_patients: pd.DataFrame, *, population: str, template: st
         column = "value"  # a patients table: its value is the response measure
     rows, name = _select(table, population, template, column, "boxplots")
     log = column == "fold_change"
-    (order, colours), (tps, _) = _arms(rows, None), _timepoints(rows)
+    (order, colours), (tps, _) = arm_colours(rows, None), visit_positions(rows)
     rows = _finite(rows, column, log, name)
     base = _baseline(rows) if log else ""
     tps = [t for t in tps if t != base] or tps  # every fold change is 1 at baseline
     qs, used = ({}, None) if results is None else _q_values(results, rows, contrast_type, value)
-    fig, axes = _figure(max(6.5, 1.0 + 0.75 * len(order) * len(tps)), 4.6, ncols=len(tps),
+    fig, axes = figure(max(6.5, 1.0 + 0.75 * len(order) * len(tps)), 4.6, ncols=len(tps),
                         sharey=True)
     rng = np.random.default_rng(0)  # the same jitter on every call
     for ax, tp in zip(axes, tps):
@@ -164,8 +166,8 @@ def boxplots(subsets_or_patients: pd.DataFrame, *, population: str, template: st
     title = f"{name}: {_value_label(column, base)} per visit and arm"
     if qs:
         title += f"\nq = FDR of {_what(used, contrast_type)}\n* q<0.05 ** q<0.01 *** q<0.001"
-    _suptitle(fig, title)
-    return _finish(fig, save, dpi)
+    suptitle(fig, title)
+    return finish(fig, save, dpi)
 
 
 def volcano(results: pd.DataFrame, *, contrast_type: str, arm: str | None = None,
@@ -221,7 +223,7 @@ def volcano(results: pd.DataFrame, *, contrast_type: str, arm: str | None = None
     rows = rows.assign(y=-np.log10(rows["pvalue"].astype(float).clip(lower=1e-300)),
                        name=_row_names(rows), panel=rows["arm"].astype(str) + _vs(rows))
     arms, tps = list(pd.unique(rows["panel"])), list(pd.unique(rows["timepoint"].astype(str)))
-    fig, axes = _figure(0.8 + 3.1 * len(tps), 0.9 + 2.7 * len(arms), nrows=len(arms),
+    fig, axes = figure(0.8 + 3.1 * len(tps), 0.9 + 2.7 * len(arms), nrows=len(arms),
                         ncols=len(tps), sharex=True, sharey=True)
     xmax = 1.15 * float(rows["estimate"].astype(float).abs().max()) or 1.0
     ymax = 1.18 * float(rows["y"].max()) or 1.0
@@ -232,9 +234,9 @@ def volcano(results: pd.DataFrame, *, contrast_type: str, arm: str | None = None
         ax.set_title(f"{a} · {tp}", fontsize=9)
         ax.set_xlabel(_scale(rows) if k >= len(axes) - len(tps) else "", fontsize=8)
         ax.set_ylabel("−log₁₀ p" if k % len(tps) == 0 else "", fontsize=8)
-    _suptitle(fig, f"{_what(rows, contrast_type)}\ncoloured: FDR < {fdr:g} (red up, blue "
+    suptitle(fig, f"{_what(rows, contrast_type)}\ncoloured: FDR < {fdr:g} (red up, blue "
                    f"down); named: up to {label} most significant per panel")
-    return _finish(fig, save, dpi)
+    return finish(fig, save, dpi)
 
 
 def effects_heatmap(results: pd.DataFrame, *, contrast_type: str = "change_vs_control",
@@ -280,7 +282,7 @@ def effects_heatmap(results: pd.DataFrame, *, contrast_type: str = "change_vs_co
     names, columns = list(pd.unique(rows["name"])), list(pd.unique(rows["column"]))
     est, q = (rows.pivot(index="name", columns="column", values=v)
               .reindex(index=names, columns=columns).to_numpy(float) for v in ("estimate", "fdr"))
-    fig, ax = _figure(2.6 + 0.95 * len(columns) + 0.06 * max(map(len, names)),
+    fig, ax = figure(2.6 + 0.95 * len(columns) + 0.06 * max(map(len, names)),
                       1.5 + 0.42 * len(names))
     vmax = float(np.nanmax(np.abs(est))) if np.isfinite(est).any() else 1.0
     ax.set_facecolor("0.9")  # untested cells (NaN) show the background
@@ -297,9 +299,9 @@ def effects_heatmap(results: pd.DataFrame, *, contrast_type: str = "change_vs_co
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.tick_params(length=0)
     fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02).set_label(_scale(rows), fontsize=8)
-    _suptitle(fig, f"{_what(rows, contrast_type)}\nrows: populations; columns: arm@visit; "
+    suptitle(fig, f"{_what(rows, contrast_type)}\nrows: populations; columns: arm@visit; "
                    f"* FDR < {fdr:g}")
-    return _finish(fig, save, dpi)
+    return finish(fig, save, dpi)
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -381,34 +383,6 @@ def _q_values(results, rows, contrast_type, value) -> tuple[dict, pd.DataFrame]:
     return out, table
 
 
-def _arms(rows, wanted) -> tuple[list[str], dict[str, str]]:
-    """Arms to draw, and each arm's colour from its place among all of the table's arms."""
-    col = rows["arm"]
-    present = set(col.astype(str))
-    every = ([str(c) for c in col.cat.categories] if isinstance(col.dtype, pd.CategoricalDtype)
-             else list(pd.unique(col.astype(str))))
-    colours = {a: ARM_COLOURS[i % len(ARM_COLOURS)] for i, a in enumerate(every)}
-    unknown = [a for a in wanted or () if str(a) not in present]
-    if unknown:
-        raise ImmunoprofileError(f"arms {unknown} are not in the table (arms: "
-                                 f"{', '.join(a for a in every if a in present)})")
-    return [a for a in every if a in present] if wanted is None else list(map(str, wanted)), colours
-
-
-def _timepoints(rows) -> tuple[list[str], dict[str, float]]:
-    """Visits in order and their x positions (weeks when the table has them)."""
-    col = rows["timepoint"].astype(str)
-    present = list(pd.unique(col))
-    weeks = rows.groupby(col)["week"].median() if "week" in rows.columns else None
-    if isinstance(rows["timepoint"].dtype, pd.CategoricalDtype):
-        present = [str(c) for c in rows["timepoint"].cat.categories if str(c) in set(present)]
-    elif weeks is not None:
-        present.sort(key=lambda t: weeks[t])
-    if weeks is not None and weeks.notna().all() and weeks.is_unique:
-        return present, {t: float(weeks[t]) for t in present}
-    return present, {t: float(i) for i, t in enumerate(present)}
-
-
 def _baseline(rows: pd.DataFrame) -> str:
     """The visit the fold changes are computed against (where all of them are 1)."""
     for tp, g in rows.groupby(rows["timepoint"].astype(str), sort=False):
@@ -466,27 +440,6 @@ def _value_label(column: str, base: str) -> str:
 
 
 # -- drawing ---------------------------------------------------------------------------------
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw):
-    """A constrained-layout figure on its own Agg canvas: (fig, ax) or (fig, [axes])."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw).ravel()
-    return (fig, axes[0]) if nrows * ncols == 1 and not kw else (fig, list(axes))
-
-
-def _suptitle(fig: Figure, text: str, size: float = 10) -> None:
-    """A figure title whose lines wrap at the figure's width rather than run off it."""
-    chars = int(fig.get_figwidth() * 72 / (0.56 * size))
-    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.split("\n")),
-                 fontsize=size)
-
-
-def _finish(fig: Figure, save, dpi: int) -> Figure:
-    if save is not None:
-        _save_png(fig, Path(save), dpi)
-    return fig
-
-
 def _mean_ci(v: np.ndarray, log: bool) -> tuple[float, float, float]:
     """Mean and 95% t interval; on the log scale (geometric) for fold changes."""
     v = np.log(v) if log else v

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.pl._gating import _save_png
+from immunoprofile.pl._figures import save_png
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -35,7 +35,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def _done(fig: Figure, save: str | Path | None, dpi: int) -> Figure:
     if save is not None:
-        _save_png(fig, Path(save), dpi)
+        save_png(fig, Path(save), dpi)
     return fig
 
 

@@ -26,11 +26,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from immunoprofile._atomic import atomic_write
 from immunoprofile.errors import ImmunoprofileError, TemplateError
 from immunoprofile.gating.engine import GatingResult
 from immunoprofile.gating.events import EventSpace
 from immunoprofile.io.fcs import FCSSample
+from immunoprofile.pl._figures import save_png
 from immunoprofile.template.model import (
     BooleanGate,
     EllipseGate,
@@ -123,7 +123,7 @@ def gating(
                loc="lower center", bbox_to_anchor=(0.5, 0.04 / height), ncols=4, fontsize=8,
                frameon=False)
     if save is not None:
-        _save_png(fig, Path(save), dpi)
+        save_png(fig, Path(save), dpi)
     return fig
 
 
@@ -485,7 +485,3 @@ def _default_cut(default: list[Gate] | None, marker: str) -> str:
     cuts = [lo if lo is not None else hi for g in default or [] if isinstance(g, RectangleGate)
             for d, lo, hi in zip(g.dims, g.mins, g.maxs) if d.marker == marker]
     return f" (default {cuts[0]:.2f})" if cuts and cuts[0] is not None else ""
-
-
-def _save_png(fig: Figure, path: Path, dpi: int) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
