@@ -45,12 +45,12 @@ def test_resume_key_changes_with_the_code_version(monkeypatch) -> None:
 def test_plots_are_written_atomically_with_normal_permissions(tmp_path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from immunoprofile.pl._gating import _save_png
+    from immunoprofile.pl._figures import save_png
 
     fig = Figure()
     fig.add_subplot().plot([0, 1], [0, 1])
     path = tmp_path / "sub" / "plot.png"
-    _save_png(fig, path, 50)
+    save_png(fig, path, 50)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(path.parent.glob("*.tmp"))
     umask = os.umask(0)
