@@ -341,6 +341,7 @@ class _Exporter:
         self.ids = _unique_ids(template)
         self.xform_ids: dict[Transform, str] = {}
         self.spill = template.compensation == "file" and sample.spillover is not None
+        self.tops = sample.range_tops()  # once per export, not per gate dimension
         if template.compensation not in ("file", "none"):
             raise TemplateError("write_gatingml exports templates that use the file's own "
                                 "spillover ('file') or none")
@@ -349,7 +350,7 @@ class _Exporter:
         if d.ratio is not None:
             raise TemplateError(f"ratio dimension {d.marker} cannot be exported yet")
         channel = self.channel[d.marker]
-        top = self.sample.range_tops().get(channel)
+        top = self.tops.get(channel)
         gml, factor = to_gatingml(self.t.transform_for(d).for_channel(top))
         xid = None
         if gml is not None:
