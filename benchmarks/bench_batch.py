@@ -127,10 +127,9 @@ def _memory_worker(row: dict, out: str, queue) -> None:
     import sklearn.mixture  # noqa: F401  (adaptive mixture gates import it on first use)
 
     import immunoprofile.batch as batch
-    import immunoprofile.batch_task
     import immunoprofile.gating.qc  # noqa: F401
 
-    batch._worker_init()
+    batch.worker_init()
     templates = batch.resolve_templates(TEMPLATES)
     resettable = _reset_peak()
     idle = _status("VmRSS")
@@ -162,11 +161,12 @@ def _stages_worker(row: dict, queue) -> None:
     import sklearn.mixture  # noqa: F401  (else its import counts as the first gate's memory)
 
     import immunoprofile.batch as batch
-    from immunoprofile.batch_task import _events, _fits, _qc
-    from immunoprofile.gating.engine import gate_sample
+    from immunoprofile.errors import PanelError
+    from immunoprofile.gating import gate_sample, prepare_sample
+    from immunoprofile.gating.qc import acquisition_qc
     from immunoprofile.io.fcs import read_fcs
 
-    batch._worker_init()
+    batch.worker_init()
     templates = batch.resolve_templates(TEMPLATES)
     settings = BatchSettings(plots=False)
     tracemalloc.start()
@@ -185,14 +185,17 @@ def _stages_worker(row: dict, queue) -> None:
         return value
 
     sample = stage("read_fcs", lambda: read_fcs(row["path"]))
-    mask = stage("acquisition QC", lambda: _qc(sample, templates, settings).mask)
+    mask = stage("acquisition QC", lambda: acquisition_qc(sample).mask)
     results = []
     for t in templates:
-        if _fits(sample, t) is None:
-            results.append(stage(f"gate {t.name}", lambda t=t: gate_sample(
-                sample, t, sample_id=row["sample_id"], event_mask=mask)))
-    stage("event subsample", lambda: _events(sample, results, mask, settings,
-                                             row["sample_id"]))
+        try:
+            prepared = prepare_sample(sample, t)
+        except PanelError:
+            continue
+        results.append(stage(f"gate {t.name}", lambda p=prepared: gate_sample(
+            p, sample_id=row["sample_id"], event_mask=mask)))
+    stage("event subsample", lambda: batch.kept_events(results, mask, settings,
+                                                       row["sample_id"]))
     queue.put((sample.events.nbytes, rows))
 
 

@@ -1,6 +1,7 @@
 """immunoprofile: flow-cytometry immune profiling for clinical trials.
 
-``import immunoprofile as ip``; ``ip.read_fcs`` reads a file, ``ip.gate_sample`` gates it,
+``import immunoprofile as ip``; ``ip.read_fcs`` reads a file, ``ip.gate_sample`` gates it
+(``result.to_table(metadata)`` gives its subset-table rows), ``ip.Run`` opens a run folder,
 ``ip.pp.qc`` checks its acquisition, ``ip.read_samplesheet`` and ``ip.gate_samples`` run a
 study, ``ip.tl`` / ``ip.pl`` analyse and plot, ``ip.cba`` and ``ip.clinical`` handle cytokines
 and clinical indexes, ``ip.datasets`` simulates a trial.
@@ -15,8 +16,9 @@ from immunoprofile.errors import (
     SampleSheetError,
     TemplateError,
 )
-from immunoprofile.gating import GatingResult, gate_sample
+from immunoprofile.gating import GatingResult, PreparedSample, gate_sample, prepare_sample
 from immunoprofile.io import FCSSample, FCSWarning, read_fcs
+from immunoprofile.run import Run
 
 __all__ = [
     "FCSError",
@@ -25,12 +27,15 @@ __all__ = [
     "GatingResult",
     "ImmunoprofileError",
     "PanelError",
+    "PreparedSample",
+    "Run",
     "SampleSheetError",
     "TemplateError",
     "__version__",
     "gate_sample",
     "gating",
     "panel",
+    "prepare_sample",
     "read_fcs",
     "template",
 ]
@@ -53,7 +58,7 @@ _LAZY_NAMES = {
 
 
 def __getattr__(name: str):
-    import importlib
+    import importlib  # start-up time: resolved on first use of a lazy name
 
     if name in _LAZY_MODULES:
         return importlib.import_module(f"immunoprofile.{name}")

@@ -11,53 +11,34 @@ compensated ones; ``obs`` carries ``sample_id``, the sample metadata as categori
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
-from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from immunoprofile._atomic import atomic_write
 from immunoprofile._version import __version__
+from immunoprofile.batch import BatchSettings, events_for_sample
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.template.yaml_io import load_template
-
-DEFAULT_POPULATION = "Live lymphocytes"
+from immunoprofile.run import Run
 
 
-class RunFolder:
-    """Read access to a batch run folder (what ``immunoprofile gate`` wrote)."""
+def RunFolder(run_dir: str | Path | Run) -> Run:
+    """A gated run folder (the former ``RunFolder`` class; now :class:`immunoprofile.Run`).
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir)
-        if not (self.path / "subsets.parquet").is_file():
-            raise ImmunoprofileError(f"{self.path} is not a run folder (no subsets.parquet): "
-                                     "run `immunoprofile gate` first")
-        self.manifest = json.loads((self.path / "run.json").read_text()) \
-            if (self.path / "run.json").is_file() else {}
-        self.subsets = pd.read_parquet(self.path / "subsets.parquet")
+    Parameters
+    ----------
+    run_dir
+        The folder.
 
-    @property
-    def metadata_columns(self) -> list[str]:
-        cols = list(self.subsets.columns)
-        return cols[: cols.index("template")]
-
-    def samples(self) -> pd.DataFrame:
-        """One row per gated sample with its sheet metadata (categoricals kept)."""
-        return (self.subsets[self.metadata_columns].drop_duplicates("sample_id")
-                .reset_index(drop=True))
-
-    def templates(self) -> dict[str, Any]:
-        folder = self.path / "templates"
-        return {p.stem: load_template(p) for p in sorted(folder.glob("*.yaml"))}
-
-    def events(self, sample_id: str) -> tuple[pd.DataFrame, dict]:
-        path = self.path / "events" / f"{sample_id}.parquet"
-        table = pq.read_table(path)
-        meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
-        return table.to_pandas(), meta
+    Returns
+    -------
+    Run
+        The run, checked to hold a subset table.
+    """
+    return Run.open(run_dir)
 
 
 def _panel_of(samples: pd.DataFrame) -> pd.Series:
@@ -66,8 +47,19 @@ def _panel_of(samples: pd.DataFrame) -> pd.Series:
     return pd.Series([""] * len(samples), index=samples.index)
 
 
-def _parent_column(columns: list[str], population: str | None) -> str:
-    wanted = population or DEFAULT_POPULATION
+def _parent_column(columns: list[str], population: str | None, templates: dict) -> str:
+    """The membership column events are drawn from: ``population`` (bare or
+    ``template/population``), by default the first template's declared reference."""
+    wanted = population
+    if wanted is None:
+        declared = {f"{n}/{t.reference_population}" for n, t in templates.items()
+                    if t.reference_population}
+        refs = [c for c in columns if c in declared]
+        if not refs:
+            raise ImmunoprofileError("no template of the run declares a reference population "
+                                     "(reference_population) that its events carry: name the "
+                                     "population to draw events from")
+        return refs[0]
     if wanted in columns:
         return wanted
     hits = [c for c in columns if "/" in c and c.split("/", 1)[1] == wanted]
@@ -99,7 +91,8 @@ def timepoint_anndata(
     panel: str | None = None,
     n_per_sample: int | None = None,
     proportional: bool = False,
-    seed: int = 0,
+    random_state: int = 0,
+    seed: int | None = None,
 ) -> ad.AnnData:
     """Events of one timepoint as AnnData (subsampled per sample from a parent population).
 
@@ -110,8 +103,9 @@ def timepoint_anndata(
     timepoint
         The visit, as named in the sample sheet.
     population
-        Parent population the events come from (``"Live lymphocytes"`` by default, or
-        ``"<template>/<population>"``).
+        Parent population the events come from (a name or ``"<template>/<population>"``);
+        default the templates' declared reference (``reference_population``, ``Live
+        lymphocytes`` in the shipped templates).
     panel
         Which tube when the study has several (the sheet's ``panel`` column).
     n_per_sample
@@ -121,10 +115,18 @@ def timepoint_anndata(
     proportional
         Take from every sample the same fraction, ``n_per_sample`` over the smallest
         sample's events (at most all of them), instead of the same number.
+    random_state
+        Seed of the subsample.
     seed
-        Subsampling seed.
+        Former name of ``random_state`` (kept as an alias).
+
+    Returns
+    -------
+    anndata.AnnData
+        Events × markers of the timepoint (see the module's description of the slots).
     """
-    run = RunFolder(run_dir)
+    seed = random_state if seed is None else seed
+    run = Run.open(run_dir)
     samples = run.samples()
     samples = samples[samples["timepoint"].astype(str) == str(timepoint)]
     if samples.empty:
@@ -143,7 +145,7 @@ def timepoint_anndata(
     frames, channels, parent_col = [], {}, None
     for _, s in samples.iterrows():
         frame, meta = run.events(s["sample_id"])
-        parent_col = _parent_column(list(frame.columns), population)
+        parent_col = _parent_column(list(frame.columns), population, templates)
         frame = frame[frame[parent_col].to_numpy(bool)]
         frames.append((s, frame))
         for marker, pnn in meta.get("channels", {}).items():
@@ -182,7 +184,7 @@ def timepoint_anndata(
 
 def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, sample_pos: np.ndarray,
                 channels: dict, templates: dict, parent_col: str, params: dict,
-                run: RunFolder) -> ad.AnnData:
+                run: Run) -> ad.AnnData:
     """``sample_pos``: each event's row in ``samples`` (whose metadata it gets)."""
     markers = [c.split("/", 1)[1] for c in events.columns if c.startswith("transformed/")]
     # Markers some tubes of the panel lack stay NaN for those samples.
@@ -224,11 +226,8 @@ def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, sample_pos: np.ndar
     return adata
 
 
-def _regate(run: RunFolder, frames: list, n: int, parent_col: str, seed: int) -> list:
+def _regate(run: Run, frames: list, n: int, parent_col: str, seed: int) -> list:
     """More events than the run kept: re-read, re-QC and re-gate each file."""
-    from immunoprofile.batch import BatchSettings
-    from immunoprofile.batch_task import events_for_sample
-
     settings = BatchSettings(**{**run.manifest.get("settings", {}), "keep_events": n,
                                 "seed": seed})
     templates = list(run.templates().values())
@@ -260,7 +259,7 @@ def sample_anndata(run_dir: str | Path) -> ad.AnnData:
     anndata.AnnData
         One row per visit, one column per ``<template>/<population>``.
     """
-    run = RunFolder(run_dir)
+    run = Run.open(run_dir)
     sub = run.subsets.copy()
     sub["var"] = sub["template"].astype(str) + "/" + sub["population"].astype(str)
     sub["visit"] = sub["patient_id"].astype(str) + "_" + sub["timepoint"].astype(str)
@@ -310,10 +309,6 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     pathlib.Path
         The path written.
     """
-    import warnings
-
-    from immunoprofile.tables import atomic_write
-
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Forward slashes", category=FutureWarning)
@@ -338,15 +333,15 @@ def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
         as many as the timepoint's smallest sample has).
     population
         Parent population the events come from, as in :func:`timepoint_anndata` (default
-        ``"Live lymphocytes"``).
+        the templates' declared reference population).
 
     Returns
     -------
     list of pathlib.Path
         The files written, timepoints in sheet order, ``samples.h5ad`` last.
     """
-    run = RunFolder(run_dir)
-    out = Path(out) if out else run.path / "anndata"
+    run = Run.open(run_dir)
+    out = Path(out) if out else run.anndata_dir
     samples = run.samples()
     panels = _panel_of(samples)
     several = panels.nunique() > 1
@@ -357,9 +352,9 @@ def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
         if not here.any():
             continue
         for panel in (sorted(panels[here].unique()) if several else [None]):
-            name = f"{tp}_{panel}.h5ad" if panel else f"{tp}.h5ad"
-            adata = timepoint_anndata(run.path, str(tp), panel=panel, population=population,
+            name = run.timepoint_h5ad(str(tp), panel).name
+            adata = timepoint_anndata(run, str(tp), panel=panel, population=population,
                                       n_per_sample=n_per_sample)
             written.append(write_h5ad(adata, out / name))
-    written.append(write_h5ad(sample_anndata(run.path), out / "samples.h5ad"))
+    written.append(write_h5ad(sample_anndata(run), out / run.samples_h5ad.name))
     return written

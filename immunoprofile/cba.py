@@ -114,6 +114,7 @@ class Kit:
 
 def shipped_kits() -> dict[str, Path]:
     """``{name: path}`` of the kits shipped with the package."""
+    # start-up time: interop needs FlowKit, loaded when first used
     from immunoprofile.template.yaml_io import shipped_templates_dir
 
     folder = shipped_templates_dir() / "kits"
@@ -619,7 +620,7 @@ def _write(result: CBAResult, out: Path, plots: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     kit = result.kit
     if plots and len(result.curves):
-        from immunoprofile.pl._cba import standard_curves
+        from immunoprofile.pl import standard_curves  # loaded only when plots are drawn
 
         for plate in dict.fromkeys(result.curves["plate"]):
             try:

@@ -52,6 +52,7 @@ def main() -> None:
 def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: int,
              realistic: bool | None, instruments: tuple[str, ...], export: str) -> None:
     """Simulate a randomised SLE trial cohort: FCS files, sample sheet and truth table."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.datasets import simulate_cohort
 
     cohort = simulate_cohort(
@@ -73,6 +74,7 @@ def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: i
               help="Local worker processes [default: all cores].")
 def demo(out: Path, seed: int, patients_per_arm: int, events: int, workers: int | None) -> None:
     """Run the whole pipeline on a small simulated trial and write an HTML report."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.demo import run_demo
 
     result = run_demo(out, seed=seed, patients_per_arm=patients_per_arm, n_events=events,
@@ -95,6 +97,7 @@ def template() -> None:
 @click.argument("files", nargs=-1, required=True)
 def template_validate(files: tuple[str, ...]) -> None:
     """Check templates (YAML files or shipped names); every problem is listed with its entry."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.template import load_template
 
     failed = 0
@@ -123,6 +126,7 @@ def template_validate(files: tuple[str, ...]) -> None:
 def template_import(source: Path, out: Path, group: str, sample_name: str | None,
                     name: str | None) -> None:
     """Import a GatingML 2.0 file or a FlowJo 10 workspace (.wsp) as a YAML template."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.template import write_template
     from immunoprofile.template.gatingml import read_flowjo, read_gatingml
 
@@ -142,6 +146,7 @@ def template_import(source: Path, out: Path, group: str, sample_name: str | None
               help="GatingML 2.0 file to write.")
 def template_export(template_file: str, sample_path: str, out: Path) -> None:
     """Export a template bound to one file's panel as GatingML 2.0 (FlowKit reads it)."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.template.gatingml import write_gatingml
 
     write_gatingml(template_file, out, sample=sample_path)
@@ -182,6 +187,7 @@ def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None
     Exit code 0 when every sample was gated, 3 when some failed (see errors.csv), 1 when
     nothing usable came out or the sheet or templates are invalid, 2 on usage errors.
     """
+    # start-up time: each command loads only what it runs
     from immunoprofile.batch import BatchSettings, gate_samples, plan, resolve_templates
     from immunoprofile.io.samplesheet import read_samplesheet
 
@@ -221,8 +227,10 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return None
+        # stdlib, needed only here
         import time
 
+        # start-up time: each command loads only what it runs
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -240,6 +248,7 @@ class _progress:
         return self.update
 
     def update(self, outcome, done: int, total: int) -> None:
+        # stdlib, needed only here
         import time
 
         self.events += outcome.n_events
@@ -264,6 +273,7 @@ class _progress:
 def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
              population: str | None) -> None:
     """Write one AnnData per timepoint (and panel) plus samples.h5ad from a gate run."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.assemble import assemble_run
 
     for path in assemble_run(run_dir, out, n_per_sample=n_per_sample, population=population):
@@ -287,13 +297,14 @@ def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, seed:
             xdim: int, ydim: int) -> None:
     """FlowSOM per panel, fitted once on all timepoints and mapped onto every event.
 
-    Writes the labels into the .h5ad files (assembling them first when missing),
-    clusters.parquet, cluster_annotation.csv and cluster_agreement.csv in RUN_DIR.
+    Writes each .h5ad file's labels into RUN_DIR/clusters/ (assembling the files first when
+    missing), clusters.parquet, cluster_annotation.csv and cluster_agreement.csv in RUN_DIR.
     """
+    # start-up time: each command loads only what it runs
     from immunoprofile.cluster import cluster_run
 
     result = cluster_run(run_dir, n_clusters=n_clusters, events_per_sample=events_per_sample,
-                         seed=seed, xdim=xdim, ydim=ydim)
+                         random_state=seed, xdim=xdim, ydim=ydim)
     for panel, n in result.events_per_sample.items():
         click.echo(f"panel {panel or '(single)'}: fitted on {n} events per sample")
     for path in [*result.h5ad, *result.paths.values()]:
@@ -326,6 +337,7 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
             covariates: tuple[str, ...], pairs: tuple[str, ...], responder: str,
             no_plots: bool, clinical: Path | None, cytokines: Path | None) -> None:
     """Compare arms over time: differential abundance and state, response tracking."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.compare import compare_run
 
     result = compare_run(run_dir, control=control, baseline=baseline, out=out, pairs=pairs,
@@ -348,6 +360,7 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
               help="HTML file to write [default: RUN_DIR/report.html].")
 def report(run_dir: Path, out: Path | None) -> None:
     """Write one self-contained HTML report (images embedded, no network) for a run."""
+    # start-up time: each command loads only what it runs
     from immunoprofile.report import write_report
 
     click.echo(f"wrote {write_report(run_dir, out)}")
@@ -368,6 +381,7 @@ def cytokines(sheet: Path, kit: str, out: Path, no_plots: bool) -> None:
     files or curves failed (see errors.csv), 1 when nothing usable came out or the sheet or kit
     is invalid.
     """
+    # start-up time: each command loads only what it runs
     from immunoprofile.cba import quantify
 
     try:
@@ -389,8 +403,10 @@ def cytokines(sheet: Path, kit: str, out: Path, no_plots: bool) -> None:
 @main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
+    # stdlib, needed only here
     import importlib
 
+    # start-up time: each command loads only what it runs
     from immunoprofile.tables import schema_markdown
 
     # Later stages document their tables when imported.

@@ -8,8 +8,10 @@ For each panel (tube) of a run, :func:`cluster_run`
 2. fits one FlowSOM model on it (:func:`immunoprofile.tl.flowsom`);
 3. maps every event of every timepoint's ``.h5ad`` onto that model
    (:func:`immunoprofile.tl.flowsom_map`), so cluster 7 at week 0 is cluster 7 at week 12, and
-   re-writes the files atomically with the labels (``obs['flowsom']``, ``obs['flowsom_node']``)
-   and the model (``uns['flowsom']``);
+   writes each file's labels (``flowsom``, ``flowsom_node`` per event) with the model beside
+   it in ``clusters/<file>.parquet``; the assembled ``.h5ad`` files are never rewritten, and
+   :meth:`immunoprofile.Run.timepoint` reads a file with its labels joined into ``obs`` and the
+   model in ``uns['flowsom']``;
 4. writes ``clusters.parquet`` (sample × cluster counts, which ``compare`` tests like gated
    populations), ``cluster_annotation.csv`` and ``cluster_agreement.csv``.
 
@@ -19,6 +21,7 @@ timepoint plus the pooled subsample.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +29,22 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from immunoprofile.assemble import RunFolder, assemble_run, write_h5ad
+from immunoprofile.assemble import assemble_run
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.run import Run
 from immunoprofile.tables import Column, register, write_csv, write_parquet
+from immunoprofile.tl import (
+    SOM_GRID,
+    agreement_table,
+    annotate_clusters,
+    cluster_abundance,
+    flowsom,
+    flowsom_map,
+    marker_thresholds,
+)
 
 CLUSTERS: tuple[Column, ...] = (
     Column("sample_id", "string", "Sample id from the sample sheet."),
@@ -78,16 +93,12 @@ KEY = "flowsom"
 class ClusterRunResult:
     """What :func:`cluster_run` wrote and the per-panel tables."""
 
-    h5ad: list[Path] = field(default_factory=list)
+    h5ad: list[Path] = field(default_factory=list)  # the label files written
     clusters: pd.DataFrame | None = None
     annotation: pd.DataFrame | None = None
     agreement: pd.DataFrame | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     events_per_sample: dict[str, int] = field(default_factory=dict)
-
-
-def _event_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.h5ad") if p.name != "samples.h5ad")
 
 
 def _panel(adata: ad.AnnData) -> str:
@@ -100,10 +111,11 @@ def cluster_run(
     n_clusters: int = 20,
     events_per_sample: int | None = None,
     max_events: int = 500_000,
-    seed: int = 0,
-    xdim: int = 20,
-    ydim: int = 20,
+    random_state: int = 0,
+    xdim: int = SOM_GRID,
+    ydim: int = SOM_GRID,
     markers: Sequence[str] | None = None,
+    seed: int | None = None,
 ) -> ClusterRunResult:
     """Cluster a run: one FlowSOM model per panel, fitted on a balanced pooled subsample.
 
@@ -120,33 +132,30 @@ def cluster_run(
     max_events
         Cap on the pooled fitting events of a panel when ``events_per_sample`` is not given
         (SOM training time grows with it).
-    seed
+    random_state
         Seed of the subsample and of the SOM.
     xdim, ydim
-        SOM grid. 20 × 20 by default rather than FlowSOM's 10 × 10: over all lymphocytes one
-        lineage dominates (T cells are ~70% of a B-cell tube) and a SOM gives nodes in
-        proportion to density, so subsets of 0.3% of the events (transitional, unswitched,
-        double-negative B, plasmablasts) got no node of their own on 10 × 10 and 14 × 14 grids
-        for several seeds of small simulated cohorts; at 20 × 20 every seed kept them apart.
-        A rare population also needs events: small cohorts should fit on all their events.
+        SOM grid (``immunoprofile.tl.SOM_GRID``, 20 × 20, as :func:`immunoprofile.tl.flowsom`;
+        see there why not FlowSOM's 10 × 10). A rare population also needs events: small
+        cohorts should fit on all their events.
     markers
         Markers to cluster on (default: each panel's fluorescence markers).
-    """
-    from immunoprofile.tl import (
-        agreement_table,
-        annotate_clusters,
-        flowsom,
-        flowsom_map,
-        marker_thresholds,
-    )
+    seed
+        Former name of ``random_state`` (kept as an alias).
 
-    run = RunFolder(run_dir)
-    folder = run.path / "anndata"
-    if not _event_files(folder):
-        assemble_run(run.path)
-    files = _event_files(folder)
+    Returns
+    -------
+    ClusterRunResult
+        The label files written, the clusters, annotation and agreement tables and the
+        events per sample each panel's model was fitted on.
+    """
+    seed = random_state if seed is None else seed
+    run = Run.open(run_dir)
+    if not run.timepoint_files():
+        assemble_run(run)
+    files = run.timepoint_files()
     if not files:
-        raise ImmunoprofileError(f"no timepoint .h5ad files in {folder}: run "
+        raise ImmunoprofileError(f"no timepoint .h5ad files in {run.anndata_dir}: run "
                                  "`immunoprofile assemble` first")
 
     # Pass 1: per panel, a random order of each sample's events (trimmed to a common size).
@@ -172,12 +181,12 @@ def cluster_run(
         pooled = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
                            uns_merge="first")
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
-                seed=seed, key_added=KEY)
+                random_state=seed, key_added=KEY)
         cross = None
-        for path, _ in parts:  # pass 2: map every event, re-write the file
+        for path, _ in parts:  # pass 2: map every event, write its labels beside the file
             adata = ad.read_h5ad(path)
             flowsom_map(adata, pooled, key=KEY)
-            result.h5ad.append(write_h5ad(adata, path))
+            result.h5ad.append(_write_labels(run, path, adata))
             counts.append(_sample_counts(adata, panel))
             if "population" in adata.obs:
                 here = pd.crosstab(adata.obs[KEY], adata.obs["population"].astype(str),
@@ -200,16 +209,42 @@ def cluster_run(
     result.clusters = _with_metadata(pd.concat(counts, ignore_index=True), run)
     result.annotation = pd.concat(annotations, ignore_index=True)
     result.paths["clusters"] = write_parquet(
-        result.clusters, run.path / "clusters.parquet",
+        result.clusters, run.clusters_path, schema=CLUSTERS,
         metadata={"n_clusters": n_clusters, "seed": seed, "xdim": xdim, "ydim": ydim,
                   "events_per_sample": result.events_per_sample})
-    result.paths["annotation"] = write_csv(result.annotation,
-                                           run.path / "cluster_annotation.csv")
+    result.paths["annotation"] = write_csv(result.annotation, run.cluster_annotation_path,
+                                           schema=ANNOTATION)
     if agreements:
         result.agreement = pd.concat(agreements, ignore_index=True)
-        result.paths["agreement"] = write_csv(result.agreement,
-                                              run.path / "cluster_agreement.csv")
+        result.paths["agreement"] = write_csv(result.agreement, run.cluster_agreement_path,
+                                              schema=AGREEMENT)
     return result
+
+
+def _write_labels(run: Run, h5ad: Path, adata: ad.AnnData) -> Path:
+    """Each event's metacluster and SOM node, with the model, beside its ``.h5ad``."""
+    labels = pd.DataFrame({KEY: adata.obs[KEY].astype(str).to_numpy(),
+                           f"{KEY}_node": adata.obs[f"{KEY}_node"].to_numpy(np.int64)},
+                          index=pd.Index(adata.obs_names.astype(str), name="cell"))
+    model = adata.uns[KEY]
+    meta = {"h5ad": h5ad.name, "categorical": [KEY],
+            "categories": {KEY: list(adata.obs[KEY].cat.categories)},
+            "uns": {KEY: {"params": _plain(model["params"]),
+                          "codes": np.asarray(model["codes"]).tolist(),
+                          "node_metacluster": np.asarray(model["node_metacluster"]).tolist()}}}
+    arrow = pa.Table.from_pandas(labels, preserve_index=True)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                           b"immunoprofile": json.dumps(meta).encode()})
+    return run.write_with(run.labels_path(h5ad), lambda tmp: pq.write_table(arrow, tmp))
+
+
+def _plain(value):
+    """JSON-ready copy of the model's parameters (numpy scalars and arrays as Python)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _first_per_sample(adata: ad.AnnData, n: int) -> ad.AnnData:
@@ -219,14 +254,12 @@ def _first_per_sample(adata: ad.AnnData, n: int) -> ad.AnnData:
 
 
 def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
-    from immunoprofile.tl import cluster_abundance
-
     long = cluster_abundance(adata, KEY)
     long.insert(1, "panel", panel)
     return long
 
 
-def _with_metadata(counts: pd.DataFrame, run: RunFolder) -> pd.DataFrame:
+def _with_metadata(counts: pd.DataFrame, run: Run) -> pd.DataFrame:
     meta = run.samples()
     meta = meta.assign(sample_id=meta["sample_id"].astype(str))
     meta = meta.drop(columns=[c for c in ("panel",) if c in meta.columns])

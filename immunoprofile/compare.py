@@ -15,9 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from immunoprofile.clinical import attach_arms, responders
+from immunoprofile.run import Run
 from immunoprofile.tables import Column, register, write_csv, write_parquet
-from immunoprofile.tl._differential import differential_abundance, differential_state
-from immunoprofile.tl._response import ResponderRule, response
+from immunoprofile.tl import (
+    ResponderRule,
+    clinical_comparison,
+    correlations,
+    cytokine_comparison,
+    differential_abundance,
+    differential_state,
+    read_cytokines,
+    response,
+)
 
 _CONTRAST_COLUMNS = (
     Column("template", "string", "Template (or `clusters:<panel>` for FlowSOM clusters)."),
@@ -54,6 +64,7 @@ register("compare/response.parquet (one row per patient × population × visit)"
     Column("responder", "boolean", "The responder rule's verdict for the patient at that visit."),
 ))
 register("compare/response_summary.parquet (one row per arm × population × visit)", (
+    Column("template, population, arm, timepoint", "string", "Keys."),
     Column("n_patients", "int64", "Patients with a baseline and this visit."),
     Column("fold_change", "float64", "Geometric mean fold change from baseline."),
     Column("ci_low / ci_high", "float64", "Its 95% CI (t interval on the log scale)."),
@@ -105,9 +116,6 @@ register("compare/responders.csv (one row per rule × arm × visit)", (
 ))
 
 
-LYMPHOCYTES = "Live lymphocytes"
-
-
 @dataclass
 class Comparison:
     """The tables one ``compare`` produced."""
@@ -123,11 +131,10 @@ class Comparison:
     responders: pd.DataFrame | None = None
 
 
-def _clusters(run: Path) -> pd.DataFrame | None:
-    path = run / "clusters.parquet"
-    if not path.is_file():
+def _clusters(run: Run) -> pd.DataFrame | None:
+    table = run.clusters()
+    if table is None:
         return None
-    table = pd.read_parquet(path)
     table = table.rename(columns={"cluster": "population"})
     table["template"] = "clusters:" + table.get("panel", pd.Series("", index=table.index)
                                                 ).astype(str)
@@ -185,15 +192,16 @@ def compare_run(
         The abundance, state and response tables (each also written to ``out``) and, with
         ``clinical``/``cytokines``, the joint tables.
     """
-    from immunoprofile.assemble import RunFolder
-
-    run = RunFolder(run_dir)
-    out = Path(out) if out else run.path / "compare"
+    run = Run.open(run_dir)
+    out = Path(out) if out else run.compare_dir
     subsets = run.subsets
     pairs, covariates = list(pairs), list(covariates)
+    # frequencies among each template's declared lymphocyte reference, besides the parent
+    references = dict.fromkeys(t.reference_population for t in run.templates().values()
+                               if t.reference_population)
     da = differential_abundance(subsets, control=control, baseline=baseline, pairs=pairs,
-                                covariates=covariates, reference=("parent", LYMPHOCYTES))
-    clusters = _clusters(run.path)
+                                covariates=covariates, reference=("parent", *references))
+    clusters = _clusters(run)
     if clusters is not None:
         da_clusters = differential_abundance(clusters, control=control, baseline=baseline,
                                              pairs=pairs, covariates=covariates)
@@ -205,20 +213,28 @@ def compare_run(
             subsets["template"].astype(str), subsets["population"].astype(str))):
         rule = None  # e.g. the default Treg rule on a run without a Treg tube
     patients, summary = response(subsets, baseline=baseline, responder=rule)
-    for name, table in (("differential_abundance", da), ("differential_state", ds)):
-        write_parquet(table, out / f"{name}.parquet")
-        write_csv(table, out / f"{name}.csv")
-    write_parquet(patients, out / "response.parquet")
-    write_parquet(summary, out / "response_summary.parquet")
-    write_csv(summary, out / "response_summary.csv")
+    _write(da, out, "differential_abundance")
+    _write(ds, out, "differential_state")
+    _write(patients, out, "response", csv=False)
+    _write(summary, out, "response_summary")
     result = Comparison(da, ds, patients, summary, out)
     if clinical is not None or cytokines is not None:
         _joint(result, subsets, clinical=clinical, cytokines=cytokines, control=control,
                baseline=baseline, pairs=pairs, covariates=covariates,
                rule=responder if rule is not None else None, plots=plots)
     if plots:
-        _plots(result, subsets, out / "plots")
+        _plots(result, subsets, Run.plots_under(out))
     return result
+
+
+def _write(table: pd.DataFrame, out: Path, name: str, *, parquet: bool = True,
+           csv: bool = True) -> None:
+    """A comparison table as Parquet and/or CSV, checked against its documented schema."""
+    schema = f"compare/{name}.{'parquet' if parquet else 'csv'}"
+    if parquet:
+        write_parquet(table, out / f"{name}.parquet", schema=schema)
+    if csv:
+        write_csv(table, out / f"{name}.csv", schema=schema)
 
 
 def _visit_columns(subsets: pd.DataFrame, table: pd.DataFrame,
@@ -242,14 +258,6 @@ def _joint(result: Comparison, subsets: pd.DataFrame, *, clinical, cytokines, co
            baseline: str, pairs: list[str], covariates: list[str], rule: str | None,
            plots: bool) -> None:
     """Clinical and cytokine comparisons, correlations with subsets and responder counts."""
-    from immunoprofile.clinical import attach_arms, responders
-    from immunoprofile.tl._joint import (
-        clinical_comparison,
-        correlations,
-        cytokine_comparison,
-        read_cytokines,
-    )
-
     out = result.out
     arms = (subsets[["patient_id", "arm"]].astype(str).drop_duplicates("patient_id")
             .set_index("patient_id")["arm"])
@@ -258,28 +266,25 @@ def _joint(result: Comparison, subsets: pd.DataFrame, *, clinical, cytokines, co
         clin = _visit_columns(subsets, attach_arms(clinical, arms), covariates)
         result.clinical = clinical_comparison(clin, control=control, baseline=baseline,
                                               pairs=pairs, covariates=covariates)
-        write_parquet(result.clinical, out / "clinical.parquet")
-        write_csv(result.clinical, out / "clinical.csv")
+        _write(result.clinical, out, "clinical")
     if cytokines is not None:
         cyto = _visit_columns(subsets, read_cytokines(cytokines), covariates)
         result.cytokines = cytokine_comparison(cyto, control=control, baseline=baseline,
                                                pairs=pairs, covariates=covariates)
-        write_parquet(result.cytokines, out / "cytokines.parquet")
-        write_csv(result.cytokines, out / "cytokines.csv")
+        _write(result.cytokines, out, "cytokines")
     result.correlations = correlations(subsets, clinical=clin, cytokines=cyto)
-    write_parquet(result.correlations, out / "correlations.parquet")
-    write_csv(result.correlations, out / "correlations.csv")
+    _write(result.correlations, out, "correlations")
     result.responders = responders(clin, result.response if rule else None, baseline=baseline,
                                    rule=rule or "immune")
-    write_csv(result.responders, out / "responders.csv")
+    _write(result.responders, out, "responders", parquet=False)
     if plots:
-        _joint_plots(result, clin, cyto, out / "plots")
+        _joint_plots(result, clin, cyto, Run.plots_under(out))
 
 
 def _joint_plots(result: Comparison, clinical: pd.DataFrame | None,
                  cytokines: pd.DataFrame | None, folder: Path) -> None:
     try:
-        from immunoprofile import pl
+        from immunoprofile import pl  # loaded only when plots are drawn (matplotlib)
     except ImportError:  # pragma: no cover - plots are optional for pipelines
         return
     if not hasattr(pl, "clinical_trajectories"):
@@ -299,7 +304,7 @@ def _joint_plots(result: Comparison, clinical: pd.DataFrame | None,
 
 def _plots(result: Comparison, subsets: pd.DataFrame, folder: Path) -> None:
     try:
-        from immunoprofile import pl
+        from immunoprofile import pl  # loaded only when plots are drawn (matplotlib)
     except ImportError:  # pragma: no cover - plots are optional for pipelines
         return
     if not hasattr(pl, "trajectories"):

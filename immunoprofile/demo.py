@@ -15,6 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunoprofile import pl, tl
+from immunoprofile.assemble import assemble_run
+from immunoprofile.batch import BatchSettings, gate_samples
+from immunoprofile.cba import quantify
+from immunoprofile.cluster import cluster_run
+from immunoprofile.compare import compare_run
+from immunoprofile.datasets import simulate_cohort
+from immunoprofile.report import write_report
+from immunoprofile.run import Run
+
 # Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
 UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes"})
 
@@ -84,7 +94,8 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
     return out
 
 
-def cluster_figures(run: Path, *, seed: int = 0, max_events: int = 3000) -> list[Path]:
+def cluster_figures(run: Path | Run, *, random_state: int = 0, max_events: int = 3000,
+                    seed: int | None = None) -> list[Path]:
     """UMAP (coloured by cluster, gated population, arm, timepoint) and the median-expression
     heatmap of the clusters, for the first timepoint of each panel, into ``run/cluster_plots``.
 
@@ -94,29 +105,27 @@ def cluster_figures(run: Path, *, seed: int = 0, max_events: int = 3000) -> list
     Parameters
     ----------
     run
-        A run folder whose ``anndata/*.h5ad`` hold ``flowsom`` clusters (files without them
-        are skipped).
-    seed
+        A run folder clustered by :func:`~immunoprofile.cluster.cluster_run` (timepoint files
+        without cluster labels are skipped).
+    random_state
         Seed of the subsample and of UMAP.
     max_events
         Events in the UMAP subsample (all when the file has fewer); the heatmap uses all.
+    seed
+        Former name of ``random_state`` (kept as an alias).
 
     Returns
     -------
     list of pathlib.Path
         The PNG files written.
     """
-    import anndata as ad
-
-    from immunoprofile import pl, tl
-
-    folder = run / "cluster_plots"
+    seed = random_state if seed is None else seed
+    run = run if isinstance(run, Run) else Run(run)
+    folder = run.cluster_plots_dir
     written: list[Path] = []
     seen: set[str] = set()
-    for path in sorted((run / "anndata").glob("*.h5ad"), key=lambda p: p.name):
-        if path.name == "samples.h5ad":
-            continue
-        adata = ad.read_h5ad(path)
+    for path in run.timepoint_files():
+        adata = run.timepoint(path)
         panel = str(adata.uns.get("immunoprofile", {}).get("panel", "")) or path.stem
         if panel in seen or "flowsom" not in adata.obs:
             continue
@@ -166,11 +175,6 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
     RuntimeError
         Gating produced nothing usable.
     """
-    from immunoprofile.assemble import assemble_run
-    from immunoprofile.batch import BatchSettings, gate_samples
-    from immunoprofile.compare import compare_run
-    from immunoprofile.datasets import simulate_cohort
-    from immunoprofile.report import write_report
 
     out = Path(out)
     run = out / "run"
@@ -197,7 +201,7 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
                          if k % 12 == 0 or k == n else None)
     done("gate every FCS file (treg, bcell, plasma templates)")
     if batch.exit_code == 1:
-        raise RuntimeError(f"gating produced nothing usable: see {run / 'errors.csv'}")
+        raise RuntimeError(f"gating produced nothing usable: see {Run(run).errors_path}")
 
     stage("AnnData per timepoint")
     for path in assemble_run(run):
@@ -205,24 +209,21 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
     done("AnnData per timepoint")
 
     stage("FlowSOM clusters, UMAP and annotation")
-    from immunoprofile.cluster import cluster_run
-
-    cluster_run(run, seed=seed)
-    for path in cluster_figures(run, seed=seed):
+    cluster_run(run, random_state=seed)
+    for path in cluster_figures(run, random_state=seed):
         say(f"    {path.name}")
     done("FlowSOM clusters, UMAP and annotation")
 
     stage("cytokines from bead-array FCS files")
-    from immunoprofile.cba import quantify
-
-    quantify(cohort.out / "cba" / "cba_sheet.csv", "bd_cba_th1_th2_th17", run / "cytokines")
+    cytokines = Run(run).cytokines_dir
+    quantify(cohort.out / "cba" / "cba_sheet.csv", "bd_cba_th1_th2_th17", cytokines)
     done("cytokines from bead-array FCS files")
 
     stage("compare arms over time (abundance, state, cytokines, clinical)")
     comparison = compare_run(run, control="SOC", baseline="W0",
                              pairs=["COMBO:IL2", "COMBO:TEL"],
                              clinical=cohort.out / "clinical.csv",
-                             cytokines=run / "cytokines" / "cytokines.parquet")
+                             cytokines=cytokines / "cytokines.parquet")
     done("compare arms over time (abundance, state, cytokines, clinical)")
 
     stage("HTML report")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from immunoprofile._version import __version__
-from immunoprofile.tables import atomic_write
+from immunoprofile.run import Run
 
 THUMB_WIDTH = 320
 QC_WARN_PCT = 10.0  # a sample losing more events than this to QC is named in the summary
@@ -61,6 +60,7 @@ def _data_uri(png: bytes, mime: str = "image/png") -> str:
 
 def _thumbnail(path: Path) -> tuple[str, str]:
     """(thumbnail URI, full-size URI): a small JPEG for the gallery, the PNG on click."""
+    # start-up time: a heavy library, loaded on first use
     from PIL import Image
 
     with Image.open(path) as img:
@@ -105,10 +105,8 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def _summary(run: Path, manifest: dict) -> str:
-    qc = pd.read_csv(run / "qc.csv") if (run / "qc.csv").is_file() else pd.DataFrame()
-    errors = pd.read_csv(run / "errors.csv") if (run / "errors.csv").is_file() \
-        else pd.DataFrame()
+def _summary(run: Run, manifest: dict) -> str:
+    qc, errors = run.qc, run.errors
     kpis = {"samples": manifest.get("samples", len(qc)), "failed": manifest.get("failed", 0),
             "events": f"{int(qc['n_events'].sum()):,}" if "n_events" in qc else "",
             "removed by QC": f"{qc['pct_removed'].mean():.2f}%" if "pct_removed" in qc else "",
@@ -132,16 +130,17 @@ def _summary(run: Path, manifest: dict) -> str:
     return body
 
 
-def _outlier_order(run: Path, names: list[Path]) -> list[Path]:
+def _outlier_order(run: Run, names: list[Path]) -> list[Path]:
     """Gating plots with QC removals, adaptive fallbacks or rare populations first."""
     score: dict[str, float] = {}
-    if (run / "qc.csv").is_file():
-        qc = pd.read_csv(run / "qc.csv")
+    qc = run.qc
+    if not qc.empty:
         fallback = qc.filter(like="/fallback").fillna(0).sum(axis=1) if len(qc) else 0
         qc["score"] = qc.get("pct_removed", 0) + 10 * fallback
         score = dict(zip(qc["sample_id"].astype(str), qc["score"]))
-    if (run / "errors.csv").is_file():
-        for sid in pd.read_csv(run / "errors.csv")["sample_id"].astype(str):
+    errors = run.errors
+    if "sample_id" in errors.columns:
+        for sid in errors["sample_id"].astype(str):
             score[sid] = score.get(sid, 0) + 100
 
     def key(p: Path) -> tuple:
@@ -151,8 +150,8 @@ def _outlier_order(run: Path, names: list[Path]) -> list[Path]:
     return sorted(names, key=key)
 
 
-def _gallery(run: Path, limit: int) -> str:
-    plots = _outlier_order(run, sorted((run / "plots").glob("*.png")))
+def _gallery(run: Run, limit: int) -> str:
+    plots = _outlier_order(run, run.gating_plots())
     if not plots:
         return "<p><em>no gating plots (the run used --no-plots)</em></p>"
     items = []
@@ -165,30 +164,30 @@ def _gallery(run: Path, limit: int) -> str:
            f'{"".join(items)}</div>{more}'
 
 
-def _figures(folder: Path, pattern: str) -> str:
-    return "".join(_img(p, p.stem) for p in sorted(folder.glob(pattern)))
+def _figures(paths: list[Path]) -> str:
+    return "".join(_img(p, p.stem) for p in paths)
 
 
-def _comparison(run: Path) -> str:
-    comp = run / "compare"
-    body = _figures(comp / "plots", "trajectory_*.png")
-    if (comp / "response_summary.csv").is_file():
+def _comparison(run: Run) -> str:
+    body = _figures(run.comparison_plots("trajectory_*.png"))
+    summary = run.comparison("response_summary")
+    if summary is not None:
         body += "<h3>Response per arm (geometric mean fold change from baseline)</h3>" + _table(
-            pd.read_csv(comp / "response_summary.csv"), max_rows=80)
+            summary, max_rows=80)
     for name, title in (("differential_abundance", "Differential abundance"),
                         ("differential_state", "Differential state")):
-        path = comp / f"{name}.parquet"
-        if not path.is_file():
+        table = run.comparison(name)
+        if table is None:
             continue
-        table = pd.read_parquet(path).sort_values("pvalue")
+        table = table.sort_values("pvalue")
         cols = [c for c in ("template", "population", "marker", "reference", "contrast_type",
                             "arm", "reference_arm", "timepoint", "baseline", "estimate",
                             "ci_low", "ci_high", "pvalue", "fdr", "warning")
                 if c in table.columns]
         body += f"<h3>{title} (FDR &lt; 0.05 in red; top 150 by p)</h3>" \
                 + _table(table[cols], max_rows=150, sig="fdr")
-    body += _figures(comp / "plots", "effects_heatmap*.png")
-    body += _figures(comp / "plots", "volcano_*.png")
+    body += _figures(run.comparison_plots("effects_heatmap*.png"))
+    body += _figures(run.comparison_plots("volcano_*.png"))
     return body
 
 
@@ -211,30 +210,28 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     pathlib.Path
         The report written (one self-contained HTML page).
     """
-    run = Path(run_dir)
-    manifest = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() \
-        else {}
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    manifest = run.manifest
     sections = [("summary", "Run summary and QC", _summary(run, manifest)),
                 ("gating", "Gating plots", _gallery(run, gallery_limit))]
-    if (run / "compare").is_dir():
+    if run.compare_dir.is_dir():
         sections.append(("compare", "Arms over time", _comparison(run)))
-    cluster_plots = _figures(run / "cluster_plots", "*.png") if (run / "cluster_plots"
-                                                                   ).is_dir() else ""
+    cluster_plots = _figures(sorted(run.cluster_plots_dir.glob("*.png")))
     if cluster_plots:
         sections.append(("clusters", "Clusters and UMAP", cluster_plots))
-    plots = run / "compare" / "plots"
-    cytokine_figs = _figures(run / "cytokines" / "plots", "*.png") + _figures(plots,
-                                                                             "cytokine_*.png")
+    cytokine_figs = _figures(run.cytokine_plots()
+                             + run.comparison_plots("cytokine_*.png"))
     if cytokine_figs:
         sections.append(("cytokines", "Cytokines (bead array)",
                          cytokine_figs + _extra_tables(run, "cytokines")))
-    clinical_figs = _figures(plots, "clinical_*.png") + _figures(plots, "correlations_*.png")
+    clinical_figs = _figures(run.comparison_plots("clinical_*.png")
+                             + run.comparison_plots("correlations_*.png"))
     if clinical_figs:
         sections.append(("clinical", "Clinical response and correlations with the subsets",
                          clinical_figs + _extra_tables(run, "clinical")))
     nav = "".join(f'<a href="#{sid}">{html.escape(title)}</a>' for sid, title, _ in sections)
     body = "".join(_section(*s) for s in sections)
-    title = f"immunoprofile report: {run.resolve().name}"
+    title = f"immunoprofile report: {run.path.resolve().name}"
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
@@ -244,26 +241,28 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
             f"<nav>{nav}</nav><main>{body}</main>"
             f"<div id=\"lightbox\"><img alt=\"full size\"></div>"
             f"<script>{_JS}</script></body></html>")
-    path = Path(out) if out else run / "report.html"
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return run.write_text(Path(out) if out else run.report_path, page)
 
 
-def _extra_tables(run: Path, section: str) -> str:
-    comp = run / "compare"
+def _extra_tables(run: Run, section: str) -> str:
     out = ""
-    if section == "cytokines" and (comp / "cytokines.parquet").is_file():
-        table = pd.read_parquet(comp / "cytokines.parquet").sort_values("pvalue")
+    cytokines = run.comparison("cytokines")
+    if section == "cytokines" and cytokines is not None:
+        table = cytokines.sort_values("pvalue")
         out += "<h3>Cytokines across arms (censored below LLOQ)</h3>" + _table(
             table, max_rows=60, sig="fdr")
     if section == "clinical":
-        if (comp / "clinical.parquet").is_file():
-            table = pd.read_parquet(comp / "clinical.parquet").sort_values("pvalue")
+        clinical = run.comparison("clinical")
+        if clinical is not None:
+            table = clinical.sort_values("pvalue")
             out += "<h3>Clinical indexes across arms</h3>" + _table(table, max_rows=60,
                                                                     sig="fdr")
-        if (comp / "responders.csv").is_file():
-            out += "<h3>Responders per arm</h3>" + _table(pd.read_csv(comp / "responders.csv"))
-        if (comp / "correlations.parquet").is_file():
-            corr = pd.read_parquet(comp / "correlations.parquet").sort_values("pvalue")
+        responders = run.comparison("responders")
+        if responders is not None:
+            out += "<h3>Responders per arm</h3>" + _table(responders)
+        correlations = run.comparison("correlations")
+        if correlations is not None:
+            corr = correlations.sort_values("pvalue")
             out += "<h3>Correlations with the subsets (top 100 by p)</h3>" + _table(
                 corr, max_rows=100, sig="fdr")
     return out

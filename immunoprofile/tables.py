@@ -10,6 +10,7 @@ second truth.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,11 @@ QC: tuple[Column, ...] = (
     Column("removed_margin", "int64", "Events on the scatter margins ($PnR) or below floor."),
     Column("removed_flow_rate", "int64", "Events in time windows with abnormal flow rate."),
     Column("removed_signal_shift", "int64", "Events in time windows with shifted signal."),
-    Column("qc_flags", "string", "QC warnings, '; '-joined."),
+    Column("removed_<reason>", "int64", "Events removed for any other reason QC reports."),
+    Column("n_windows", "int64", "Time windows the flow-rate and signal checks judged."),
+    Column("n_windows_flagged", "int64", "Windows flagged for flow rate or signal."),
+    Column("qc_flags", "string", "QC warnings, '; '-joined (read warnings of the FCS file "
+           "too)."),
     Column("<template>/<population>/<setting>", "float64", "Where an adaptive gate landed "
            "(threshold, shift…); `…/fallback` is 1 when it fell back to its default."),
 )
@@ -123,6 +128,95 @@ def register(title: str, columns: tuple[Column, ...]) -> None:
     TABLES[title] = columns
 
 
+class SchemaMismatch(ValueError):
+    """A table about to be written disagrees with its documented schema (a bug in the code
+    or in the documentation, never the user's input)."""
+
+
+def _names(column: Column) -> list[str]:
+    """The column names a documented entry stands for (``"ci_low / ci_high"`` is two)."""
+    return [n.strip() for n in re.split(r",\s+|\s+/\s+", column.name) if n.strip()]
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"<[^>]+>", ".+", re.escape(name).replace(
+        r"\<", "<").replace(r"\>", ">")) + "$")
+
+
+def schema_for(title: str) -> tuple[Column, ...]:
+    """The documented columns of a table, by the start of its registered title
+    (``"subsets.parquet"``, ``"qc.csv"``, ``"compare/responders.csv"``).
+
+    Raises
+    ------
+    KeyError
+        No registered table has that title.
+    """
+    for name, columns in TABLES.items():
+        if name.split(" (")[0].split(" / ")[0] == title or name.startswith(title + " "):
+            return columns
+    raise KeyError(f"no documented table {title!r} (documented: {', '.join(TABLES)})")
+
+
+def validate(table: pd.DataFrame, columns: tuple[Column, ...] | str, *,
+             where: str = "table", complete: bool = True) -> None:
+    """Check a table against its documented schema before it is written.
+
+    Every column must be documented (by name, or by a pattern such as ``pct_of_<ref>``;
+    the subset table's sheet columns are those before ``template``), and every documented
+    column without a pattern must be present; columns documented as ``bool`` must hold
+    booleans and ``Int64`` ones pandas' nullable integers.
+
+    Parameters
+    ----------
+    table
+        The table about to be written.
+    columns
+        Its documented columns, or the title :func:`schema_for` finds them by.
+    where
+        The table's name, for the message.
+    complete
+        Whether every documented column must be present (False for tables whose columns
+        depend on what ran, such as ``qc.csv`` without QC).
+
+    Raises
+    ------
+    SchemaMismatch
+        A column is undocumented, missing, or of another type than documented.
+    """
+    if isinstance(columns, str):
+        columns = schema_for(columns)
+    fixed, patterns, types = [], [], {}
+    for col in columns:
+        for name in _names(col):
+            if "<" in name:
+                patterns.append(_pattern(name))
+            else:
+                fixed.append(name)
+                types[name] = col.dtype
+    present = [str(c) for c in table.columns]
+    sheet: set[str] = set()
+    if any(c.name == "<sheet column>" for c in columns) and "template" in present:
+        sheet = set(present[: present.index("template")])
+    problems = [f"column {c!r} is not documented" for c in present
+                if c not in fixed and c not in sheet and not any(p.match(c) for p in patterns)]
+    problems += [f"documented column {c!r} is missing" for c in fixed if complete
+                 and c not in present and not (sheet and c in _SHEET_OPTIONAL)]
+    for c in present:
+        kind = types.get(c)
+        if kind == "bool" and not pd.api.types.is_bool_dtype(table[c]) and len(table):
+            problems.append(f"column {c!r} is {table[c].dtype}, documented bool")
+        if kind == "Int64" and str(table[c].dtype) != "Int64":
+            problems.append(f"column {c!r} is {table[c].dtype}, documented Int64")
+    if problems:
+        raise SchemaMismatch(f"{where} disagrees with its documented schema "
+                             f"(immunoprofile schema): " + "; ".join(problems))
+
+
+# Sheet columns documented by name in SUBSETS that a sheet may lack.
+_SHEET_OPTIONAL = frozenset({"patient_id", "arm", "timepoint"})
+
+
 def schema_markdown() -> str:
     """The documentation of every output table, as Markdown (``immunoprofile schema``)."""
     lines = [f"# immunoprofile output tables (schema {SCHEMA_VERSION})", ""]
@@ -133,7 +227,8 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
-def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = None) -> Path:
+def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = None,
+                  schema: tuple[Column, ...] | str | None = None) -> Path:
     """Parquet with ``schema_version`` (and any ``metadata``) in the file's key-value metadata.
 
     Parameters
@@ -145,12 +240,16 @@ def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = No
     metadata
         JSON-serialisable entries stored with ``schema_version`` under the ``immunoprofile``
         key.
+    schema
+        The table's documented columns (or their title): checked by :func:`validate` first.
 
     Returns
     -------
     pathlib.Path
         The path written.
     """
+    if schema is not None:
+        validate(table, schema, where=str(path))
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = dict(arrow.schema.metadata or {})
     meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
@@ -159,7 +258,8 @@ def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = No
     return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> Path:
+def write_csv(table: pd.DataFrame, path: Path, *,
+              schema: tuple[Column, ...] | str | None = None) -> Path:
     """CSV of a table, written atomically.
 
     Parameters
@@ -168,12 +268,16 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
         The table; its index is not written.
     path
         Destination; parent folders are created and the file is replaced atomically.
+    schema
+        The table's documented columns (or their title): checked by :func:`validate` first.
 
     Returns
     -------
     pathlib.Path
         The path written.
     """
+    if schema is not None:
+        validate(table, schema, where=str(path))
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 import immunoprofile
-from immunoprofile.batch import BatchSettings, _resume_key, gate_samples
+from immunoprofile.batch import BatchSettings, gate_samples, resume_key
 from immunoprofile.datasets import simulate_tube
 from immunoprofile.io.fcs_write import write_fcs
 
@@ -36,9 +36,9 @@ def test_all_empty_numeric_column_stays_numeric(tmp_path: Path) -> None:
 
 def test_resume_key_changes_with_the_code_version(monkeypatch) -> None:
     row = {"sample_id": "s", "path": "s.fcs", "patient_id": "p"}
-    before = _resume_key(row, "abc", [], BatchSettings())
-    monkeypatch.setattr("immunoprofile.batch.__version__", "999.0")
-    assert _resume_key(row, "abc", [], BatchSettings()) != before
+    before = resume_key(row, "abc", [], BatchSettings())
+    monkeypatch.setattr("immunoprofile.batch._parts.__version__", "999.0")
+    assert resume_key(row, "abc", [], BatchSettings()) != before
     assert before["immunoprofile"] == immunoprofile.__version__
 
 

@@ -49,9 +49,9 @@ def test_flowsom_slots_and_model(treg, tmp_path):
     assert isinstance(labels.dtype, pd.CategoricalDtype)
     assert list(labels.cat.categories) == [str(i) for i in range(12)]
     nodes = adata.obs["flowsom_node"].to_numpy()
-    assert nodes.min() >= 0 and nodes.max() < 100
+    assert nodes.min() >= 0 and nodes.max() < ip.tl.SOM_GRID ** 2
     model = adata.uns["flowsom"]
-    assert model["codes"].shape == (100, len(TREG_MARKERS))
+    assert model["codes"].shape == (ip.tl.SOM_GRID ** 2, len(TREG_MARKERS))
     assert model["params"]["markers"] == ip.tl.fluorescence_markers(treg)
     # An event's metacluster is its node's metacluster.
     assert (labels.astype(int).to_numpy() == model["node_metacluster"][nodes]).all()

@@ -76,6 +76,7 @@ class PlateParams:
 
 
 def _kit_analytes() -> tuple[tuple[str, ...], tuple[float, ...]]:
+    # start-up time: the simulator's other parts load when used
     from immunoprofile.cba import load_kit
 
     kit = load_kit(KIT)

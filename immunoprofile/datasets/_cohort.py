@@ -218,6 +218,7 @@ def _batches(design: pd.DataFrame, weeks: Sequence[float], seed: int) -> dict[tu
 
 
 def _batch_scale(seed: int, batch: str, tube: str) -> dict[str, float]:
+    # start-up time: the simulator's other parts load when used
     from immunoprofile.datasets._events import PANELS
 
     rng = rng_stream(seed, 3, int(batch[1:]), TUBES.index(tube))
@@ -259,6 +260,7 @@ def simulate_cohort(
     realistic: bool | None = None,
     instruments: str | Sequence[str] = "fortessa",
     export: str | None = None,
+    random_state: int | None = None,
 ) -> SimulatedCohort:
     """Simulate a randomised SLE trial and write it to ``out``.
 
@@ -301,7 +303,13 @@ def simulate_cohort(
         ``count``, ``parent_count``, ``pct_parent``, ``pct_of_reference`` (the DOMAIN "quoted
         as % of" reference), ``pct_of_live``, ``true_per_ul`` (``lymphocytes_per_ul`` × % of
         live lymphocytes) and ``model_per_ul`` (the blood-model count before event sampling).
+
+    Notes
+    -----
+    ``random_state`` is accepted as another name for ``seed`` (scanpy's name, used by the
+    analysis functions); given, it wins.
     """
+    seed = seed if random_state is None else random_state
     unknown = [a for a in arms if a not in DRUGS]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {sorted(DRUGS)}")
@@ -400,6 +408,7 @@ def _add_serology(cohort: SimulatedCohort, seed: int) -> None:
     Each lives in its own module (``_cba.py``: CBA FCS files, standards and their sheet;
     ``_clinical.py``: the clinical table), linked to the cell counts of this cohort.
     """
+    # start-up time: the simulator's other parts load when used
     from immunoprofile.datasets._cba import simulate_cba
     from immunoprofile.datasets._clinical import simulate_clinical
 

@@ -9,6 +9,7 @@ needs it, and range tests on monotonic transforms are decided in linear space.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,13 @@ from flowutils import gating as fu_gating
 from immunoprofile.errors import TemplateError
 from immunoprofile.gating.adaptive import Placer
 from immunoprofile.gating.events import EventSpace
-from immunoprofile.io.fcs import FCSSample, read_fcs
-from immunoprofile.panel import resolve_markers
+from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
+    PreparedSample,
+    prepare_sample,
+    required_markers,  # noqa: F401
+)
+from immunoprofile.gating.rows import RARE_THRESHOLD, subset_rows
+from immunoprofile.io.fcs import FCSSample
 from immunoprofile.template.model import (
     BooleanGate,
     EllipseGate,
@@ -80,6 +86,11 @@ class GatingResult:
         Per adaptive population, where its gate landed and whether it fell back (next issue).
     qc
         Acquisition-QC summary for the sample (empty when QC is off).
+    path
+        The FCS file gated.
+    prepared
+        The :class:`~immunoprofile.gating.prepared.PreparedSample` gating read (its
+        ``EventSpace`` serves the kept events and plots); not compared, not shown.
     """
 
     sample_id: str
@@ -91,6 +102,31 @@ class GatingResult:
     not_measured: dict[str, str] = field(default_factory=dict)
     gate_positions: dict[str, dict[str, Any]] = field(default_factory=dict)
     qc: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+    prepared: PreparedSample | None = field(default=None, repr=False, compare=False)
+
+    def to_table(self, metadata: Mapping[str, Any] | None = None, *,
+                 rare_threshold: int = RARE_THRESHOLD,
+                 file_sha256: str | None = None) -> pd.DataFrame:
+        """This sample's rows of the subset table, exactly as a batch run writes them.
+
+        Parameters
+        ----------
+        metadata
+            The sample's sheet row (``sample_id``, ``patient_id``, ``arm``, ``timepoint``,
+            ``lymphocytes_per_ul`` for absolute counts…); default: the sample id only.
+        rare_threshold
+            Counts below it are flagged ``flag_rare`` (the batch's ``--rare-threshold``).
+        file_sha256
+            The file's digest (computed from :attr:`path` when not given).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per population, columns as documented (``immunoprofile schema``).
+        """
+        return subset_rows(self, metadata, rare_threshold=rare_threshold,
+                           file_sha256=file_sha256)
 
     def __repr__(self) -> str:
         return (f"GatingResult({self.sample_id!r}, template={self.template.name!r}, "
@@ -141,61 +177,9 @@ def _boolean(gate: BooleanGate, membership: dict[str, np.ndarray]) -> np.ndarray
     return np.logical_and.reduce(arrays)
 
 
-def _not_measured(template: Template, channel_of: dict[str, str]) -> dict[str, str]:
-    """Populations that cannot be gated on this file, with the reason.
-
-    A population with ``if_missing: pass`` whose markers are absent is not listed here but in
-    :func:`_passed_through`: its parent's events flow on to its children.
-    """
-    out: dict[str, str] = {}
-    for pop in template.populations:
-        lacking = sorted(m for d in pop.gate.dims for m in d.markers() if m not in channel_of)
-        if lacking and pop.if_missing == "pass" and pop.parent not in out:
-            continue
-        if lacking:
-            out[pop.name] = f"needs {', '.join(lacking)}, absent from the file"
-        elif pop.parent in out:
-            out[pop.name] = f"parent {pop.parent!r} not measured"
-        elif isinstance(pop.gate, BooleanGate):
-            gone = [r for r, _ in pop.gate.refs if r in out]
-            if gone:
-                out[pop.name] = f"depends on {', '.join(gone)}, not measured"
-    return out
-
-
-def _passed_through(template: Template, channel_of: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for pop in template.populations:
-        lacking = sorted(m for d in pop.gate.dims for m in d.markers() if m not in channel_of)
-        if lacking and pop.if_missing == "pass":
-            out[pop.name] = (f"gate not applied: needs {', '.join(lacking)}, absent from the "
-                             "file; parent events passed through")
-    return out
-
-
-def required_markers(template: Template) -> tuple[list[str], list[str]]:
-    """(required, optional) markers of a template; undeclared ones are required.
-
-    Parameters
-    ----------
-    template
-        The template; its declared ``required_markers`` win, otherwise every marker its
-        gates use that is not declared optional.
-
-    Returns
-    -------
-    tuple of list of str
-        The required markers and the optional ones (those not also required).
-    """
-    optional = list(template.optional_markers)
-    used = template.markers()
-    required = list(template.required_markers) or [m for m in used if m not in optional]
-    return required, [m for m in optional if m not in required]
-
-
 def gate_sample(
-    sample: FCSSample | str | Path,
-    template: Template | str | Path,
+    sample: FCSSample | PreparedSample | str | Path,
+    template: Template | str | Path | None = None,
     *,
     sample_id: str | None = None,
     mapping: dict[str, str] | None = None,
@@ -207,9 +191,11 @@ def gate_sample(
     Parameters
     ----------
     sample
-        An :class:`~immunoprofile.io.fcs.FCSSample` or a path to an FCS file.
+        An :class:`~immunoprofile.io.fcs.FCSSample`, a path to an FCS file, or a
+        :class:`~immunoprofile.gating.prepared.PreparedSample` (whose template is used).
     template
-        A :class:`~immunoprofile.template.Template`, a YAML path or a shipped template name.
+        A :class:`~immunoprofile.template.Template`, a YAML path or a shipped template name
+        (required unless ``sample`` is prepared).
     sample_id
         Id written into the result (default: the file name without extension).
     mapping
@@ -224,24 +210,28 @@ def gate_sample(
     Returns
     -------
     GatingResult
-        Counts table and per-population membership.
+        Counts table and per-population membership; ``result.prepared`` keeps the prepared
+        sample for the kept events and plots.
 
     Raises
     ------
     PanelError
         The file lacks a required marker ("template treg needs CD25, file … has …").
     """
-    if not isinstance(sample, FCSSample):
-        sample = read_fcs(sample)
-    template = load_template(template)
+    if isinstance(sample, PreparedSample):
+        prepared = sample
+        named = None if template is None else load_template(template).name
+        if named is not None and named != prepared.template.name:
+            raise TemplateError(f"the sample was prepared for template "
+                                f"{prepared.template.name!r}, not {named!r}")
+    else:
+        if template is None:
+            raise TemplateError("gate_sample needs a template (a Template, YAML path or "
+                                "shipped name) unless the sample is prepared")
+        prepared = prepare_sample(sample, template, mapping=mapping)
+    sample, template, space = prepared.sample, prepared.template, prepared.space
     sample_id = sample_id or Path(sample.path).stem
-    required, optional = required_markers(template)
-    who = f"template {template.name}"
-    channel_of = resolve_markers(sample, required, mapping=mapping, what=who)
-    channel_of.update(resolve_markers(sample, optional, mapping=mapping, optional=optional))
-    skipped = _not_measured(template, channel_of)
-    passed = _passed_through(template, channel_of)
-    space = EventSpace(sample, template, channel_of)
+    skipped, passed = prepared.not_measured, prepared.passed
 
     n = sample.n_events
     root = np.ones(n, bool) if event_mask is None else np.asarray(event_mask, bool)
@@ -278,7 +268,8 @@ def gate_sample(
         bool(positions.get(p, {}).get("fallback", False)) for p in counts["population"]]
     return GatingResult(
         sample_id=sample_id, template=placed, counts=counts, membership=membership,
-        n_events=n, channels=channel_of, not_measured=skipped, gate_positions=positions,
+        n_events=n, channels=prepared.channels, not_measured=skipped,
+        gate_positions=positions, path=str(sample.path), prepared=prepared,
     )
 
 

@@ -524,6 +524,7 @@ def mixture_cloud(pts: np.ndarray, peak: np.ndarray, *, components: int = 5,
         Centre, covariance, and a record (``center_x/y``, ``peak_x/y``, ``components``,
         ``weight``).
     """
+    # start-up time: a heavy library, loaded on first use
     from sklearn.mixture import GaussianMixture
 
     # Fitted on standardised axes: FSC and SSC differ in scale by up to an order of magnitude.

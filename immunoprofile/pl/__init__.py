@@ -1,8 +1,8 @@
 """Plots (scanpy-style ``pl``): each plot in its own private module, re-exported here."""
 
-from immunoprofile.pl._gating import gating, save_gating_pngs
+from immunoprofile.pl._gating import gating, save_gating_plot, save_gating_pngs
 
-__all__ = ["gating", "save_gating_pngs"]
+__all__ = ["gating", "save_gating_plot", "save_gating_pngs"]
 from immunoprofile.pl._compare import boxplots, effects_heatmap, trajectories, volcano
 
 __all__ += ["boxplots", "effects_heatmap", "trajectories", "volcano"]

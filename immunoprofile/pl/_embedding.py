@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.pl._figures import save_png
+from immunoprofile.tl import cluster_abundance, fluorescence_markers
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -44,6 +45,7 @@ def category_colors(adata: AnnData | None, key: str, categories: Sequence[str]) 
     stored = adata.uns.get(f"{key}_colors") if adata is not None else None
     if stored is not None and len(stored) >= len(categories):
         return [to_hex(c) for c in list(stored)[: len(categories)]]
+    # start-up time: a heavy library, loaded on first use
     from scanpy.plotting import palettes
 
     n = len(categories)
@@ -62,8 +64,6 @@ def _categories(values: pd.Series) -> list[str]:
 
 def _clustered(adata: AnnData, key: str, markers: Sequence[str] | None) -> list[str]:
     """Check the cluster column; default markers: the FlowSOM model's, else fluorescence."""
-    from immunoprofile.tl._flowsom import fluorescence_markers
-
     if key not in adata.obs:
         raise ImmunoprofileError(f"obs has no {key!r}: cluster first (ip.tl.flowsom)")
     if markers is not None:
@@ -86,12 +86,13 @@ def umap(
     basis: str = "X_umap",
     layer: str | None = None,
     max_events: int = 50_000,
-    seed: int = 0,
+    random_state: int = 0,
     ncols: int = 3,
     point_size: float | None = None,
     cmap: str = "viridis",
     save: str | Path | None = None,
     dpi: int = 110,
+    seed: int | None = None,
 ) -> Figure:
     """The embedding coloured by markers (values of ``X`` or ``layer``) or obs columns.
 
@@ -109,7 +110,7 @@ def umap(
     max_events
         At most this many events drawn (a seeded subsample), in random order so that no
         category is painted over the others.
-    seed
+    random_state
         Seed of the subsample and drawing order.
     ncols
         Panels per row.
@@ -119,7 +120,15 @@ def umap(
         Colour map of continuous values (clipped to their 1st–99th percentiles).
     save, dpi
         Write a PNG here (atomically) at this resolution.
+    seed
+        Former name of ``random_state`` (kept as an alias).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (also when saved).
     """
+    seed = random_state if seed is None else seed
     if basis not in adata.obsm:
         raise ImmunoprofileError(f"obsm has no {basis!r}: run ip.tl.umap(adata) first")
     if color is None:
@@ -226,6 +235,7 @@ def cluster_heatmap(
     span = (medians.max() - medians.min()).replace(0, np.nan)
     scaled = ((medians - medians.min()) / span).fillna(0.0)
     if order == "hierarchical" and len(cats) > 2:
+        # start-up time: a heavy library, loaded on first use
         from scipy.cluster.hierarchy import leaves_list, linkage
 
         rows = [cats[i] for i in leaves_list(linkage(scaled.to_numpy(), "average"))]
@@ -271,8 +281,6 @@ def cluster_heatmap(
 def _abundance_table(data: AnnData | pd.DataFrame, cluster_key: str, sample_key: str,
                      group_by: Sequence[str], panel: str | None) -> pd.DataFrame:
     if isinstance(data, AnnData):
-        from immunoprofile.tl import cluster_abundance
-
         _clustered(data, cluster_key, [])
         return cluster_abundance(data, cluster_key, sample_key=sample_key, metadata=group_by)
     table = data
@@ -387,6 +395,7 @@ def ridges(
     save, dpi
         Write a PNG here (atomically) at this resolution.
     """
+    # start-up time: a heavy library, loaded on first use
     from scipy.ndimage import gaussian_filter1d
 
     markers = _clustered(adata, cluster_key, markers)

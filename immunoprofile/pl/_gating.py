@@ -51,14 +51,15 @@ _SCATTER_BELOW = 2_000  # below this many events a density image is mostly empty
 
 def gating(
     result: GatingResult,
-    sample: FCSSample,
+    sample: FCSSample | None = None,
     *,
     populations: Sequence[str] | None = None,
     max_events: int = 30_000,
-    seed: int = 0,
+    random_state: int = 0,
     ncols: int | None = None,
     save: str | Path | None = None,
     dpi: int = 110,
+    seed: int | None = None,
 ) -> Figure:
     """Draw every gate of one gated sample over its parent population.
 
@@ -67,13 +68,14 @@ def gating(
     result
         What :func:`immunoprofile.gate_sample` returned for ``sample``.
     sample
-        The sample that was gated (its events are drawn).
+        The sample that was gated (its events are drawn); default the one the result keeps
+        (``result.prepared``), whose computed values are then reused.
     populations
         Population or quadrant-group names to draw (default: every measured, non-boolean
         gate); naming one quadrant draws its group's panel.
     max_events
         At most this many parent events per panel (a seeded random subsample).
-    seed
+    random_state
         Seed of the subsample, so the same call gives the same picture.
     ncols
         Panels per row (default: up to 4).
@@ -81,6 +83,8 @@ def gating(
         Write a PNG here (atomically: temporary file, then rename).
     dpi
         Resolution of the saved PNG.
+    seed
+        Former name of ``random_state`` (kept as an alias).
 
     Returns
     -------
@@ -93,14 +97,25 @@ def gating(
         ``sample`` is not the file ``result`` was gated on, or ``populations`` names an
         unknown population.
     """
+    seed = random_state if seed is None else seed
+    prepared = result.prepared
+    if sample is None:
+        if prepared is None:
+            raise ImmunoprofileError(f"result {result.sample_id!r} keeps no sample: pass the "
+                                     "sample it was gated on")
+        sample = prepared.sample
     if sample.n_events != result.n_events:
         raise ImmunoprofileError(
             f"sample {Path(sample.path).name} has {sample.n_events} events but result "
             f"{result.sample_id!r} was gated on {result.n_events}: pass the sample it came from")
     template = result.template
     panels = _panels(result, populations)
-    space = EventSpace(sample, template, result.channels)
-    defaults = _default_template(template)
+    if prepared is not None and prepared.sample is sample:
+        # the values gating computed, and the template as written (no YAML re-read)
+        space, defaults = prepared.space, _same_version(prepared.template, template)
+    else:
+        space = EventSpace(sample, template, result.channels)
+        defaults = _default_template(template)
     counts = result.counts.set_index("population")
 
     ncols = max(1, min(ncols or 4, len(panels) or 1))
@@ -142,6 +157,29 @@ def _grid(fig: Figure, nrows: int, ncols: int) -> dict[str, float]:
     return dict(left=_LEFT / width, right=1 - _RIGHT / width,
                 bottom=(_BOTTOM + _LABELS) / height, top=1 - (_TOP + 0.65) / height,
                 wspace=_GAP_W / axes_w, hspace=_GAP_H / axes_h)
+
+
+def save_gating_plot(result: GatingResult, path: str | Path, **kwargs: Any) -> Path:
+    """Draw one gated sample's gating plot to a PNG and free the figure (the batch's plotter).
+
+    Parameters
+    ----------
+    result
+        A gating result that keeps its prepared sample (as :func:`immunoprofile.gate_sample`
+        returns it).
+    path
+        The PNG to write (atomically).
+    **kwargs
+        Passed to :func:`gating`.
+
+    Returns
+    -------
+    pathlib.Path
+        The PNG written.
+    """
+    fig = gating(result, save=path, **kwargs)
+    fig.clear()  # free the artists now rather than at the next garbage collection
+    return Path(path)
 
 
 def save_gating_pngs(results: Iterable[tuple[GatingResult, FCSSample]], out_dir: str | Path,
@@ -209,8 +247,13 @@ def _default_template(applied: Template) -> Template | None:
         t = load_template(applied.source)
     except TemplateError:
         return None
+    return _same_version(t, applied)
+
+
+def _same_version(written: Template, applied: Template) -> Template | None:
     # The file may have changed since gating; defaults from another version would mislead.
-    return t if (t.name, t.version) == (applied.name, applied.version) else None
+    return written if (written.name, written.version) == (applied.name, applied.version) \
+        else None
 
 
 # -- one panel -------------------------------------------------------------------------------

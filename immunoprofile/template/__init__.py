@@ -71,6 +71,7 @@ _INTEROP = ("read_gatingml", "write_gatingml", "read_flowjo")
 def __getattr__(name: str):
     # GatingML and FlowJo interop need FlowKit: loaded when first used, not with every template.
     if name in _INTEROP:
+        # start-up time: interop needs FlowKit, loaded when first used
         from immunoprofile.template import gatingml
 
         return getattr(gatingml, name)

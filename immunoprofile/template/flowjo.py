@@ -43,6 +43,7 @@ def transform_from_wsp(xform: Any) -> Transform:
     TemplateError
         FlowKit produced a FlowJo transform this module does not know.
     """
+    # start-up time: a heavy library, loaded on first use
     from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
 
     if isinstance(xform, WSPBiexTransform):
@@ -77,6 +78,7 @@ def gate_from_wsp(converter: Any, gate: Any) -> Gate:
     cls = type(gate).__name__
     if cls != "WSPEllipsoidGate":
         raise TemplateError(f"FlowJo gate type {cls} is not supported")
+    # start-up time: a heavy library, loaded on first use
     import flowkit as fk
 
     transforms = getattr(converter.gs, "transformations", {})

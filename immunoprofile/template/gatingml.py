@@ -46,7 +46,7 @@ from immunoprofile.template.transforms import (
     Transform,
     to_gatingml,
 )
-from immunoprofile.template.yaml_io import load_template
+from immunoprofile.template.yaml_io import load_template, ordered_populations
 
 # --- safety ---------------------------------------------------------------------------------
 
@@ -70,6 +70,7 @@ def _screen_xml(path: Path) -> None:
 def _transform_from_fk(xform: Any) -> Transform:
     cls = type(xform).__name__
     if cls.startswith("WSP"):
+        # start-up time: interop needs FlowKit, loaded when first used
         from immunoprofile.template.flowjo import transform_from_wsp
 
         return transform_from_wsp(xform)
@@ -140,6 +141,7 @@ class _Converter:
     def gate(self, gate: Any) -> Gate:
         cls = type(gate).__name__
         if cls.startswith("WSP"):
+            # start-up time: interop needs FlowKit, loaded when first used
             from immunoprofile.template.flowjo import gate_from_wsp
 
             return gate_from_wsp(self, gate)
@@ -219,11 +221,9 @@ def template_from_flowkit(gs: fk.GatingStrategy, *, name: str, source: str = "",
             continue  # a quadrant: created with its QuadrantGate
         parent = path[-1] if len(path) > 1 else None
         populations.extend(conv.populations(gate, parent))
-    from immunoprofile.template.yaml_io import _ordered
-
     template = Template(name=name, version=version, populations=populations, transforms={},
                         compensation="none", source=source, comp_matrices=matrices)
-    return _ordered(template)
+    return ordered_populations(template)
 
 
 def read_gatingml(path: str | Path, *, name: str | None = None) -> Template:
@@ -272,8 +272,10 @@ def read_flowjo(path: str | Path, *, group: str = "All Samples", sample: str | N
         wsp = fk.parse_wsp(str(path))
     except Exception as exc:  # FlowKit raises assorted errors on malformed workspaces
         raise TemplateError(f"{path}: not a usable FlowJo workspace ({exc})") from exc
+    # stdlib, needed only here
     from urllib.parse import unquote
 
+    # start-up time: interop needs FlowKit, loaded when first used
     from immunoprofile.template import flowjo
 
     groups = wsp.get("groups", {})

@@ -182,6 +182,10 @@ class Population:
     if_missing: str = "not_measured"
 
 
+# The reference population of templates that declare none (see Template.reference).
+LYMPHOCYTE_REFERENCE = "Live lymphocytes"
+
+
 @dataclass
 class Template:
     """A reusable gating template.
@@ -210,6 +214,11 @@ class Template:
         ``flow_rate``, ``signal``; all on when the section is empty). ``None`` when it has no
         such section, as templates imported from FlowJo or GatingML do: they reproduce the
         source software's counts, so QC runs for them only when asked (``--qc``).
+    reference
+        The template's lymphocyte population (YAML ``reference_population``): dual-platform
+        absolute counts scale by it, and event AnnData draws from it by default. Templates
+        that declare none use a population named ``Live lymphocytes`` when they have one
+        (:attr:`reference_population`).
     """
 
     name: str
@@ -223,6 +232,16 @@ class Template:
     source: str = ""
     qc: dict[str, Any] | None = None
     comp_matrices: dict[str, Any] = field(default_factory=dict, repr=False)
+    reference: str | None = None
+
+    @property
+    def reference_population(self) -> str | None:
+        """The lymphocyte reference: the declared one, else ``Live lymphocytes`` when the
+        template has that population (templates written before the declaration existed),
+        else None (no dual-platform absolute counts)."""
+        if self.reference is not None:
+            return self.reference
+        return LYMPHOCYTE_REFERENCE if LYMPHOCYTE_REFERENCE in self else None
 
     @property
     def wants_qc(self) -> bool:

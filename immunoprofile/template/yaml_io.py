@@ -34,7 +34,7 @@ _GATE_KINDS = ("range", "rectangle", "polygon", "ellipse", "quadrant", "and", "o
 _POP_KEYS = {"name", "parent", "gate", "pct_of", "mfi", "adaptive", "description",
              "if_missing"}
 _TOP_KEYS = {"name", "version", "description", "compensation", "markers", "transforms",
-             "populations", "qc", "matrices"}
+             "populations", "qc", "matrices", "reference_population"}
 
 
 class _Problems(list):
@@ -463,14 +463,20 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
         optional_markers=optional, description=str(data.get("description", "")),
         source=source, qc=None if "qc" not in data else dict(data.get("qc") or {}),
         comp_matrices=matrices,
+        reference=None if data.get("reference_population") is None
+        else str(data["reference_population"]),
     )
+    if template.reference is not None and template.reference not in template \
+            and template.reference not in broken:
+        problems.add("reference_population", f"{template.reference!r} is not a population of "
+                     "the template: name one of its populations")
     if not broken:
         _check_structure(template, problems, declared=bool(required or optional))
     if problems:
         raise TemplateError(
             f"template {source} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems)
         )
-    return _ordered(template)
+    return ordered_populations(template)
 
 
 def _check_structure(t: Template, problems: _Problems, *, declared: bool) -> None:
@@ -542,7 +548,7 @@ def _check_cycles(t: Template, problems: _Problems) -> None:
         visit(name, [])
 
 
-def _ordered(t: Template) -> Template:
+def ordered_populations(t: Template) -> Template:
     """Parents and boolean references first, otherwise in file order."""
     done: dict[str, Population] = {}
     pending = list(t.populations)

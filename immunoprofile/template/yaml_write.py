@@ -95,6 +95,8 @@ def template_to_dict(t: Template) -> dict[str, Any]:
         out["transforms"] = {k: v.to_dict() for k, v in t.transforms.items()}
     if t.qc is not None:
         out["qc"] = dict(t.qc)
+    if t.reference is not None:
+        out["reference_population"] = t.reference
     if t.comp_matrices:
         out["matrices"] = {
             mid: {"detectors": list(m.columns), "fluorochromes": list(m.index),

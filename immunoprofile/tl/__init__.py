@@ -13,12 +13,13 @@ from immunoprofile.tl._annotate import (
     marker_thresholds,
 )
 from immunoprofile.tl._differential import differential_abundance, differential_state
-from immunoprofile.tl._flowsom import flowsom, flowsom_map, fluorescence_markers
+from immunoprofile.tl._flowsom import SOM_GRID, flowsom, flowsom_map, fluorescence_markers
 from immunoprofile.tl._leiden import leiden
 from immunoprofile.tl._response import ResponderRule, response
 from immunoprofile.tl._umap import umap
 
 __all__ = [
+    "SOM_GRID",
     "ResponderRule",
     "agreement_table",
     "annotate_clusters",

@@ -63,6 +63,7 @@ def marker_thresholds(adata: AnnData, markers: Sequence[str] | None = None) -> p
 
 
 def _threshold(values: np.ndarray) -> float:
+    # start-up time: a heavy library, loaded on first use
     from scipy.ndimage import gaussian_filter1d
     from scipy.signal import find_peaks
 

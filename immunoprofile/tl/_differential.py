@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.tl._models import RESULT_COLUMNS, Design, add_fdr, fit_contrasts
+from immunoprofile.tl._models import (
+    RESULT_COLUMNS,
+    Design,
+    add_fdr,
+    check_design,
+    fit_contrasts,
+    parse_design,
+    subset_table,
+)
 
 ABUNDANCE_MODEL = "lmm_logit: empirical logit, arm×timepoint, patient random intercept"
 STATE_MODEL_LOG = "lmm_log_mfi: log median MFI, arm×timepoint, patient random intercept"
@@ -26,45 +34,10 @@ STATE_MODEL_ASINH = "lmm_asinh_mfi: arcsinh(MFI/150), arm×timepoint, patient ra
 RARE_MEDIAN_COUNT = 20
 
 
-def _load(data: pd.DataFrame | str | Path) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
-        return data
-    from immunoprofile.assemble import RunFolder
-
-    return RunFolder(data).subsets
-
-
 def _check(table: pd.DataFrame, needed: Iterable[str]) -> None:
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ImmunoprofileError(f"the table lacks column(s) {', '.join(missing)}")
-
-
-def _design(control: str, baseline: str, pairs: Iterable, covariates: Iterable[str]) -> Design:
-    parsed = []
-    for pair in pairs:
-        if isinstance(pair, str):
-            if ":" not in pair:
-                raise ImmunoprofileError(f"pair {pair!r} must read ARM:REFERENCE_ARM")
-            pair = tuple(pair.split(":", 1))
-        parsed.append((str(pair[0]), str(pair[1])))
-    return Design(control=str(control), baseline=str(baseline), pairs=tuple(parsed),
-                  covariates=tuple(covariates))
-
-
-def _validate_names(table: pd.DataFrame, design: Design) -> None:
-    arms = set(table["arm"].astype(str))
-    tps = set(table["timepoint"].astype(str))
-    if design.control not in arms:
-        raise ImmunoprofileError(f"control arm {design.control!r} is not in the data "
-                                 f"(arms: {', '.join(sorted(arms))})")
-    if design.baseline not in tps:
-        raise ImmunoprofileError(f"baseline {design.baseline!r} is not a timepoint "
-                                 f"(timepoints: {', '.join(sorted(tps))})")
-    for a, b in design.pairs:
-        for arm in (a, b):
-            if arm not in arms:
-                raise ImmunoprofileError(f"pair arm {arm!r} is not in the data")
 
 
 def _frame(rows: pd.DataFrame, design: Design) -> pd.DataFrame:
@@ -112,11 +85,11 @@ def differential_abundance(
         ``ci_low, ci_high, pvalue, fdr`` (Benjamini–Hochberg within each contrast and
         reference), ``model, n_samples, n_patients, warning``, and ``reference``.
     """
-    table = _load(data)
+    table = subset_table(data)
     _check(table, ["sample_id", "patient_id", "arm", "timepoint", "template", "population",
                    "count", "parent_count"])
-    design = _design(control, baseline, pairs, covariates)
-    _validate_names(table, design)
+    design = parse_design(control, baseline, pairs, covariates)
+    check_design(table, design)
     if "measured" in table.columns:
         table = table[table["measured"].astype(bool)]
     references = [reference] if isinstance(reference, str) else list(reference)
@@ -219,9 +192,9 @@ def differential_state(
         :func:`differential_abundance` (without ``reference``) with ``marker`` after
         ``population``.
     """
-    table = _load(data)
-    design = _design(control, baseline, pairs, covariates)
-    _validate_names(table, design)
+    table = subset_table(data)
+    design = parse_design(control, baseline, pairs, covariates)
+    check_design(table, design)
     mfi_cols = [c for c in table.columns if c.startswith("mfi_median_")]
     if markers is not None:
         mfi_cols = [f"mfi_median_{m}" for m in markers if f"mfi_median_{m}" in table.columns]

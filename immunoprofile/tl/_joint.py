@@ -35,12 +35,13 @@ from statsmodels.stats.multitest import multipletests
 from immunoprofile.clinical import attach_arms, index_columns, read_clinical, responders
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.io.samplesheet import natural_key
-from immunoprofile.tl._differential import _design, _validate_names
 from immunoprofile.tl._models import (
     RESULT_COLUMNS,
     Design,
     add_fdr,
+    check_design,
     fit_contrasts,
+    parse_design,
 )
 
 __all__ = ["clinical_comparison", "correlations", "cytokine_comparison", "read_cytokines",
@@ -173,8 +174,8 @@ def clinical_comparison(
         SLEDAI, prednisone and PGA, as the ``model`` column says), then ``scale``.
     """
     table = attach_arms(clinical, arms)
-    design = _design(control, baseline, pairs, covariates)
-    _validate_names(table, design)
+    design = parse_design(control, baseline, pairs, covariates)
+    check_design(table, design)
     names = list(variables) if variables is not None else index_columns(table)
     unknown = [v for v in names if v not in table.columns]
     if unknown:
@@ -238,8 +239,8 @@ def cytokine_comparison(
     if method not in ("tobit", "lloq2"):
         raise ImmunoprofileError(f"method must be 'tobit' or 'lloq2', not {method!r}")
     table = read_cytokines(cytokines)
-    design = _design(control, baseline, pairs, covariates)
-    _validate_names(table, design)
+    design = parse_design(control, baseline, pairs, covariates)
+    check_design(table, design)
     wanted = None if analytes is None else set(analytes)
     results = []
     for analyte, rows in table.groupby("analyte", sort=True):

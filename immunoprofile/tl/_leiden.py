@@ -26,6 +26,7 @@ def marker_neighbors(adata: AnnData, *, markers: Sequence[str] | None = None,
     The graph is also written into ``adata`` in scanpy's slots; a graph already there with the
     same markers, ``n_neighbors`` and ``random_state`` is reused instead of recomputed.
     """
+    # start-up time: a heavy library, loaded on first use
     import scanpy as sc
 
     cache_numba()
@@ -103,6 +104,7 @@ def leiden(
     AnnData or None
         The new object when ``copy=True``.
     """
+    # start-up time: a heavy library, loaded on first use
     import scanpy as sc
 
     adata = adata.copy() if copy else adata

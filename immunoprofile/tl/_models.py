@@ -21,8 +21,9 @@ Contrasts (one output row each):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.run import Run
 
 #: Output columns shared by every comparison table (a public interface).
 RESULT_COLUMNS = ["template", "population", "contrast_type", "arm", "reference_arm",
@@ -273,3 +275,41 @@ def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
         if ok.any():
             table.loc[p[ok].index, "fdr"] = multipletests(p[ok], method="fdr_bh")[1]
     return table
+
+
+def subset_table(data: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """The table a tool works on: a DataFrame as given, or a run folder's subset table
+    (``Run(path).subsets``; notebooks pass ``run.subsets`` directly)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    return Run.open(data).subsets
+
+
+def parse_design(control: str, baseline: str, pairs: Iterable,
+                 covariates: Iterable[str]) -> Design:
+    """The contrasts' design from the tools' arguments (``"COMBO:IL2"`` pairs parsed)."""
+    parsed = []
+    for pair in pairs:
+        if isinstance(pair, str):
+            if ":" not in pair:
+                raise ImmunoprofileError(f"pair {pair!r} must read ARM:REFERENCE_ARM")
+            pair = tuple(pair.split(":", 1))
+        parsed.append((str(pair[0]), str(pair[1])))
+    return Design(control=str(control), baseline=str(baseline), pairs=tuple(parsed),
+                  covariates=tuple(covariates))
+
+
+def check_design(table: pd.DataFrame, design: Design) -> None:
+    """The design's control arm, baseline and pair arms must be in the data."""
+    arms = set(table["arm"].astype(str))
+    tps = set(table["timepoint"].astype(str))
+    if design.control not in arms:
+        raise ImmunoprofileError(f"control arm {design.control!r} is not in the data "
+                                 f"(arms: {', '.join(sorted(arms))})")
+    if design.baseline not in tps:
+        raise ImmunoprofileError(f"baseline {design.baseline!r} is not a timepoint "
+                                 f"(timepoints: {', '.join(sorted(tps))})")
+    for a, b in design.pairs:
+        for arm in (a, b):
+            if arm not in arms:
+                raise ImmunoprofileError(f"pair arm {arm!r} is not in the data")

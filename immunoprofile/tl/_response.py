@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tl._models import subset_table
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,7 @@ def response(
         ``fold_change`` (geometric mean), ``ci_low``/``ci_high`` (95%, as fold changes), and
         ``n_responders``/``pct_responders`` for the rule's population.
     """
-    from immunoprofile.tl._differential import _load
-
-    table = _load(data)
+    table = subset_table(data)
     if isinstance(responder, str):
         responder = ResponderRule.parse(responder)
     if measure not in table.columns:

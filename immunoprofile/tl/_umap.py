@@ -50,6 +50,7 @@ def umap(
     UMAP costs about a second per few thousand events after numba's first compilation
     (cached on disk by umap-learn and pynndescent): embed a subsample of a large cohort.
     """
+    # start-up time: a heavy library, loaded on first use
     import scanpy as sc
 
     adata = adata.copy() if copy else adata

@@ -1,0 +1,41 @@
+"""Gating many samples: settings, the per-sample task and its parts, executors, the run.
+
+``gate_samples`` is the ``immunoprofile gate`` verb. The package splits what it does:
+:mod:`._settings` (what a run does, error rows), :mod:`._task` (pure: a sample-sheet row in,
+the sample's rows out), :mod:`._parts` (the per-sample files, resume), :mod:`._executors`
+(in-process, process pool, dask) and :mod:`._gate` (the run: tables and manifest). Plots are
+passed in (``plotter``), never imported.
+"""
+
+from immunoprofile.batch._executors import run_dask, run_local, worker_init
+from immunoprofile.batch._gate import BatchResult, clear_parts, gate_samples, plan
+from immunoprofile.batch._parts import (
+    DEFAULT_PLOTTER,
+    process_sample,
+    resolve_plotter,
+    resume_key,
+)
+from immunoprofile.batch._settings import (
+    BatchSettings,
+    SampleOutcome,
+    error_row,
+    named_in_panel,
+    resolve_templates,
+)
+from immunoprofile.batch._task import (
+    SampleWork,
+    events_for_sample,
+    gate_row,
+    kept_events,
+    qc_applies,
+)
+from immunoprofile.gating.rows import RARE_THRESHOLD, sha256
+from immunoprofile.run import PARTS
+
+__all__ = [
+    "DEFAULT_PLOTTER", "PARTS", "RARE_THRESHOLD", "BatchResult", "BatchSettings",
+    "SampleOutcome", "SampleWork", "clear_parts", "error_row", "events_for_sample",
+    "gate_row", "gate_samples", "kept_events", "named_in_panel", "plan", "process_sample",
+    "qc_applies", "resolve_plotter", "resolve_templates", "resume_key", "run_dask",
+    "run_local", "sha256", "worker_init",
+]

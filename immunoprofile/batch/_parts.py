@@ -1,0 +1,241 @@
+"""A sample's parts in the run folder: written atomically, reused on resume, read to assemble.
+
+Per sample, under ``RUN/.parts``: ``<id>.subsets.parquet`` (its subset rows), ``<id>.qc.json``
+(its QC summary) and ``<id>.done.json`` (status, error rows and the resume key), plus its
+kept events under ``RUN/events`` and its gating plots under ``RUN/plots``. The done marker is
+written last, so a sample killed half-way is gated again on resume.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from immunoprofile._version import __version__
+from immunoprofile.batch._settings import BatchSettings, SampleOutcome, error_row
+from immunoprofile.batch._task import SampleWork, gate_row
+from immunoprofile.gating.engine import GatingResult
+from immunoprofile.gating.rows import sha256
+from immunoprofile.run import Run
+from immunoprofile.tables import EVENTS, SCHEMA_VERSION, SUBSETS, write_parquet
+from immunoprofile.template.model import Template
+from immunoprofile.template.yaml_io import template_hash
+
+# What draws a sample's gating plots: a callable (result, png_path) or "module:function".
+# The default names the plotting room's function; the batch never imports it itself, so a
+# headless pipeline (plots=False) never loads matplotlib, and any plotter can be passed in.
+Plotter = Callable[[GatingResult, Path], Any]
+DEFAULT_PLOTTER = "immunoprofile.pl:save_gating_plot"
+
+
+def resolve_plotter(plotter: Plotter | str | None) -> Plotter | None:
+    """A plotter from a callable or a ``"module:function"`` name (None: no plots).
+
+    Parameters
+    ----------
+    plotter
+        A callable ``(GatingResult, png_path)``, its import name, or None.
+
+    Returns
+    -------
+    callable or None
+        The plotter.
+    """
+    if plotter is None or callable(plotter):
+        return plotter
+    module, _, name = str(plotter).partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resume_key(row: dict, digest: str, templates: list[Template],
+               settings: BatchSettings) -> dict:
+    """What must match for ``resume`` to reuse a sample's parts.
+
+    The file's checksum, the templates' hashes, the settings, the sheet metadata and the code
+    and schema versions: an upgrade regates rather than reuse old parts.
+
+    Parameters
+    ----------
+    row
+        The sample-sheet row.
+    digest
+        The file's SHA-256.
+    templates
+        The run's templates.
+    settings
+        The run's settings.
+
+    Returns
+    -------
+    dict
+        The key (JSON-serialisable).
+    """
+    return {"sha256": digest, "templates": {t.name: template_hash(t) for t in templates},
+            "settings": settings.key(), "schema_version": SCHEMA_VERSION,
+            "immunoprofile": __version__,
+            "metadata": {k: str(v) for k, v in row.items() if k not in ("path", "row")}}
+
+
+def write_parts(run: Run, work: SampleWork, settings: BatchSettings, digest: str,
+                plotter: Plotter | None = None) -> list[dict[str, str]]:
+    """Write a gated sample's events, plots, QC summary and subset rows; return plot errors.
+
+    Parameters
+    ----------
+    run
+        The run folder.
+    work
+        What :func:`~immunoprofile.batch._task.gate_row` returned (with results).
+    settings
+        The run's settings.
+    digest
+        The file's SHA-256.
+    plotter
+        Draws one result's gating plot to a path (None: no plots).
+
+    Returns
+    -------
+    list of dict
+        Error rows of plots that failed (the numbers are written regardless).
+    """
+    sid = work.sample_id
+    errors: list[dict[str, str]] = []
+    table = work.subset_rows(settings, digest)
+    events = work.events(settings)
+    write_parquet(events, run.events_path(sid), schema=EVENTS,
+                  metadata={"sample_id": sid, "channels": events.attrs["channels"],
+                            "templates": [r.template.name for r in work.results]})
+    if plotter is not None:
+        for res in work.results:
+            try:
+                plotter(res, run.plot_path(sid, res.template.name))
+            except Exception as exc:  # a plot failing must not lose the sample's numbers
+                errors.append(error_row(work.row, res.template.name, "output",
+                                        f"gating plot: {exc}"))
+    run.write_json(run.part_qc(sid), work.qc)
+    write_parquet(table, run.part_subsets(sid), schema=SUBSETS)
+    return errors
+
+
+def read_parts(run: Run, sample_ids: list[str]) -> tuple[list[pd.DataFrame], list[dict]]:
+    """The subset rows and QC summaries of the samples that have them, in the order given.
+
+    Parameters
+    ----------
+    run
+        The run folder.
+    sample_ids
+        The samples, in sheet order.
+
+    Returns
+    -------
+    (subset parts, qc rows)
+        The per-sample subset tables and QC summaries found.
+    """
+    parts, qcs = [], []
+    for sid in sample_ids:
+        subsets = run.part_subsets(sid)
+        if subsets.is_file():
+            parts.append(pd.read_parquet(subsets))
+        qc = run.part_qc(sid)
+        if qc.is_file():
+            qcs.append(json.loads(qc.read_text()))
+    return parts, qcs
+
+
+def done_record(run: Run, sample_id: str) -> dict:
+    """A sample's done marker (empty when absent or unreadable)."""
+    done = run.part_done(sample_id)
+    try:
+        return json.loads(done.read_text()) if done.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One BLAS/OpenMP thread for the libraries already loaded, restored afterwards."""
+    try:
+        from threadpoolctl import threadpool_limits  # optional: scikit-learn brings it
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def process_sample(row: dict, templates: list[Template], out: str | Path,
+                   settings: BatchSettings, resume: bool = False,
+                   plotter: Plotter | str | None = DEFAULT_PLOTTER) -> SampleOutcome:
+    """Gate one sample with every template that fits it and write its parts.
+
+    Never raises on bad input: failures become error rows in the outcome.
+
+    Parameters
+    ----------
+    row
+        One sample-sheet row as a dict: ``sample_id``, ``path`` and the metadata columns
+        (``panel`` chooses templates).
+    templates
+        The run's templates; each whose required markers the file carries is applied, and one
+        the row names in ``panel`` that does not fit becomes an error row.
+    out
+        The run folder; the sample's parts are written under its parts folder.
+    settings
+        The run's :class:`BatchSettings` (``plots=False`` draws nothing).
+    resume
+        Reuse the sample's parts when an earlier run gated it with the same file hash,
+        templates, settings, metadata and immunoprofile version.
+    plotter
+        Draws a gating plot: a callable ``(GatingResult, png_path)`` or its
+        ``"module:function"`` name; default :func:`immunoprofile.pl.save_gating_plot`.
+
+    Returns
+    -------
+    SampleOutcome
+        Status (``ok``, ``partial``, ``failed`` or ``resumed``), event count, error rows and
+        the seconds taken.
+    """
+    run = Run(out)
+    start = time.perf_counter()
+    sid = str(row["sample_id"])
+    path = Path(str(row["path"]))
+    if not path.is_file():
+        return SampleOutcome(sid, "failed", errors=[error_row(
+            row, "", "read", f"FCS file {path} does not exist")])
+    try:
+        digest = sha256(path)
+    except OSError as exc:
+        return SampleOutcome(sid, "failed", errors=[error_row(row, "", "read", exc)])
+    key = resume_key(row, digest, templates, settings)
+    if resume:
+        previous = done_record(run, sid)
+        if previous.get("key") == key:
+            return SampleOutcome(sid, "resumed", n_events=int(previous.get("n_events", 0)),
+                                 errors=previous.get("errors", []))
+    try:
+        with _one_thread():
+            work = gate_row(row, templates, settings)
+            errors = list(work.errors)
+            n_events = work.sample.n_events if work.sample is not None else 0
+            if work.results:
+                errors += write_parts(run, work, settings, digest,
+                                      resolve_plotter(plotter) if settings.plots else None)
+    except Exception as exc:  # a bug must not stop the batch: it becomes this sample's error
+        errors = [error_row(row, "", "gate", f"{type(exc).__name__}: {exc}\n"
+                            f"{traceback.format_exc(limit=3)}")]
+        n_events = 0
+    status = ("failed" if not run.part_subsets(sid).is_file()
+              else "partial" if errors else "ok")
+    record = {"key": key, "n_events": n_events, "errors": errors, "status": status}
+    run.write_json(run.part_done(sid), record)
+    return SampleOutcome(sid, status, n_events=n_events, errors=errors,
+                         seconds=time.perf_counter() - start)

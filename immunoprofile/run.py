@@ -1,0 +1,345 @@
+"""The run folder as an object: its layout, readers, writers and manifest in one place.
+
+A run is the folder ``immunoprofile gate`` writes and the later verbs add to::
+
+    RUN/
+      run.json                      manifest (inputs, settings, versions, outcome)
+      subsets.parquet|.csv          the per-sample subset table (long), subsets_wide.csv
+      qc.csv, errors.csv            acquisition QC per sample; error rows
+      templates/<name>.yaml         the templates as run
+      events/<sample_id>.parquet    each sample's kept events (values + gate membership)
+      plots/<sample_id>_<template>.png
+      .parts/<sample_id>.*          per-sample parts (resume)
+      anndata/<timepoint>[_<panel>].h5ad, samples.h5ad          (assemble)
+      clusters/<h5ad stem>.parquet  per-event FlowSOM labels   (cluster)
+      clusters.parquet, cluster_annotation.csv, cluster_agreement.csv, cluster_plots/
+      cytokines/                    a bead-array run (cba)
+      compare/                      comparison tables and plots (compare)
+      report.html
+
+:class:`Run` is the only place that names these files (as FlowKit's ``Session`` owns a
+workspace and AnnData its ``.h5ad``): every verb and the report read and write through it, and
+the analysis tools take the DataFrames and AnnData it returns. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from immunoprofile._atomic import atomic_write
+from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.template.model import Template
+from immunoprofile.template.yaml_io import load_template, write_template
+
+PARTS = ".parts"
+
+
+class Run:
+    """A run folder: where each output lives, and how it is read and written.
+
+    Parameters
+    ----------
+    path
+        The run folder (created on the first write when it does not exist).
+
+    Examples
+    --------
+    >>> run = ip.Run("run")                      # doctest: +SKIP
+    >>> run.subsets.head()                       # the subset table, read once
+    >>> ip.tl.differential_abundance(run.subsets, control="SOC", baseline="W0")
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._subsets: pd.DataFrame | None = None
+        self._manifest: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def open(cls, path: str | Path | Run) -> Run:
+        """A gated run folder (one holding ``subsets.parquet``), or a clear error.
+
+        Parameters
+        ----------
+        path
+            The folder (or a :class:`Run`, returned as it is).
+
+        Raises
+        ------
+        ImmunoprofileError
+            The folder holds no subset table: it was not gated.
+        """
+        run = path if isinstance(path, Run) else cls(path)
+        if not run.subsets_path.is_file():
+            raise ImmunoprofileError(f"{run.path} is not a run folder (no subsets.parquet): "
+                                     "run `immunoprofile gate` first")
+        return run
+
+    # -- layout --------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def subsets_path(self) -> Path:
+        return self.path / "subsets.parquet"
+
+    @property
+    def subsets_csv(self) -> Path:
+        return self.path / "subsets.csv"
+
+    @property
+    def subsets_wide_csv(self) -> Path:
+        return self.path / "subsets_wide.csv"
+
+    @property
+    def qc_path(self) -> Path:
+        return self.path / "qc.csv"
+
+    @property
+    def errors_path(self) -> Path:
+        return self.path / "errors.csv"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path / "templates"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.path / "events"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.path / PARTS
+
+    @property
+    def anndata_dir(self) -> Path:
+        return self.path / "anndata"
+
+    @property
+    def samples_h5ad(self) -> Path:
+        return self.anndata_dir / "samples.h5ad"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.path / "clusters"
+
+    @property
+    def clusters_path(self) -> Path:
+        return self.path / "clusters.parquet"
+
+    @property
+    def cluster_annotation_path(self) -> Path:
+        return self.path / "cluster_annotation.csv"
+
+    @property
+    def cluster_agreement_path(self) -> Path:
+        return self.path / "cluster_agreement.csv"
+
+    @property
+    def cluster_plots_dir(self) -> Path:
+        return self.path / "cluster_plots"
+
+    @property
+    def cytokines_dir(self) -> Path:
+        return self.path / "cytokines"
+
+    @property
+    def compare_dir(self) -> Path:
+        return self.path / "compare"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    def part(self, sample_id: str, name: str) -> Path:
+        """A per-sample part (``subsets.parquet``, ``qc.json``, ``done.json``)."""
+        return self.parts_dir / f"{sample_id}.{name}"
+
+    def part_subsets(self, sample_id: str) -> Path:
+        """A sample's subset rows, before the run assembles them."""
+        return self.part(sample_id, "subsets.parquet")
+
+    def part_qc(self, sample_id: str) -> Path:
+        """A sample's QC summary row."""
+        return self.part(sample_id, "qc.json")
+
+    def part_done(self, sample_id: str) -> Path:
+        """A sample's done marker (status, errors, resume key), written last."""
+        return self.part(sample_id, "done.json")
+
+    def events_path(self, sample_id: str) -> Path:
+        """The kept-event table of one sample."""
+        return self.events_dir / f"{sample_id}.parquet"
+
+    def plot_path(self, sample_id: str, template: str) -> Path:
+        """The gating plot of one sample under one template."""
+        return self.plots_dir / f"{sample_id}_{template}.png"
+
+    def timepoint_h5ad(self, timepoint: str, panel: str | None = None) -> Path:
+        """The event AnnData of a timepoint (per panel when the tubes differ)."""
+        return self.anndata_dir / (f"{timepoint}_{panel}.h5ad" if panel else
+                                   f"{timepoint}.h5ad")
+
+    def timepoint_files(self) -> list[Path]:
+        """The timepoint ``.h5ad`` files assembled so far, in name order."""
+        return sorted(p for p in self.anndata_dir.glob("*.h5ad") if p != self.samples_h5ad)
+
+    def labels_path(self, h5ad: Path) -> Path:
+        """The cluster labels file that goes with a timepoint ``.h5ad``."""
+        return self.labels_dir / f"{Path(h5ad).stem}.parquet"
+
+    # -- readers -------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """``run.json`` (empty before the run finished)."""
+        if self._manifest is None:
+            self._manifest = (json.loads(self.manifest_path.read_text())
+                              if self.manifest_path.is_file() else {})
+        return self._manifest
+
+    @property
+    def subsets(self) -> pd.DataFrame:
+        """The subset table (read once per :class:`Run`)."""
+        if self._subsets is None:
+            if not self.subsets_path.is_file():
+                raise ImmunoprofileError(f"{self.path} is not a run folder (no "
+                                         "subsets.parquet): run `immunoprofile gate` first")
+            self._subsets = pd.read_parquet(self.subsets_path)
+        return self._subsets
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The sample-sheet columns of the subset table (those before ``template``)."""
+        cols = list(self.subsets.columns)
+        return cols[: cols.index("template")]
+
+    def samples(self) -> pd.DataFrame:
+        """One row per gated sample with its sheet metadata (categoricals kept)."""
+        return (self.subsets[self.metadata_columns].drop_duplicates("sample_id")
+                .reset_index(drop=True))
+
+    def templates(self) -> dict[str, Template]:
+        """The run's templates by name, as written into ``templates/``."""
+        return {p.stem: load_template(p) for p in sorted(self.templates_dir.glob("*.yaml"))}
+
+    def events(self, sample_id: str) -> tuple[pd.DataFrame, dict]:
+        """One sample's kept events and their metadata (channels, templates)."""
+        table = pq.read_table(self.events_path(sample_id))
+        meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
+        return table.to_pandas(), meta
+
+    def table(self, path: Path) -> pd.DataFrame | None:
+        """A CSV or Parquet output of the run, or None when it was not written."""
+        if not path.is_file():
+            return None
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+    @property
+    def qc(self) -> pd.DataFrame:
+        """The acquisition-QC table (empty when absent)."""
+        return self.table(self.qc_path) if self.qc_path.is_file() else pd.DataFrame()
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        """The error rows (empty when absent)."""
+        return self.table(self.errors_path) if self.errors_path.is_file() else pd.DataFrame()
+
+    def clusters(self) -> pd.DataFrame | None:
+        """The sample × cluster counts (``clusters.parquet``), or None before clustering."""
+        return self.table(self.clusters_path)
+
+    def comparison(self, name: str) -> pd.DataFrame | None:
+        """A table ``compare`` wrote (``differential_abundance``, ``responders``, …)."""
+        for suffix in (".parquet", ".csv"):
+            path = self.compare_dir / f"{name}{suffix}"
+            if path.is_file():
+                return self.table(path)
+        return None
+
+    def comparison_path(self, name: str) -> Path:
+        """Where ``compare`` writes a table or a plot (``name`` with its suffix)."""
+        return self.compare_dir / name
+
+    def comparison_plots(self, pattern: str) -> list[Path]:
+        """The comparison plots matching a glob pattern, in name order."""
+        return sorted(self.plots_under(self.compare_dir).glob(pattern))
+
+    def cytokine_plots(self) -> list[Path]:
+        """The bead-array run's plots (standard curves), in name order."""
+        return sorted(self.plots_under(self.cytokines_dir).glob("*.png"))
+
+    @staticmethod
+    def plots_under(folder: Path) -> Path:
+        """Where a stage writing into ``folder`` puts its plots."""
+        return Path(folder) / "plots"
+
+    def gating_plots(self) -> list[Path]:
+        """Every gating plot, in name order."""
+        return sorted(self.plots_dir.glob("*.png"))
+
+    def timepoint(self, path: Path):
+        """A timepoint ``.h5ad`` with its cluster labels joined into ``obs`` (when clustered).
+
+        Clustering writes labels beside the assembled file rather than rewriting it, so the
+        stages never overwrite one another's outputs; this reader gives the joined view.
+        """
+        import anndata as ad  # start-up time: the gate verb never reads AnnData
+
+        adata = ad.read_h5ad(path)
+        labels = self.labels_path(path)
+        if labels.is_file():
+            table = pq.read_table(labels)
+            meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
+            frame = table.to_pandas()
+            frame.index = frame.index.astype(str)
+            for col in frame.columns:
+                adata.obs[col] = frame[col].reindex(adata.obs_names).to_numpy()
+                if col in meta.get("categorical", []):
+                    adata.obs[col] = pd.Categorical(
+                        adata.obs[col].astype(str), categories=meta["categories"][col])
+            for key, value in meta.get("uns", {}).items():
+                adata.uns[key] = value
+        return adata
+
+    # -- writers -------------------------------------------------------------------------
+    def write_text(self, path: Path, text: str) -> Path:
+        """Write a text file of the run atomically."""
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write_json(self, path: Path, value: Any) -> Path:
+        """Write a JSON file of the run atomically."""
+        return self.write_text(path, json.dumps(value, indent=1, default=float))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Write ``run.json``."""
+        self._manifest = manifest
+        return self.write_json(self.manifest_path, manifest)
+
+    def write_templates(self, templates: list[Template]) -> list[Path]:
+        """Write the run's templates into ``templates/``."""
+        return [write_template(t, self.templates_dir / f"{t.name}.yaml") for t in templates]
+
+    def write_with(self, path: Path, writer: Callable[[Path], None]) -> Path:
+        """Write any file of the run atomically with ``writer(temporary_path)``."""
+        return atomic_write(path, writer)
+
+    def forget(self) -> None:
+        """Drop cached tables (after another stage rewrote them)."""
+        self._subsets = None
+        self._manifest = None
