@@ -146,3 +146,30 @@ def test_run_reads_what_the_stages_wrote(demo_run) -> None:
     assert meta["h5ad"] == files[0].name
     with pytest.raises(ip.ImmunoprofileError, match="not a run folder"):
         ip.Run.open(Path(demo_run.run).parent)
+
+
+def test_kept_events_equal_the_former_per_subset_computation(one_sample) -> None:
+    """Before the prepared sample, kept events were compensated and transformed on a copy of
+    the file holding only those events; reading them from gating's EventSpace gives the same
+    float32 values (both steps work row by row)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from immunoprofile.gating.events import EventSpace
+    from immunoprofile.template.model import Dimension
+
+    row, templates, out = one_sample
+    settings = BatchSettings(plots=False, keep_events=3000)
+    work = gate_row(row, templates, settings)
+    kept = work.events(settings)
+    idx = kept["event_index"].to_numpy()
+    sub = replace(work.sample, events=work.sample.events[idx])
+    rows = np.arange(idx.size)
+    for res in work.results:
+        space = EventSpace(sub, res.template, res.channels)
+        for marker, pnn in res.channels.items():
+            old_t = space.values(Dimension(marker=marker), rows).astype(np.float32)
+            old_c = space.linear_channel(pnn).astype(np.float32)
+            np.testing.assert_array_equal(kept[f"transformed/{marker}"], old_t)
+            np.testing.assert_array_equal(kept[f"compensated/{marker}"], old_c)
