@@ -30,3 +30,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# Longest id used as a file name: the run adds a suffix ('.subsets.parquet', '_<template>.png')
+# and file systems refuse names over 255 bytes.
+MAX_NAME_BYTES = 120
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why a user-given name (a sample id, a template name) cannot be a file name, or None.
+
+    Such names become files of the run (``events/<sample_id>.parquet``); a separator or
+    ``..`` would write outside the folder, a control character or a very long name fails at
+    write time on some file systems.
+
+    Parameters
+    ----------
+    name
+        The name.
+
+    Returns
+    -------
+    str or None
+        The reason, or None when the name is safe.
+    """
+    if not name or name.strip() != name:
+        return "is empty or starts or ends with a space"
+    if "/" in name or "\\" in name:
+        return "contains a path separator (/ or \\)"
+    if name.startswith("."):
+        return "starts with '.' (hidden, or a path such as '..')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or any(c in name for c in '<>:"|?*'):
+        return 'contains a control character or one of < > : " | ? *'
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None

@@ -25,7 +25,11 @@ the analysis tools take the DataFrames and AnnData it returns. Writes are atomic
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +343,93 @@ class Run:
         """Write any file of the run atomically with ``writer(temporary_path)``."""
         return atomic_write(path, writer)
 
+    # -- the writer's lock and clean-up ---------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    def _own_folders(self) -> list[Path]:
+        return [self.path, self.parts_dir, self.events_dir, self.plots_dir, self.templates_dir,
+                self.anndata_dir, self.labels_dir, self.compare_dir,
+                self.plots_under(self.compare_dir), self.cluster_plots_dir]
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove temporary files a killed writer left (``.NAME.XXXX.tmp`` from atomic
+        writes), in the run's own folders only: nothing else under the folder is touched.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files removed.
+        """
+        removed = []
+        for folder in self._own_folders():
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+    @contextmanager
+    def lock(self, verb: str) -> Iterator[Run]:
+        """Hold the run folder for one writer: a second writer gets a clear error naming the
+        holder. A lock left by a process that no longer runs on this host is taken over.
+
+        Parameters
+        ----------
+        verb
+            What holds it (``gate``), for the other writer's message.
+
+        Raises
+        ------
+        ImmunoprofileError
+            Another process holds the folder.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "verb": verb,
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for attempt in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                holder = self._holder()
+                if attempt == 0 and holder is not None and _stale(holder):
+                    self.lock_path.unlink(missing_ok=True)
+                    continue
+                who = (f"`{holder.get('verb')}` (process {holder.get('pid')} on "
+                       f"{holder.get('host')}, since {holder.get('since')})"
+                       if holder else "another process")
+                raise ImmunoprofileError(
+                    f"run folder {self.path} is in use by {who}: wait for it to finish, or "
+                    f"write to another folder; if that process is gone, delete "
+                    f"{self.lock_path}") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        try:
+            yield self
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def forget(self) -> None:
         """Drop cached tables (after another stage rewrote them)."""
         self._subsets = None
         self._manifest = None
+
+
+def _stale(holder: dict) -> bool:
+    """A lock whose process is gone (same host only: another host's pid means nothing)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False

@@ -64,12 +64,6 @@ class BatchResult:
         return 3 if len(self.errors) else 0
 
 
-def _clean_stale(run: Run) -> None:
-    """Temporary files left by a killed run (ours start with '.' and end with '.tmp')."""
-    for tmp in run.path.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def _file_size(path: object) -> int:
     try:
         return os.path.getsize(str(path))
@@ -156,9 +150,18 @@ def gate_samples(
     templates = resolve_templates(templates)
     settings = settings or BatchSettings()
     run = Run(out)
-    run.path.mkdir(parents=True, exist_ok=True)
-    _clean_stale(run)
-    run.parts_dir.mkdir(exist_ok=True)
+    with run.lock("gate"):
+        run.clean_temporary()  # the run's own leftovers only, and only while it holds the lock
+        run.parts_dir.mkdir(exist_ok=True)
+        result = _gate_locked(run, sheet, templates, settings, workers=workers,
+                              scheduler=scheduler, resume=resume, progress=progress,
+                              plotter=plotter, t0=t0)
+    return result
+
+
+def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
+                 settings: BatchSettings, *, workers: int | None, scheduler: str | None,
+                 resume: bool, progress, plotter, t0: float) -> BatchResult:
     workers = workers or os.cpu_count() or 1
     rows = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
             for r in sheet.table.astype(object).where(sheet.table.notna(), None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from immunoprofile._atomic import file_name_problem
 from immunoprofile._version import __version__
 from immunoprofile.batch._settings import BatchSettings, SampleOutcome, error_row
 from immunoprofile.batch._task import SampleWork, gate_row
@@ -151,6 +151,23 @@ def read_parts(run: Run, sample_ids: list[str]) -> tuple[list[pd.DataFrame], lis
     return parts, qcs
 
 
+def _succeeded(record: dict) -> bool:
+    """Whether a sample's earlier outcome may be reused: it gated, and its only errors (if
+    any) are templates its file cannot fit, which the same key would give again."""
+    status = record.get("status")
+    return status == "ok" or (status == "partial" and all(
+        e.get("stage") == "fit" for e in record.get("errors", [])))
+
+
+def forget_sample(run: Run, sample_id: str, templates: list[Template]) -> None:
+    """Remove a sample's parts, kept events and gating plots left by an earlier run."""
+    paths = [run.part_subsets(sample_id), run.part_qc(sample_id), run.part_done(sample_id),
+             run.events_path(sample_id)]
+    paths += [run.plot_path(sample_id, t.name) for t in templates]
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def done_record(run: Run, sample_id: str) -> dict:
     """A sample's done marker (empty when absent or unreadable)."""
     done = run.part_done(sample_id)
@@ -207,20 +224,30 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     run = Run(out)
     start = time.perf_counter()
     sid = str(row["sample_id"])
+    unsafe = file_name_problem(sid)
+    if unsafe:  # a sheet built in code skips the reader's check: never write outside the run
+        return SampleOutcome(sid, "failed", errors=[error_row(
+            row, "", "read", f"sample_id {sid!r} {unsafe}; it would name files of the run")])
     path = Path(str(row["path"]))
     if not path.is_file():
+        forget_sample(run, sid, templates)
         return SampleOutcome(sid, "failed", errors=[error_row(
             row, "", "read", f"FCS file {path} does not exist")])
     try:
         digest = sha256(path)
     except OSError as exc:
+        forget_sample(run, sid, templates)
         return SampleOutcome(sid, "failed", errors=[error_row(row, "", "read", exc)])
     key = resume_key(row, digest, templates, settings)
     if resume:
         previous = done_record(run, sid)
-        if previous.get("key") == key:
+        if previous.get("key") == key and _succeeded(previous) \
+                and run.part_subsets(sid).is_file():
             return SampleOutcome(sid, "resumed", n_events=int(previous.get("n_events", 0)),
                                  errors=previous.get("errors", []))
+    # Whatever an earlier run left for this sample goes first: a sample failing now must
+    # not keep its old rows in the tables.
+    forget_sample(run, sid, templates)
     try:
         with _one_thread():
             work = gate_row(row, templates, settings)
@@ -230,9 +257,9 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
                 errors += write_parts(run, work, settings, digest,
                                       resolve_plotter(plotter) if settings.plots else None)
     except Exception as exc:  # a bug must not stop the batch: it becomes this sample's error
-        errors = [error_row(row, "", "gate", f"{type(exc).__name__}: {exc}\n"
-                            f"{traceback.format_exc(limit=3)}")]
+        errors = [error_row(row, "", "gate", f"{type(exc).__name__}: {exc}")]
         n_events = 0
+        forget_sample(run, sid, templates)
     status = ("failed" if not run.part_subsets(sid).is_file()
               else "partial" if errors else "ok")
     record = {"key": key, "n_events": n_events, "errors": errors, "status": status}

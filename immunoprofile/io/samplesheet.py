@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunoprofile._atomic import file_name_problem
 from immunoprofile.errors import SampleSheetError
 
 REQUIRED_COLUMNS = ("sample_id", "path", "patient_id", "arm", "timepoint")
@@ -116,6 +117,11 @@ def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
         for i in np.flatnonzero(table[col].eq("").to_numpy()):
             problems.append(f"{_line(i)}: empty {col}")
     ids = table["sample_id"]
+    for i, sid in enumerate(ids):
+        reason = file_name_problem(sid) if sid else None
+        if reason:
+            problems.append(f"{_line(i)}: sample_id {sid!r} {reason}: it names the sample's "
+                            "files in the run folder; use letters, digits, '_', '-' and '.'")
     dupes = ids[ids.duplicated(keep=False) & ids.ne("")]
     for sid, idx in dupes.groupby(dupes).groups.items():
         rows = ", ".join(_line(int(table.index.get_loc(i))) for i in idx)

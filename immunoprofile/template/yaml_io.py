@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from immunoprofile._atomic import file_name_problem
 from immunoprofile.errors import TemplateError
 from immunoprofile.template.model import (
     BooleanGate,
@@ -397,6 +398,9 @@ def template_from_dict(data: Any, *, source: str = "<dict>") -> Template:
     for key in set(data) - _TOP_KEYS:
         problems.add("top level", f"unknown key {key!r} (allowed: {sorted(_TOP_KEYS)})")
     name = str(data.get("name") or Path(source).stem)
+    if file_name_problem(name):
+        problems.add("name", f"{name!r} {file_name_problem(name)}: a template's name names "
+                     "its files in a run (plots, templates/); use letters, digits, '_' and '-'")
     version = str(data.get("version", "1"))
     transforms: dict[str, Transform] = {}
     raw_transforms = data.get("transforms") or {}
