@@ -16,7 +16,6 @@ the plate goes on.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -42,6 +41,7 @@ from immunoprofile.cba_fit import (
 )
 from immunoprofile.errors import ImmunoprofileError, PanelError, SampleSheetError, TemplateError
 from immunoprofile.io.fcs import FCSSample, read_fcs
+from immunoprofile.io.samplesheet import read_table_text
 from immunoprofile.tables import ERRORS, register, write_csv, write_parquet
 
 __all__ = ["BeadError", "CBAResult", "Kit", "KitError", "load_kit", "measure_beads",
@@ -413,12 +413,12 @@ def read_cba_sheet(path: str | Path) -> pd.DataFrame:
         Every structural problem, each with its row.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, sep=None, engine="python",
-                         dtype={c: str for c in _ID_COLUMNS})
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError,
-            csv.Error) as exc:
-        raise SampleSheetError(f"CBA sheet {path}: cannot be read ({exc})") from exc
+    # the sample sheet's reader: BOM, CRLF, TSV, encodings and short rows handled alike
+    df, structural = read_table_text(path, what="CBA sheet")
+    if structural:
+        raise SampleSheetError(f"CBA sheet {path} has {len(structural)} problem(s):\n  - "
+                               + "\n  - ".join(structural))
+    df = df.replace("", np.nan)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("sample_id", "path", "plate", "role") if c not in df.columns]
     if missing:

@@ -150,3 +150,60 @@ def test_the_lock_is_released_when_the_writer_fails(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="boom"), run.lock("gate"):
         raise RuntimeError("boom")
     assert not run.lock_path.exists()
+
+
+# -- sample sheets as Excel and people write them ---------------------------------------------
+
+_SHEET = ("sample_id,path,patient_id,arm,timepoint,lymphocytes_per_ul\n"
+          "S1,a.fcs,P1,SOC,W0,1500\nS2,b.fcs,P2,TEL,W0,1200\n")
+
+
+def _sheet(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(data)
+    return path
+
+
+def test_sheet_with_bom_crlf_tsv_or_trailing_commas_reads(tmp_path) -> None:
+    variants = {
+        "bom": b"\xef\xbb\xbf" + _SHEET.encode(),
+        "crlf": _SHEET.replace("\n", "\r\n").encode(),
+        "tsv": _SHEET.replace(",", "\t").encode(),
+        "trailing": "".join(line + ",\n" for line in _SHEET.splitlines()).encode(),
+    }
+    for name, data in variants.items():
+        sheet = ip.read_samplesheet(_sheet(tmp_path, data))
+        assert list(sheet.table["sample_id"]) == ["S1", "S2"], name
+        assert sheet.table["lymphocytes_per_ul"].tolist() == [1500.0, 1200.0], name
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (b"", ["empty", "header row"]),
+    ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC\n".encode(),
+     ["row 1 (line 2)", "4 fields, the header has 5"]),
+    ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC,W0,\n".encode(),
+     ["row 1 (line 2)", "6 fields", "trailing separator"]),
+    ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,Pé1,SOC,W0\n".encode("latin-1"),
+     ["line 2 is not UTF-8", "CSV UTF-8"]),
+    (_SHEET.replace("1500", "inf").encode(), ["row 1 (line 2)", "not a finite number"]),
+    (b"sample_id,path,patient_id,arm,timepoint,arm\nS1,a.fcs,P1,SOC,W0,TEL\n",
+     ["'arm' appears 2 times"]),
+])
+def test_bad_sheets_are_refused_with_the_row_and_a_fix(tmp_path, data, words) -> None:
+    with pytest.raises(SampleSheetError) as err:
+        ip.read_samplesheet(_sheet(tmp_path, data))
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_cba_sheet_saved_as_csv_utf8_by_excel_reads(cohort, tmp_path) -> None:
+    from immunoprofile.cba import read_cba_sheet
+
+    sheet = cohort / "cba" / "cba_sheet.csv"
+    plain = read_cba_sheet(sheet)
+    excel = tmp_path / "cba" / "cba_sheet.csv"
+    shutil.copytree(cohort / "cba", excel.parent)
+    excel.write_bytes(b"\xef\xbb\xbf" + sheet.read_text().replace("\n", "\r\n").encode())
+    read = read_cba_sheet(excel)
+    assert list(read.columns) == list(plain.columns)
+    pd.testing.assert_frame_equal(read.drop(columns="path"), plain.drop(columns="path"))

@@ -9,6 +9,8 @@ files sheet errors).
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,83 @@ def _line(i: int) -> str:
     return f"row {i + 1} (line {i + 2})"
 
 
+def read_table_text(path: Path, *, what: str) -> tuple[pd.DataFrame, list[str]]:
+    """A sheet as people and spreadsheets write it: every cell as text, and its problems.
+
+    UTF-8 with or without a byte-order mark ("CSV UTF-8" from Excel), CRLF or LF, comma,
+    semicolon or tab separated. A file that is empty or not UTF-8 is refused at once (the
+    line of the first bad byte is named); rows with more or fewer fields than the header and
+    repeated column names are listed as problems with their rows. Empty trailing columns (a
+    trailing comma on every line) are dropped.
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What the file is, for messages ("sample sheet", "CBA sheet").
+
+    Returns
+    -------
+    (table, problems)
+        Cells as stripped strings ('' when empty) under stripped column names, and the
+        structural problems found (the caller adds its own and raises once).
+
+    Raises
+    ------
+    SampleSheetError
+        The file cannot be read, is empty, or is not UTF-8 text.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SampleSheetError(f"{what} {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SampleSheetError(
+            f"{what} {path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#x}); save "
+            "the sheet as 'CSV UTF-8' (Excel: File > Save As > CSV UTF-8)") from exc
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise SampleSheetError(f"{what} {path}: the file is empty; it needs a header row "
+                               "(sample_id,path,patient_id,arm,timepoint,…) and one row per "
+                               "file")
+    header_line = lines[0]
+    counts = {sep: header_line.count(sep) for sep in (",", "\t", ";")}
+    sep = max(counts, key=lambda k: counts[k]) if any(counts.values()) else ","
+    rows = list(csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True))
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    header = [c.strip() for c in rows[0]]
+    body = rows[1:]
+    # a trailing separator on every line makes empty trailing columns: not data
+    while header and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1]
+                                              .strip() for r in body):
+        header.pop()
+        body = [r[: len(header)] if len(r) > len(header) else r for r in body]
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+    problems += [f"column {name!r} appears {n} times in the header: keep one"
+                 for name, n in seen.items() if n > 1 and name]
+    if "" in header:
+        problems.append("the header has an empty column name: name every column")
+    cells = []
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            hint = ("fill the missing fields (empty ones need their separators)"
+                    if len(row) < len(header) else
+                    "a trailing separator, or a value holding a separator without quotes?")
+            problems.append(f"{_line(i)}: {len(row)} fields, the header has {len(header)}: "
+                            f"{hint}")
+        cells.append([c.strip() for c in (row + [""] * len(header))[: len(header)]])
+    names = [n if seen.get(n, 0) == 1 else f"{n}#{k}" for k, n in enumerate(header)]
+    table = pd.DataFrame(cells, columns=names, dtype=str)
+    return table, problems
+
+
 def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
     """Read and validate a sample sheet (CSV or TSV, detected from the content).
 
@@ -96,20 +175,14 @@ def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
         Every structural problem, each with its row and line number.
     """
     path = Path(path)
-    try:
-        table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False,
-                            skipinitialspace=True)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SampleSheetError(f"sample sheet {path}: cannot be read ({exc})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
+    table, problems = read_table_text(path, what="sample sheet")
     table = table.apply(lambda col: col.str.strip())
-    problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise SampleSheetError(
-            f"sample sheet {path}: missing column(s) {', '.join(missing)} "
-            f"(required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(table.columns)})"
-        )
+        problems.insert(0, f"missing column(s) {', '.join(missing)} (required: "
+                        f"{', '.join(REQUIRED_COLUMNS)}; found: {', '.join(table.columns)})")
+        raise SampleSheetError(f"sample sheet {path} has {len(problems)} problem(s):\n  - "
+                               + "\n  - ".join(problems))
     if table.empty:
         raise SampleSheetError(f"sample sheet {path}: no rows")
 
@@ -140,6 +213,8 @@ def read_samplesheet(path: str | Path, *, strict: bool = False) -> SampleSheet:
         bad = values.isna() & table[col].ne("")
         for i in np.flatnonzero(bad.to_numpy()):
             problems.append(f"{_line(i)}: {col} {table[col].iloc[i]!r} is not a number")
+        for i in np.flatnonzero(np.isinf(values.to_numpy(float))):
+            problems.append(f"{_line(i)}: {col} {table[col].iloc[i]!r} is not a finite number")
         negative = values < 0
         for i in np.flatnonzero(negative.to_numpy()):
             problems.append(f"{_line(i)}: {col} must not be negative ({values.iloc[i]})")
