@@ -419,6 +419,11 @@ def read_cba_sheet(path: str | Path) -> pd.DataFrame:
         raise SampleSheetError(f"CBA sheet {path} has {len(structural)} problem(s):\n  - "
                                + "\n  - ".join(structural))
     df = df.replace("", np.nan)
+    for c in df.columns:  # numbers as numbers, as a CSV reader infers them (ids stay text)
+        if c not in _ID_COLUMNS:
+            values = pd.to_numeric(df[c], errors="coerce")
+            if values.notna().sum() == df[c].notna().sum():
+                df[c] = values
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("sample_id", "path", "plate", "role") if c not in df.columns]
     if missing:

@@ -179,9 +179,9 @@ def test_sheet_with_bom_crlf_tsv_or_trailing_commas_reads(tmp_path) -> None:
 
 @pytest.mark.parametrize(("data", "words"), [
     (b"", ["empty", "header row"]),
-    ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC\n".encode(),
+    (b"sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC\n",
      ["row 1 (line 2)", "4 fields, the header has 5"]),
-    ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC,W0,\n".encode(),
+    (b"sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,P1,SOC,W0,\n",
      ["row 1 (line 2)", "6 fields", "trailing separator"]),
     ("sample_id,path,patient_id,arm,timepoint\nS1,a.fcs,Pé1,SOC,W0\n".encode("latin-1"),
      ["line 2 is not UTF-8", "CSV UTF-8"]),

@@ -159,7 +159,7 @@ def test_kept_events_equal_the_former_per_subset_computation(one_sample) -> None
     from immunoprofile.gating.events import EventSpace
     from immunoprofile.template.model import Dimension
 
-    row, templates, out = one_sample
+    row, templates, _ = one_sample
     settings = BatchSettings(plots=False, keep_events=3000)
     work = gate_row(row, templates, settings)
     kept = work.events(settings)
