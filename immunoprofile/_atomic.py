@@ -32,6 +32,40 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_write_all(items: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
+    """Write several files as one: every file goes to its temporary name first, and only
+    when all are written are they renamed into place. A failure (a full disk) leaves every
+    earlier file as it was and no temporary behind.
+
+    Parameters
+    ----------
+    items
+        ``(path, write)`` pairs; ``write(tmp)`` writes the content to ``tmp``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The paths written, in order.
+    """
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, write in items:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            temps.append((tmp, path))
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_UMASK)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [path for _, path in temps]
+
+
 # Longest id used as a file name: the run adds a suffix ('.subsets.parquet', '_<template>.png')
 # and file systems refuse names over 255 bytes.
 MAX_NAME_BYTES = 120

@@ -418,7 +418,7 @@ def read_cba_sheet(path: str | Path) -> pd.DataFrame:
     if structural:
         raise SampleSheetError(f"CBA sheet {path} has {len(structural)} problem(s):\n  - "
                                + "\n  - ".join(structural))
-    df = df.replace("", np.nan)
+    df = df.mask(df.eq(""))  # empty cells are missing values, as a CSV reader gives them
     for c in df.columns:  # numbers as numbers, as a CSV reader infers them (ids stay text)
         if c not in _ID_COLUMNS:
             values = pd.to_numeric(df[c], errors="coerce")

@@ -30,6 +30,20 @@ def main() -> None:
     """Flow-cytometry immune profiling for clinical trials."""
 
 
+def _writable(out: Path, *, inputs: tuple[Path | str, ...] = (), force: bool = False,
+              what: str = "--out") -> None:
+    """Refuse to write over one of the command's inputs (ever) or over an existing file the
+    command did not create (unless ``--force``)."""
+    target = Path(out).resolve()
+    for source in inputs:
+        if Path(source).resolve() == target:
+            raise ImmunoprofileError(f"{what} {out} is an input of this command: writing it "
+                                     "would destroy it; choose another file")
+    if target.exists() and not force:
+        raise ImmunoprofileError(f"{what} {out} exists: pass --force to replace it, or "
+                                 "choose another file")
+
+
 @main.command()
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the cohort into (created if missing).")
@@ -49,9 +63,13 @@ def main() -> None:
 @click.option("--export", type=click.Choice(["all", "lymphocytes"]), default="all",
               show_default=True,
               help="Write every event, or only a lymphocyte scatter gate (FlowJo-style export).")
+@click.option("--force", is_flag=True, help="Replace a cohort already in --out.")
 def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: int,
-             realistic: bool | None, instruments: tuple[str, ...], export: str) -> None:
+             realistic: bool | None, instruments: tuple[str, ...], export: str,
+             force: bool) -> None:
     """Simulate a randomised SLE trial cohort: FCS files, sample sheet and truth table."""
+    # a study's own sheet may sit there: never replaced silently
+    _writable(Path(out) / "samplesheet.csv", force=force, what="--out folder's sample sheet")
     # start-up time: each command loads only what it runs
     from immunoprofile.datasets import simulate_cohort
 
@@ -123,9 +141,11 @@ def template_validate(files: tuple[str, ...]) -> None:
 @click.option("--sample", "sample_name", default=None,
               help="FlowJo sample whose gates to import (.wsp only; default: group's first).")
 @click.option("--name", default=None, help="Template name (default: file name).")
+@click.option("--force", is_flag=True, help="Replace --out when it exists.")
 def template_import(source: Path, out: Path, group: str, sample_name: str | None,
-                    name: str | None) -> None:
+                    name: str | None, force: bool) -> None:
     """Import a GatingML 2.0 file or a FlowJo 10 workspace (.wsp) as a YAML template."""
+    _writable(out, inputs=(source,), force=force)
     # start-up time: each command loads only what it runs
     from immunoprofile.template import write_template
     from immunoprofile.template.gatingml import read_flowjo, read_gatingml
@@ -144,8 +164,10 @@ def template_import(source: Path, out: Path, group: str, sample_name: str | None
               required=True, help="FCS file whose panel binds marker names to channels.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="GatingML 2.0 file to write.")
-def template_export(template_file: str, sample_path: str, out: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace --out when it exists.")
+def template_export(template_file: str, sample_path: str, out: Path, force: bool) -> None:
     """Export a template bound to one file's panel as GatingML 2.0 (FlowKit reads it)."""
+    _writable(out, inputs=(template_file, sample_path), force=force)
     # start-up time: each command loads only what it runs
     from immunoprofile.template.gatingml import write_gatingml
 

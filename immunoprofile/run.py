@@ -36,10 +36,10 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from immunoprofile._atomic import atomic_write
+from immunoprofile._atomic import atomic_write, atomic_write_all
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.template.model import Template
-from immunoprofile.template.yaml_io import load_template, write_template
+from immunoprofile.template.yaml_io import load_template, template_yaml, write_template
 
 PARTS = ".parts"
 
@@ -338,6 +338,27 @@ class Run:
     def write_templates(self, templates: list[Template]) -> list[Path]:
         """Write the run's templates into ``templates/``."""
         return [write_template(t, self.templates_dir / f"{t.name}.yaml") for t in templates]
+
+    def template_writers(self, templates: list[Template]) -> list[tuple[Path, Callable]]:
+        """The writes of ``templates/`` (for :meth:`commit`)."""
+        return [(self.templates_dir / f"{t.name}.yaml", lambda tmp, t=t: tmp.write_text(
+            template_yaml(t))) for t in templates]
+
+    def commit(self, writes: list[tuple[Path, Callable[[Path], None]]],
+               manifest: dict[str, Any]) -> list[Path]:
+        """Write a stage's files and ``run.json`` as one: all replaced, or none.
+
+        Raises
+        ------
+        OSError
+            A write failed (a full disk); every earlier file is as it was.
+        """
+        text = json.dumps(manifest, indent=1, default=float)
+        paths = atomic_write_all([*writes, (self.manifest_path,
+                                            lambda tmp: tmp.write_text(text))])
+        self.forget()
+        self._manifest = manifest
+        return paths
 
     def write_with(self, path: Path, writer: Callable[[Path], None]) -> Path:
         """Write any file of the run atomically with ``writer(temporary_path)``."""

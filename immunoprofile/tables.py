@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,14 +249,8 @@ def write_parquet(table: pd.DataFrame, path: Path, *, metadata: dict | None = No
     pathlib.Path
         The path written.
     """
-    if schema is not None:
-        validate(table, schema, where=str(path))
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
-                                         **(metadata or {})}).encode()
-    arrow = arrow.replace_schema_metadata(meta)
-    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+    return atomic_write(path, parquet_writer(table, metadata=metadata, schema=schema,
+                                             where=str(path)))
 
 
 def write_csv(table: pd.DataFrame, path: Path, *,
@@ -276,9 +271,31 @@ def write_csv(table: pd.DataFrame, path: Path, *,
     pathlib.Path
         The path written.
     """
+    return atomic_write(path, csv_writer(table, schema=schema, where=str(path)))
+
+
+def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,
+                   schema: tuple[Column, ...] | str | None = None,
+                   where: str = "table") -> Callable[[Path], None]:
+    """What :func:`write_parquet` writes, as a function of the file to write it to (for
+    writing several files as one, :func:`immunoprofile._atomic.atomic_write_all`); the
+    table is checked against ``schema`` now."""
     if schema is not None:
-        validate(table, schema, where=str(path))
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+        validate(table, schema, where=where)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
+                                         **(metadata or {})}).encode()
+    arrow = arrow.replace_schema_metadata(meta)
+    return lambda tmp: pq.write_table(arrow, tmp)
+
+
+def csv_writer(table: pd.DataFrame, *, schema: tuple[Column, ...] | str | None = None,
+               where: str = "table") -> Callable[[Path], None]:
+    """What :func:`write_csv` writes, as a function of the file to write it to."""
+    if schema is not None:
+        validate(table, schema, where=where)
+    return lambda tmp: table.to_csv(tmp, index=False)
 
 
 def wide(subsets: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:

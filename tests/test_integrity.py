@@ -207,3 +207,212 @@ def test_cba_sheet_saved_as_csv_utf8_by_excel_reads(cohort, tmp_path) -> None:
     read = read_cba_sheet(excel)
     assert list(read.columns) == list(plain.columns)
     pd.testing.assert_frame_equal(read.drop(columns="path"), plain.drop(columns="path"))
+
+
+# -- verbs never write over their inputs ------------------------------------------------------
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "immunoprofile.cli", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_template_export_refuses_to_overwrite_its_sample(cohort, tmp_path) -> None:
+    fcs = tmp_path / "a.fcs"
+    shutil.copy(next((cohort / "fcs").glob("*treg.fcs")), fcs)
+    before = fcs.read_bytes()
+    res = _cli("template", "export", "treg", "--sample", str(fcs), "--out", str(fcs))
+    assert res.returncode == 1 and "is an input of this command" in res.stderr
+    assert fcs.read_bytes() == before
+    out = tmp_path / "t.xml"
+    out.write_text("mine")
+    res = _cli("template", "export", "treg", "--sample", str(fcs), "--out", str(out))
+    assert res.returncode == 1 and "pass --force" in res.stderr and out.read_text() == "mine"
+    res = _cli("template", "export", "treg", "--sample", str(fcs), "--out", str(out), "--force")
+    assert res.returncode == 0, res.stderr
+    assert "Gating-ML" in out.read_text() or "gating" in out.read_text()
+
+
+def test_template_import_refuses_to_overwrite_its_source(tmp_path) -> None:
+    xml = tmp_path / "t.xml"
+    xml.write_text("<not-read/>")
+    res = _cli("template", "import", str(xml), "--out", str(xml))
+    assert res.returncode == 1 and "is an input of this command" in res.stderr
+    assert xml.read_text() == "<not-read/>"
+
+
+def test_simulate_keeps_an_existing_sample_sheet(tmp_path) -> None:
+    (tmp_path / "study").mkdir()
+    sheet = tmp_path / "study" / "samplesheet.csv"
+    sheet.write_text("sample_id,path\nmine,x.fcs\n")
+    res = _cli("simulate", "--out", str(tmp_path / "study"), "--patients-per-arm", "1",
+               "--events", "1000", "--visits", "0")
+    assert res.returncode == 1 and "pass --force" in res.stderr
+    assert sheet.read_text() == "sample_id,path\nmine,x.fcs\n"
+
+
+# -- FCS files whose keywords disagree with their data ----------------------------------------
+
+def _fcs(tmp_path: Path, name: str, events, **kw) -> Path:
+    import numpy as np
+
+    from immunoprofile.io.fcs_write import write_fcs
+
+    events = np.asarray(events, dtype=np.float32)
+    names = [f"C{i}" for i in range(events.shape[1])]
+    return write_fcs(tmp_path / name, events, names, [""] * len(names), **kw)
+
+
+def _patch_keyword(path: Path, key: bytes, value: bytes) -> None:
+    """Rewrite a TEXT keyword's value in place, padding to the same length (offsets hold)."""
+    data = bytearray(path.read_bytes())
+    start = data.index(key) + len(key) + 1
+    end = data.index(data[start - 1:start], start)
+    old = data[start:end]
+    assert len(value) <= len(old), (value, old)
+    data[start:end] = value.ljust(len(old))
+    path.write_bytes(bytes(data))
+
+
+def test_tot_or_par_disagreeing_with_the_data_is_refused(tmp_path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = _fcs(tmp_path, "half.fcs", rng.normal(1000, 100, (2000, 3)))
+    _patch_keyword(path, b"$TOT", b"1000")
+    with pytest.raises(ip.FCSError, match=r"\$TOT or \$PAR is wrong"):
+        ip.read_fcs(path)
+
+
+def test_nan_events_are_counted_and_left_out_of_gating(tmp_path) -> None:
+    import numpy as np
+
+    from immunoprofile.template.yaml_io import template_from_dict
+
+    rng = np.random.default_rng(1)
+    events = rng.normal(1000, 100, (1000, 2))
+    events[:7, 0] = np.nan
+    events[7:10, 1] = np.inf
+    path = _fcs(tmp_path, "nan.fcs", events)
+    with pytest.warns(ip.FCSWarning, match="10 events hold NaN or infinite values"):
+        sample = ip.read_fcs(path)
+    template = template_from_dict({
+        "name": "t", "compensation": "none", "transforms": {"default": "linear"},
+        "populations": [{"name": "All", "gate": {"rectangle": {
+            "C0": [-1e9, 1e9], "C1": [-1e9, 1e9]}}}]})
+    result = ip.gate_sample(sample, template)
+    row = result.counts.iloc[0]
+    assert row["parent_count"] == 990 and row["count"] == 990
+
+
+def test_unusable_spillover_is_a_clear_error_when_the_template_asks_for_it(tmp_path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from immunoprofile.template.yaml_io import template_from_dict
+
+    rng = np.random.default_rng(2)
+    names = ["C0", "C1"]
+    singular = pd.DataFrame([[1.0, 1.0], [1.0, 1.0]], index=names, columns=names)
+    path = _fcs(tmp_path, "sing.fcs", rng.normal(1000, 100, (500, 2)), spillover=singular)
+    template = template_from_dict({
+        "name": "t", "compensation": "file", "transforms": {"default": "linear"},
+        "populations": [{"name": "All", "gate": {"rectangle": {
+            "C0": [0, 1e9], "C1": [0, 1e9]}}}]})
+    with pytest.raises(ip.FCSError, match="singular"):
+        ip.gate_sample(path, template)
+
+
+# -- faults around the batch ------------------------------------------------------------------
+
+def test_an_unreachable_scheduler_is_refused_before_any_work(cohort, tmp_path) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ImmunoprofileError, match="cannot reach the dask scheduler"):
+        _gate(cohort, tmp_path / "run", scheduler="tcp://127.0.0.1:9")
+    assert time.perf_counter() - t0 < 20  # not the 30-60 s of a dask connect timeout
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ImmunoprofileError, match="no host or port"):
+        _gate(cohort, tmp_path / "run", scheduler="tcp://nowhere")
+
+
+def test_compare_refuses_impossible_counts_with_the_row() -> None:
+    table = pd.DataFrame({
+        "sample_id": ["a", "b", "c", "d"], "patient_id": ["p1", "p1", "p2", "p2"],
+        "arm": ["SOC", "SOC", "TEL", "TEL"], "timepoint": ["W0", "W2", "W0", "W2"],
+        "template": "t", "population": "B cells", "parent": "Lymphocytes",
+        "count": [10, 120, 5, -1], "parent_count": [100, 100, 50, 50]})
+    with pytest.raises(ImmunoprofileError, match=r"2 row\(s\).*b t/B cells count 120 of 100"):
+        ip.tl.differential_abundance(table, control="SOC", baseline="W0")
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children")
+        if children.is_file():
+            out |= {int(c) for c in children.read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux-only process checks")
+def test_pool_workers_die_with_a_killed_run(cohort, tmp_path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "immunoprofile.cli", "gate",
+                             str(cohort / "samplesheet.csv"), "-t", "treg", "-t", "bcell",
+                             "--out", str(tmp_path / "run"), "--workers", "2", "--no-plots",
+                             "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    deadline = time.time() + 120
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = {c for c in _children(proc.pid) if _alive(c)}
+        time.sleep(0.02)
+    if len(workers) < 2:
+        proc.kill()
+        pytest.skip("the run finished before its workers could be seen")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "orphaned workers kept running"
+
+
+def test_a_full_disk_at_the_final_write_leaves_the_previous_tables(cohort, tmp_path) -> None:
+    """A real write failure: the file-size limit (RLIMIT_FSIZE) of the process makes the
+    final tables' writes fail as a full disk does."""
+    out = tmp_path / "run"
+    _gate(cohort, out)
+    names = ("subsets.parquet", "subsets.csv", "qc.csv", "errors.csv", "run.json")
+    before = {n: (out / n).read_bytes() for n in names}
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+        "from immunoprofile.batch import BatchSettings, gate_samples\n"
+        "from immunoprofile.errors import ImmunoprofileError\n"
+        "try:\n"
+        f"    gate_samples({str(cohort / 'samplesheet.csv')!r}, ['treg', 'bcell', 'plasma'],\n"
+        f"                 {str(out)!r}, workers=1, resume=True,\n"
+        "                 settings=BatchSettings(plots=False, keep_events=500))\n"
+        "except ImmunoprofileError as exc:\n"
+        "    print(exc); sys.exit(7)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 7, res.stdout + res.stderr
+    assert "previous tables are unchanged" in res.stdout
+    assert {n: (out / n).read_bytes() for n in names} == before
+    assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+    again = _gate(cohort, out, resume=True)  # space is back: resume completes
+    assert again.exit_code == 0

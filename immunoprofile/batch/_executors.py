@@ -6,16 +6,21 @@ executors yield the outcomes as tasks finish (the run assembles tables in sheet 
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Any
+from urllib.parse import urlsplit
 
 from immunoprofile.batch._parts import process_sample
 from immunoprofile.batch._settings import BatchSettings, SampleOutcome
+from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.template.model import Template
 
 # Parallelism is across samples. Inside one sample the linear algebra is on tiny matrices
@@ -24,11 +29,29 @@ from immunoprofile.template.model import Template
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def worker_init() -> None:
+def worker_init(parent: int | None = None) -> None:
     """Pool-worker start: libraries loaded from now on (SciPy's OpenBLAS, OpenMP) get one
-    thread (dask's nanny does the same for its workers)."""
+    thread (dask's nanny does the same for its workers), and on Linux the worker dies with
+    the run that started it (a killed ``gate`` must not leave workers writing parts).
+
+    Parameters
+    ----------
+    parent
+        The starting process's pid: a worker whose parent is already gone exits at once.
+    """
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    if parent is not None and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the pool's own shutdown still applies
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 # One task: (row, templates, run folder, settings, resume, plotter).
@@ -51,7 +74,7 @@ def run_local(tasks: list[Task], workers: int) -> Iterator[SampleOutcome]:
     else:
         ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=worker_init) as pool:
+                             initializer=worker_init, initargs=(os.getpid(),)) as pool:
         pending = set()
         queue = iter(tasks)
         for task in queue:
@@ -62,6 +85,41 @@ def run_local(tasks: list[Task], workers: int) -> Iterator[SampleOutcome]:
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (f.result() for f in finished)
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, before any work, when a dask scheduler cannot be reached.
+
+    Parameters
+    ----------
+    address
+        ``tcp://HOST:PORT`` (or ``tls://``; other protocols are left to dask).
+    timeout
+        Seconds to wait for the connection.
+
+    Raises
+    ------
+    ImmunoprofileError
+        The address is malformed or nothing answers there.
+    """
+    parsed = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parsed.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:
+        raise ImmunoprofileError(f"--scheduler {address!r}: {exc}; use tcp://HOST:PORT") from exc
+    if not host or not port:
+        raise ImmunoprofileError(f"--scheduler {address!r} has no host or port: use "
+                                 "tcp://HOST:PORT (dask's default port is 8786)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ImmunoprofileError(
+            f"cannot reach the dask scheduler at {address} ({exc.strerror or exc}): start it "
+            "with `dask scheduler` and its workers with `dask worker ADDRESS`, or check the "
+            "address; nothing was gated") from exc
 
 
 def run_dask(tasks: list[Task], scheduler: str) -> Iterator[SampleOutcome]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from immunoprofile._version import __version__
-from immunoprofile.batch._executors import Task, run_dask, run_local
+from immunoprofile.batch._executors import Task, check_scheduler, run_dask, run_local
 from immunoprofile.batch._parts import DEFAULT_PLOTTER, Plotter, done_record, read_parts
 from immunoprofile.batch._settings import (
     BatchSettings,
@@ -30,6 +30,7 @@ from immunoprofile.batch._settings import (
     named_in_panel,
     resolve_templates,
 )
+from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.io.samplesheet import SampleSheet, read_samplesheet
 from immunoprofile.run import Run
 from immunoprofile.tables import (
@@ -37,10 +38,10 @@ from immunoprofile.tables import (
     QC,
     SCHEMA_VERSION,
     SUBSETS,
+    csv_writer,
+    parquet_writer,
     validate,
     wide,
-    write_csv,
-    write_parquet,
 )
 from immunoprofile.template.model import Template
 from immunoprofile.template.yaml_io import template_hash
@@ -149,6 +150,8 @@ def gate_samples(
         sheet = read_samplesheet(sheet, strict=strict)
     templates = resolve_templates(templates)
     settings = settings or BatchSettings()
+    if scheduler:
+        check_scheduler(scheduler)
     run = Run(out)
     with run.lock("gate"):
         run.clean_temporary()  # the run's own leftovers only, and only while it holds the lock
@@ -178,14 +181,25 @@ def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
         if progress:
             progress(outcome, len(outcomes), len(tasks))
     ordered = [outcomes[str(r["sample_id"])] for r in rows]
-    result = _assemble(run, sheet, templates, ordered)
-    _write_run_json(run, sheet, templates, settings, ordered, result, time.time() - t0,
-                    workers=None if scheduler else workers, scheduler=scheduler)
+    result, writes = _assemble(run, sheet, templates, ordered)
+    manifest = _manifest(run, sheet, templates, settings, ordered, result,
+                         time.time() - t0, workers=None if scheduler else workers,
+                         scheduler=scheduler)
+    # Tables, templates and run.json are replaced together or not at all: a full disk
+    # leaves the previous run's files as they were, consistent with each other.
+    try:
+        run.commit(writes, manifest)
+    except OSError as exc:
+        raise ImmunoprofileError(
+            f"could not write the run's tables into {run.path} ({exc.strerror or exc}); the "
+            "previous tables are unchanged and every sample's parts are kept: free space "
+            "and rerun with --resume") from exc
     return result
 
 
 def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
-              outcomes: list[SampleOutcome]) -> BatchResult:
+              outcomes: list[SampleOutcome]) -> tuple[BatchResult, list]:
+    """The run's tables from the samples' parts, and the writes that put them on disk."""
     parts, qcs = read_parts(run, [o.sample_id for o in outcomes])
     errors = [e for o in outcomes for e in o.errors]
     meta = sheet.metadata_columns
@@ -195,19 +209,20 @@ def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
     error_table = pd.DataFrame(errors, columns=["sample_id", "path", "template", "stage",
                                                 "error", "hint"])
     schema = SUBSETS if not subsets.empty else None
-    write_parquet(subsets, run.subsets_path, schema=schema,
-                  metadata={"templates": {t.name: t.version for t in templates}})
-    write_csv(subsets, run.subsets_csv)
+    writes = [(run.subsets_path, parquet_writer(
+        subsets, schema=schema, where=str(run.subsets_path),
+        metadata={"templates": {t.name: t.version for t in templates}})),
+        (run.subsets_csv, csv_writer(subsets))]
     if not subsets.empty:
-        write_csv(wide(subsets, meta), run.subsets_wide_csv)
+        writes.append((run.subsets_wide_csv, csv_writer(wide(subsets, meta))))
     # which QC columns exist depends on whether QC ran: undocumented ones are still refused
     validate(qc_table, QC, where=str(run.qc_path), complete=False)
-    write_csv(qc_table, run.qc_path)
-    write_csv(error_table, run.errors_path, schema=ERRORS)
-    run.write_templates(templates)
-    run.forget()
-    return BatchResult(out=run.path, subsets=subsets, qc=qc_table, errors=error_table,
-                       outcomes=outcomes)
+    writes += [(run.qc_path, csv_writer(qc_table)),
+               (run.errors_path, csv_writer(error_table, schema=ERRORS)),
+               *run.template_writers(templates)]
+    result = BatchResult(out=run.path, subsets=subsets, qc=qc_table, errors=error_table,
+                         outcomes=outcomes)
+    return result, writes
 
 
 def _restore_types(subsets: pd.DataFrame, sheet: SampleSheet) -> pd.DataFrame:
@@ -227,10 +242,10 @@ def _restore_types(subsets: pd.DataFrame, sheet: SampleSheet) -> pd.DataFrame:
     return subsets
 
 
-def _write_run_json(run: Run, sheet: SampleSheet, templates: list[Template],
-                    settings: BatchSettings, outcomes: list[SampleOutcome],
-                    result: BatchResult, seconds: float, *, workers: int | None,
-                    scheduler: str | None) -> None:
+def _manifest(run: Run, sheet: SampleSheet, templates: list[Template],
+              settings: BatchSettings, outcomes: list[SampleOutcome],
+              result: BatchResult, seconds: float, *, workers: int | None,
+              scheduler: str | None) -> dict:
     # stdlib, needed only here
     from importlib.metadata import PackageNotFoundError, version
 
@@ -262,7 +277,7 @@ def _write_run_json(run: Run, sheet: SampleSheet, templates: list[Template],
         "exit_code": result.exit_code, "seconds": round(seconds, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "inputs": inputs,
     }
-    run.write_manifest(manifest)
+    return manifest
 
 
 def clear_parts(out: str | Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immunoprofile.errors import TemplateError
+from immunoprofile.errors import FCSError, TemplateError
 from immunoprofile.io.fcs import FCSSample
 from immunoprofile.panel import resolve_markers
 from immunoprofile.template.model import Template
@@ -88,6 +88,16 @@ def matrix_for(
     if ref in ("none", "uncompensated"):
         return None
     if ref in ("file", "FCS"):
+        has_keyword = any(str(sample.metadata.get(k, "")).strip() for k in ("spillover", "spill"))
+        if sample.spillover is None and has_keyword:
+            why = next((w for w in sample.warnings if "spillover matrix is unusable" in w),
+                       "it could not be parsed")
+            raise FCSError(f"{Path(sample.path).name}: template {template.name} compensates "
+                           f"with the file's own matrix, but {why}; give the template a "
+                           "matrix file (compensation: PATH) or re-export the FCS file")
+        if sample.spillover is not None:
+            _check_matrix(sample.spillover, f"the $SPILLOVER of {Path(sample.path).name}",
+                          FCSError)
         return sample.spillover
     if ref in template.comp_matrices:
         matrix = template.comp_matrices[ref]
@@ -96,12 +106,23 @@ def matrix_for(
         if not path.is_absolute() and template.source:
             path = Path(template.source).parent / path
         matrix = read_matrix(path)
+    _check_matrix(matrix, f"compensation matrix {ref!r} of template {template.name}",
+                  TemplateError)
     # Matrix columns may name markers ("CD4") rather than detectors: resolve them per file.
     names = resolve_markers(sample, [str(c) for c in matrix.columns],
                             what=f"compensation matrix {ref!r} of template {template.name}")
     out = matrix.copy()
     out.columns = [names[str(c)] for c in matrix.columns]
     return out
+
+
+def _check_matrix(matrix: pd.DataFrame, what: str, error: type[Exception]) -> None:
+    """A spillover matrix must be finite and invertible, or compensation is meaningless."""
+    values = np.asarray(matrix.values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise error(f"{what} holds NaN or infinite values: fix the matrix")
+    if values.shape[0] != values.shape[1] or np.linalg.matrix_rank(values) < values.shape[0]:
+        raise error(f"{what} is singular (its channels cannot be separated): fix the matrix")
 
 
 # Events solved at a time: the float64 copy of a block stays small (a few MiB) and the block

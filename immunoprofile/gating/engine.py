@@ -235,6 +235,9 @@ def gate_sample(
 
     n = sample.n_events
     root = np.ones(n, bool) if event_mask is None else np.asarray(event_mask, bool)
+    finite = sample.finite_events()
+    if finite is not None:  # NaN/inf events would reach compensation and every gate
+        root = root & finite
     membership: dict[str, np.ndarray] = {}
     placer = Placer(space, membership)
     positions: dict[str, dict[str, Any]] = {}

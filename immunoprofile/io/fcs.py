@@ -85,6 +85,17 @@ class FCSSample:
         """Number of events (rows of :attr:`events`)."""
         return int(self.events.shape[0])
 
+    def finite_events(self) -> np.ndarray | None:
+        """Boolean per event: every value finite; None when all are (the usual case).
+
+        Floating-point files can hold NaN or infinite values; gating leaves such events out
+        of the root population (a warning at read time counts them).
+        """
+        if self.events.dtype.kind != "f":
+            return None
+        ok = np.isfinite(self.events).all(axis=1)
+        return None if ok.all() else ok
+
     @property
     def channel_names(self) -> list[str]:
         """The $PnN names in file order."""
@@ -307,6 +318,10 @@ def _parse(fh: BinaryIO, path: Path, dataset: int, notes: list[str]) -> FCSSampl
     repeated = sorted({n for n in layout.pnn if layout.pnn.count(n) > 1})
     if repeated:
         notes.append(f"channel names repeated in $PnN: {repeated}; kept as written")
+    if events.dtype.kind == "f" and events.size:
+        bad = int((~np.isfinite(events).all(axis=1)).sum())
+        if bad:
+            notes.append(f"{bad} events hold NaN or infinite values; gating leaves them out")
     return FCSSample(
         path=path,
         events=events,
@@ -354,10 +369,18 @@ def _read_events(
             )
         elif length == need - 1:
             notes.append("the DATA segment is one byte short of $TOT events (off by one)")
+        elif length >= need + lay.event_bytes and tot_text is not None:
+            # Room for whole further events: $TOT or $PAR disagrees with the data, and
+            # reading $TOT events would give a part of the file, or misaligned channels.
+            raise Corrupt(
+                f"the DATA segment holds {length} bytes, {length / lay.event_bytes:g} events "
+                f"of {par} channels, but $TOT says {tot}: $TOT or $PAR is wrong; re-export "
+                "the file from the acquisition software"
+            )
         elif length > need:
             notes.append(
                 f"the DATA segment holds {length} bytes but $TOT events need {need}; "
-                "read $TOT events and ignored the rest"
+                "read $TOT events and ignored the padding"
             )
         elif length < need:
             raise Corrupt(

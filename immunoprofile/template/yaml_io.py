@@ -569,8 +569,10 @@ def ordered_populations(t: Template) -> Template:
 # The writing side lives in yaml_write; these names stay importable from here.
 from immunoprofile.template.yaml_write import (  # noqa: E402
     template_to_dict,
+    template_yaml,
     write_template,
 )
 
 __all__ = ["load_template", "shipped_templates", "shipped_templates_dir", "template_from_dict",
-           "template_hash", "template_to_dict", "validate_template", "write_template"]
+           "template_hash", "template_to_dict", "template_yaml", "validate_template",
+           "write_template"]

@@ -137,5 +137,21 @@ def write_template(t: Template, path: str | Path) -> Path:
     pathlib.Path
         The path written.
     """
-    text = yaml.safe_dump(template_to_dict(t), sort_keys=False, allow_unicode=True)
+    text = template_yaml(t)
     return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def template_yaml(t: Template) -> str:
+    """A template as YAML text (what :func:`write_template` writes).
+
+    Parameters
+    ----------
+    t
+        The template.
+
+    Returns
+    -------
+    str
+        The YAML document.
+    """
+    return yaml.safe_dump(template_to_dict(t), sort_keys=False, allow_unicode=True)

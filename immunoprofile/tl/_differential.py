@@ -40,6 +40,23 @@ def _check(table: pd.DataFrame, needed: Iterable[str]) -> None:
         raise ImmunoprofileError(f"the table lacks column(s) {', '.join(missing)}")
 
 
+def _check_counts(table: pd.DataFrame) -> None:
+    """Counts must be whole, non-negative and within their parent: anything else is a
+    corrupted or hand-edited table, which clamping would hide."""
+    count = pd.to_numeric(table["count"], errors="coerce").astype(float)
+    parent = pd.to_numeric(table["parent_count"], errors="coerce").astype(float)
+    bad = (count < 0) | (parent < 0) | (count > parent) | (count % 1 > 0)
+    if bad.any():
+        rows = table.loc[bad.to_numpy(), ["sample_id", "template", "population", "count",
+                                           "parent_count"]].head(5)
+        listed = "; ".join(f"row {i}: {r.sample_id} {r.template}/{r.population} count "
+                           f"{r.count} of {r.parent_count}" for i, r in
+                           zip(rows.index, rows.itertuples(index=False)))
+        raise ImmunoprofileError(
+            f"{int(bad.sum())} row(s) of the table have impossible counts (negative, not "
+            f"whole, or above the parent's): {listed}; fix or regate those samples")
+
+
 def _frame(rows: pd.DataFrame, design: Design) -> pd.DataFrame:
     keep = ["sample_id", "patient_id", "arm", "timepoint", *design.covariates]
     return rows[[c for c in dict.fromkeys(keep) if c in rows.columns]].copy()
@@ -88,6 +105,7 @@ def differential_abundance(
     table = subset_table(data)
     _check(table, ["sample_id", "patient_id", "arm", "timepoint", "template", "population",
                    "count", "parent_count"])
+    _check_counts(table)
     design = parse_design(control, baseline, pairs, covariates)
     check_design(table, design)
     if "measured" in table.columns:
