@@ -320,6 +320,10 @@ def test_unusable_spillover_is_a_clear_error_when_the_template_asks_for_it(tmp_p
             "C0": [0, 1e9], "C1": [0, 1e9]}}}]})
     with pytest.raises(ip.FCSError, match="singular"):
         ip.gate_sample(path, template)
+    with_nan = pd.DataFrame([[1.0, np.nan], [0.1, 1.0]], index=names, columns=names)
+    path = _fcs(tmp_path, "nan_spill.fcs", rng.normal(1000, 100, (500, 2)), spillover=with_nan)
+    with pytest.raises(ip.FCSError, match="NaN|unusable|could not be parsed"):
+        ip.gate_sample(path, template)
 
 
 # -- faults around the batch ------------------------------------------------------------------
@@ -416,3 +420,18 @@ def test_a_full_disk_at_the_final_write_leaves_the_previous_tables(cohort, tmp_p
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
     again = _gate(cohort, out, resume=True)  # space is back: resume completes
     assert again.exit_code == 0
+
+
+def test_a_file_without_events_is_an_error_row_not_a_traceback(cohort, tmp_path) -> None:
+    src = ip.read_fcs(next((cohort / "fcs").glob("*treg.fcs")))
+    from immunoprofile.io.fcs_write import write_fcs
+
+    path = write_fcs(tmp_path / "zero.fcs", src.events[:0], list(src.channels["pnn"]),
+                     list(src.channels["pns"].fillna("")), spillover=src.spillover)
+    row = {"sample_id": "Z", "path": str(path), "patient_id": "P", "arm": "SOC",
+           "timepoint": "W0"}
+    outcome = process_sample(row, resolve_templates(["treg"]), tmp_path / "run", SETTINGS)
+    assert outcome.status == "failed"
+    assert outcome.errors[0]["stage"] == "read" and "no events" in outcome.errors[0]["error"]
+    with pytest.raises(ip.FCSError, match="holds no events"):
+        ip.gate_sample(path, "treg")

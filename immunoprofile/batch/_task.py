@@ -201,6 +201,10 @@ def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> S
         except FCSError as exc:
             work.errors.append(error_row(row, "", "read", exc))
             return work
+    if sample.n_events == 0:
+        work.errors.append(error_row(row, "", "read", "the file holds no events ($TOT=0): "
+                                     "nothing to gate"))
+        return work
     work.sample = sample
     read_warnings = [str(w.message) for w in caught]
     fitting, unfit = _prepare_all(row, sample, templates, work)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from flowutils import gating as fu_gating
 
-from immunoprofile.errors import TemplateError
+from immunoprofile.errors import FCSError, TemplateError
 from immunoprofile.gating.adaptive import Placer
 from immunoprofile.gating.events import EventSpace
 from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
@@ -234,6 +234,9 @@ def gate_sample(
     skipped, passed = prepared.not_measured, prepared.passed
 
     n = sample.n_events
+    if n == 0:
+        raise FCSError(f"{Path(sample.path).name} holds no events ($TOT=0): nothing to gate; "
+                       "check the acquisition or the export")
     root = np.ones(n, bool) if event_mask is None else np.asarray(event_mask, bool)
     finite = sample.finite_events()
     if finite is not None:  # NaN/inf events would reach compensation and every gate
