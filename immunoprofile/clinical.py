@@ -366,8 +366,12 @@ def attach_arms(clinical: pd.DataFrame | str | Path,
                                  "gave the patients' arms")
     return table[table["arm"].notna()].reset_index(drop=True)
 
-RESPONDER_COLUMNS = ["arm", "timepoint", "rule", "n_patients", "n_responders",
-                     "pct_responders"]
+RESPONDER_COLUMNS = ["arm", "timepoint", "rule", "analysis", "n_patients", "n_responders",
+                     "pct_responders", "n_without_verdict"]
+#: Responder analyses: intention to treat (every randomised patient of the arm; one without a
+#: verdict at the visit, e.g. after leaving the trial, is a non-responder) and completers
+#: (patients with a verdict at the visit), the usual sensitivity analysis.
+ANALYSES = ("itt", "completers")
 
 
 def responders(
@@ -377,6 +381,7 @@ def responders(
     baseline: str | None = None,
     rule: str = "immune",
     arms: Mapping[str, str] | pd.Series | None = None,
+    analysis: str | Iterable[str] = ANALYSES,
 ) -> pd.DataFrame:
     """Responders per arm and visit: SLEDAI-4 (and SRI-4) from the clinical table, the immune
     responder rule from the patients table of :func:`~immunoprofile.tl.response`, and both.
@@ -393,14 +398,25 @@ def responders(
         The immune rule's label in the output (e.g. ``"Treg>=1.5"``).
     arms
         ``patient_id → arm`` when the clinical table has no ``arm``.
+    analysis
+        ``"itt"`` (intention to treat, as SLE trials count SRI-4 and SLEDAI-4: the
+        denominator is every randomised patient of the arm, and a patient without a verdict
+        at the visit counts as a non-responder), ``"completers"`` (patients with a verdict),
+        or both (default).
 
     Returns
     -------
     pandas.DataFrame
-        ``arm, timepoint, rule, n_patients`` (with a verdict), ``n_responders``,
-        ``pct_responders``; ``rule`` is ``SLEDAI-4``, ``SRI-4`` (when BILAG and PGA are
-        present), the immune rule, and ``SLEDAI-4 & <rule>`` (patients with both verdicts).
+        ``arm, timepoint, rule, analysis, n_patients`` (the denominator: randomised patients
+        for ``itt``, patients with a verdict for ``completers``), ``n_responders``,
+        ``pct_responders``, ``n_without_verdict`` (counted as non-responders under ``itt``);
+        ``rule`` is ``SLEDAI-4``, ``SRI-4`` (when BILAG and PGA are present), the immune
+        rule, and ``SLEDAI-4 & <rule>`` (patients with both verdicts).
     """
+    analyses = [analysis] if isinstance(analysis, str) else list(analysis)
+    unknown = [a for a in analyses if a not in ANALYSES]
+    if unknown:
+        raise ImmunoprofileError(f"analysis {unknown} unknown: use 'itt' and/or 'completers'")
     keys = ["patient_id", "arm", "timepoint"]
     verdicts: dict[str, pd.Series] = {}
     order: list[str] = []
@@ -421,19 +437,35 @@ def responders(
     if "SLEDAI-4" in verdicts and rule in verdicts:
         both = pd.concat([verdicts["SLEDAI-4"], verdicts[rule]], axis=1, join="inner").dropna()
         verdicts[f"SLEDAI-4 & {rule}"] = both[0].astype(bool) & both[1].astype(bool)
+    # The randomised patients of each arm: everyone any table places in it.
+    randomised: dict[str, set[str]] = {}
+    for flags in verdicts.values():
+        for pid, arm, _ in flags.index:
+            randomised.setdefault(str(arm), set()).add(str(pid))
+    if arms is not None:
+        for pid, arm in dict(arms).items():
+            if isinstance(arm, str) and arm:
+                randomised.setdefault(arm, set()).add(str(pid))
     rows = []
     for label, flags in verdicts.items():
         frame = flags.dropna().astype(bool).rename("flag").reset_index()
         frame.columns = [*keys, "flag"]
         frame = frame[frame["timepoint"] != str(baseline)]
         for (arm, tp), g in frame.groupby(["arm", "timepoint"], sort=False):
-            rows.append({"arm": arm, "timepoint": tp, "rule": label, "n_patients": len(g),
-                         "n_responders": int(g["flag"].sum()),
-                         "pct_responders": 100 * float(g["flag"].mean())})
+            n_yes = int(g["flag"].sum())
+            n_arm = max(len(randomised.get(str(arm), ())), len(g))
+            for kind in analyses:
+                n = n_arm if kind == "itt" else len(g)
+                rows.append({"arm": arm, "timepoint": tp, "rule": label, "analysis": kind,
+                             "n_patients": n, "n_responders": n_yes,
+                             "pct_responders": 100 * n_yes / n if n else np.nan,
+                             "n_without_verdict": n_arm - len(g)})
     out = pd.DataFrame(rows, columns=RESPONDER_COLUMNS)
     rank = {t: i for i, t in enumerate(order)}
     out["_tp"] = out["timepoint"].map(lambda t: rank.get(t, len(rank)))
     out["_rule"] = out["rule"].map({r: i for i, r in enumerate(verdicts)})
     out["_arm"] = out["arm"].map(lambda a: tuple(map(str, natural_key(a))))
-    out = out.sort_values(["_rule", "_arm", "_tp"]).drop(columns=["_tp", "_rule", "_arm"])
+    out["_an"] = out["analysis"].map({a: i for i, a in enumerate(ANALYSES)})
+    out = out.sort_values(["_rule", "_an", "_arm", "_tp"]).drop(
+        columns=["_tp", "_rule", "_arm", "_an"])
     return out.reset_index(drop=True)

@@ -107,12 +107,17 @@ register("compare/correlations.parquet (one row per subset × variable × method
     Column("transform", "string", "rmcorr: scale of subset / variable ('log' or 'identity')."),
     Column("note", "string", "Cytokine values below the LLOQ entered as LLOQ/2, when any."),
 ))
-register("compare/responders.csv (one row per rule × arm × visit)", (
+register("compare/responders.csv (one row per rule × analysis × arm × visit)", (
     Column("arm, timepoint", "string", "Keys (baseline excluded)."),
     Column("rule", "string", "'SLEDAI-4' (fall ≥ 4 points), 'SRI-4' (when BILAG and PGA are "
            "given), the immune responder rule, and 'SLEDAI-4 & <rule>'."),
-    Column("n_patients", "int64", "Patients with a verdict."),
+    Column("analysis", "string", "'itt': intention to treat, the denominator is every "
+           "randomised patient of the arm and one without a verdict at the visit (left the "
+           "trial, missed it) is a non-responder; 'completers': patients with a verdict."),
+    Column("n_patients", "int64", "The denominator (see `analysis`)."),
     Column("n_responders / pct_responders", "int64 / float64", "Responders."),
+    Column("n_without_verdict", "int64", "Randomised patients of the arm without a verdict at "
+           "the visit (non-responders under 'itt')."),
 ))
 
 
@@ -275,7 +280,7 @@ def _joint(result: Comparison, subsets: pd.DataFrame, *, clinical, cytokines, co
     result.correlations = correlations(subsets, clinical=clin, cytokines=cyto)
     _write(result.correlations, out, "correlations")
     result.responders = responders(clin, result.response if rule else None, baseline=baseline,
-                                   rule=rule or "immune")
+                                   rule=rule or "immune", arms=arms)
     _write(result.responders, out, "responders", parquet=False)
     if plots:
         _joint_plots(result, clin, cyto, Run.plots_under(out))

@@ -112,7 +112,17 @@ def test_responders_per_arm() -> None:
     patients = pd.DataFrame({"patient_id": list("ABCDEF"), "arm": ["TEL"] * 3 + ["SOC"] * 3,
                              "timepoint": "W24", "population": "Treg",
                              "responder": [True, True, False, True, False, pd.NA]})
-    out = responders(table, patients, rule="Treg>=1.5").set_index(["rule", "arm"])
+    both = responders(table, patients, rule="Treg>=1.5")
+    assert list(both["analysis"].unique()) == ["itt", "completers"]
+    # Intention to treat: F, randomised to SOC, has no week-24 verdict: a non-responder.
+    itt = both[both["analysis"] == "itt"].set_index(["rule", "arm"])
+    assert itt.loc[("SLEDAI-4", "SOC"), "n_patients"] == 3
+    assert itt.loc[("SLEDAI-4", "SOC"), "n_without_verdict"] == 1
+    assert itt.loc[("SLEDAI-4", "SOC"), "pct_responders"] == pytest.approx(
+        100 * itt.loc[("SLEDAI-4", "SOC"), "n_responders"] / 3)
+    completers = responders(table, patients, rule="Treg>=1.5", analysis="completers")
+    assert completers.equals(both[both["analysis"] == "completers"].reset_index(drop=True))
+    out = completers.set_index(["rule", "arm"])
     assert out.loc[("SLEDAI-4", "TEL"), "n_responders"] == 2
     assert out.loc[("SLEDAI-4", "SOC"), "n_patients"] == 2  # F has no verdict
     assert out.loc[("SRI-4", "TEL"), "n_responders"] == 1

@@ -322,7 +322,7 @@ def test_unusable_spillover_is_a_clear_error_when_the_template_asks_for_it(tmp_p
         ip.gate_sample(path, template)
     with_nan = pd.DataFrame([[1.0, np.nan], [0.1, 1.0]], index=names, columns=names)
     path = _fcs(tmp_path, "nan_spill.fcs", rng.normal(1000, 100, (500, 2)), spillover=with_nan)
-    with pytest.raises(ip.FCSError, match="NaN|unusable|could not be parsed"):
+    with pytest.raises(ip.FCSError, match=r"NaN|unusable|could not be parsed"):
         ip.gate_sample(path, template)
 
 

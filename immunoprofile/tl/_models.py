@@ -30,7 +30,6 @@ import pandas as pd
 from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 from statsmodels.stats.multitest import multipletests
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
@@ -213,38 +212,85 @@ def _did(arm: str, ref: str, tp: str, base: str) -> list[tuple[str, float]]:
 
 
 def _fit(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
-    """REML fit; returns (β, Cov(β), warning text) or (None, None, reason)."""
-    notes: list[str] = []
-    result, errors = None, []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """REML fit; returns (β, Cov(β), warning text) or (None, None, reason).
+
+    A fit is accepted only when it converged with a finite log-likelihood, a positive-definite
+    covariance of the fixed effects and a non-negative patient variance; otherwise the next
+    optimiser is tried. When the patient variance sits at the boundary (0) or no optimiser
+    gives an acceptable fit, the model is refitted without the random effect (ordinary least
+    squares, the same cell means and contrasts): statsmodels reports boundary fits as
+    converged with a log-likelihood of +inf and covariances that made null p-values too small
+    in the tail and too large in the bulk.
+    """
+    k = X.shape[1]
+    rejected: list[str] = []
+    accepted = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             model = MixedLM(y, X, groups)
         except (np.linalg.LinAlgError, ValueError) as exc:
             return None, None, f"model failed: {exc}"
         # Each optimiser gets its own chance: heavily tied data (e.g. imputed values) can make
-        # one raise where another converges.
+        # one raise or stop at the boundary where another converges.
         for method in ("lbfgs", "bfgs", "powell"):
             try:
                 result = model.fit(reml=True, method=method)
             except (np.linalg.LinAlgError, ValueError) as exc:
-                errors.append(f"{method}: {exc}")
+                rejected.append(f"{method}: {exc}")
                 continue
-            if result.converged:
+            why = _unacceptable(result, k)
+            if why is None:
+                accepted = result
                 break
-    if result is None:
-        return None, None, f"model failed: {'; '.join(errors)}"
+            rejected.append(f"{method}: {why}")
+    if accepted is not None and not _at_boundary(accepted):
+        beta = np.asarray(accepted.fe_params)[:k]
+        cov = np.asarray(accepted.cov_params())[:k, :k]
+        return beta, cov, ""
+    note = ("patient variance at the boundary (0): fitted without the random effect (OLS)"
+            if accepted is not None or any("boundary" in r or "log-likelihood" in r
+                                           for r in rejected)
+            else "no mixed-model fit was acceptable: fitted without the random effect (OLS)")
+    return _ols(y, X, note)
+
+
+def _unacceptable(result, k: int) -> str | None:
+    """Why a MixedLM fit cannot be used, or None."""
     if not result.converged:
-        notes.append("did not converge")
-    if any(issubclass(w.category, ConvergenceWarning) and "boundary" in str(w.message)
-           for w in caught):
-        notes.append("patient variance on the boundary (0)")
-    k = X.shape[1]
-    beta = np.asarray(result.fe_params)[:k]
+        return "did not converge"
+    if not np.isfinite(result.llf):
+        return "non-finite log-likelihood (boundary)"
     cov = np.asarray(result.cov_params())[:k, :k]
     if not np.all(np.isfinite(cov)):
-        return None, None, "model failed: singular covariance"
-    return beta, cov, "; ".join(notes)
+        return "non-finite covariance"
+    try:
+        np.linalg.cholesky((cov + cov.T) / 2)
+    except np.linalg.LinAlgError:
+        return "covariance of the fixed effects not positive definite"
+    if np.any(np.diag(np.atleast_2d(np.asarray(result.cov_re))) < 0):
+        return "negative patient variance"
+    return None
+
+
+def _at_boundary(result) -> bool:
+    """The patient variance is zero for practical purposes (relative to the residual)."""
+    var = float(np.atleast_2d(np.asarray(result.cov_re))[0, 0])
+    return var <= 1e-6 * max(float(result.scale), 1e-300)
+
+
+def _ols(y: np.ndarray, X: np.ndarray, note: str):
+    """Least squares with the same design: (β, s²(XᵀX)⁻¹, note), or a failure."""
+    n, k = X.shape
+    if n <= k:
+        return None, None, f"model failed: {n} values for {k} parameters"
+    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    if rank < k:
+        return None, None, "model failed: the design is singular"
+    resid = y - X @ beta
+    s2 = float(resid @ resid) / (n - k)
+    cov = s2 * np.linalg.inv(X.T @ X)
+    return beta, cov, note
 
 
 def _ordered_timepoints(data: pd.DataFrame) -> list[str]:

@@ -1,0 +1,61 @@
+"""Null calibration with a generator that is not the fitted model (#20): a small version of
+``benchmarks/bench_calibration.py`` (beta-binomial counts, log-normal MFIs), and the boundary
+rule of the mixed-model fit."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immunoprofile.tl._models import Design, fit_contrasts
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_calibration.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_calibration", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def calibration() -> pd.DataFrame:
+    bench = _bench()
+    wanted = ("abundance, no patient variance", "abundance, large patient variance",
+              "abundance, rare (~15 events)", "state, no patient variance")
+    scenarios = [s for s in bench.SCENARIOS if s.name in wanted]
+    return bench.calibrate(scenarios, sims=6, seed=11).set_index("scenario")
+
+
+def test_null_pvalues_are_uniform_on_data_the_model_did_not_generate(calibration) -> None:
+    # ~1,400 correlated p-values per scenario: bounds wide enough for that size; the
+    # benchmark's 40 simulations hold the 3-7% / 0.45-0.55 bounds (benchmarks/README.md).
+    for name, row in calibration.iterrows():
+        assert row["share_not_estimable"] == 0, name
+        assert 0.02 <= row["share_p<0.05"] <= 0.09, (name, row["share_p<0.05"])
+        assert 0.44 <= row["mean_p"] <= 0.56, (name, row["mean_p"])
+
+
+def test_boundary_fits_fall_back_to_least_squares_and_say_so() -> None:
+    """No patient variance at all: statsmodels' boundary 'fit' (log-likelihood +inf) is not
+    used; the model is refitted without the random effect and the warning says so."""
+    rng = np.random.default_rng(4)
+    rows = [{"patient_id": f"P{a}{p}", "arm": arm, "timepoint": tp,
+             "value": rng.normal(0, 1)}
+            for a, arm in enumerate(("A", "B")) for p in range(8) for tp in ("W0", "W4")]
+    data = pd.DataFrame(rows)
+    res = fit_contrasts(data, Design(control="B", baseline="W0"), model_name="m")
+    assert res["pvalue"].notna().all()
+    assert res["warning"].str.contains("without the random effect").all()
+    # and with real patient variance the mixed model is kept
+    shift = {p: rng.normal(0, 3) for p in data["patient_id"].unique()}
+    data["value"] += data["patient_id"].map(shift)
+    res = fit_contrasts(data, Design(control="B", baseline="W0"), model_name="m")
+    assert not res["warning"].str.contains("without the random effect").any()
