@@ -84,10 +84,15 @@ register("compare/cytokines.parquet (one row per analyte × contrast)", (
     *_CONTRAST_COLUMNS[:1], Column("population", "string", "The analyte; `template` is "
                                    "'cytokines'."),
     *_CONTRAST_COLUMNS[2:7],
-    Column("estimate", "float64", "Log fold change of the concentration."),
+    Column("estimate", "float64", "Log fold change of the concentration; for model "
+           "`rank_detectable`, the difference in the share of values in range (percentage "
+           "points)."),
     *_CONTRAST_COLUMNS[8:11],
     Column("model", "string", "`tobit_re` (censored likelihood at LLOQ/ULOQ, patient random "
-           "intercept), `lmm_log_lloq2` (LLOQ/2 imputed) or `lmm_log` (nothing censored)."),
+           "intercept, small-sample corrected standard errors), `lmm_log_lloq2` (LLOQ/2 "
+           "imputed), `lmm_log` (nothing censored) or `rank_detectable` (more than 80% below "
+           "the LLOQ, or contrasts the Tobit cannot estimate: rank tests with censored values "
+           "tied at the bottom; the warning says 'tested on ranks')."),
     *_CONTRAST_COLUMNS[12:-1],
     Column("n_below_lloq / n_above_uloq", "int64", "Censored values of the analyte."),
 ))

@@ -29,7 +29,8 @@ def _bench():
 def calibration() -> pd.DataFrame:
     bench = _bench()
     wanted = ("abundance, no patient variance", "abundance, large patient variance",
-              "abundance, rare (~15 events)", "state, no patient variance")
+              "abundance, rare (~15 events)", "state, no patient variance",
+              "cytokine, 30% below LLOQ", "cytokine, 85% below LLOQ")
     scenarios = [s for s in bench.SCENARIOS if s.name in wanted]
     return bench.calibrate(scenarios, sims=6, seed=11).set_index("scenario")
 
@@ -38,7 +39,10 @@ def test_null_pvalues_are_uniform_on_data_the_model_did_not_generate(calibration
     # ~1,400 correlated p-values per scenario: bounds wide enough for that size; the
     # benchmark's 40 simulations hold the 3-7% / 0.45-0.55 bounds (benchmarks/README.md).
     for name, row in calibration.iterrows():
-        assert row["share_not_estimable"] == 0, name
+        assert row["share_not_estimable"] == 0, name  # every contrast answered
+        if "85%" in name:  # ~1 value in range per cell: a discrete, conservative test
+            assert row["share_p<0.05"] <= 0.05, (name, row["share_p<0.05"])
+            continue
         assert 0.02 <= row["share_p<0.05"] <= 0.09, (name, row["share_p<0.05"])
         assert 0.44 <= row["mean_p"] <= 0.56, (name, row["mean_p"])
 

@@ -141,7 +141,7 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
     df_between = max(n_patients - len(arms), 1)
     df_within = max(len(fitted) - n_patients - (len(cells) - len(arms))
                     - (X.shape[1] - len(cells)), 1)
-    for kind, arm, ref, tp, base, terms in _contrast_terms(design, arms, tps):
+    for kind, arm, ref, tp, base, terms in contrast_terms(design, arms, tps):
         if any(c not in present for c, _ in terms):
             continue
         cell_rows = data["cell"].isin([c for c, _ in terms])
@@ -170,7 +170,7 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
     return pd.DataFrame(rows)
 
 
-def _contrast_terms(design: Design, arms: list[str], tps: list[str]):
+def contrast_terms(design: Design, arms: list[str], tps: list[str]):
     """(kind, arm, reference, timepoint, baseline, [(cell, weight)]) of every contrast."""
     b, ctl = design.baseline, design.control
     for arm in arms:

@@ -1,0 +1,176 @@
+"""Heavily censored readouts: rank tests that still answer when most values are below the LLOQ.
+
+When more than :data:`RANK_ABOVE` of an analyte's values are below the LLOQ (or a visit of an
+arm has no value in range, where a censored-likelihood model has no estimable cell mean), a
+likelihood model has too little to work with. Every censored value is then tied at the bottom
+and the trial contrasts are tested on ranks, which need no distribution and no value in range:
+
+- ``arm_vs_control`` at a visit: Mann–Whitney between the two arms' values;
+- ``change_from_baseline``: Wilcoxon signed-rank of each patient's change (tied censored
+  pairs count as no change);
+- ``change_vs_control`` / ``change_vs_arm``: Mann–Whitney between the two arms' changes.
+
+``estimate`` is then the difference in the share of values in range (detectable), in
+percentage points, with a Wilson-type normal interval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from immunoprofile.tl._models import Design, contrast_terms
+
+RANK_ABOVE = 0.8
+RANK_MODEL = ("rank_detectable: Mann–Whitney / Wilcoxon signed-rank on values with censored "
+              "ones tied at the LLOQ; estimate: difference in % detectable")
+
+
+def _share(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else np.nan
+
+
+def _interval(d: float, se: float, alpha: float) -> tuple[float, float]:
+    z = stats.norm.ppf(1 - alpha / 2)
+    return 100 * (d - z * se), 100 * (d + z * se)
+
+
+def fill_by_ranks(res: pd.DataFrame, data: pd.DataFrame, design: Design) -> pd.DataFrame:
+    """Contrasts a censored-likelihood fit left without a p-value (a cell with no value in
+    range, or too few values in range for the model), answered by :func:`rank_contrasts`."""
+    keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline"]
+    empty = len(res) == 1 and not str(res["contrast_type"].iloc[0])
+    if not empty and not res["pvalue"].isna().any():
+        return res
+    ranks = rank_contrasts(data, design)
+    if empty or ranks.empty:
+        if not ranks.empty:
+            note = str(res["warning"].iloc[0])
+            ranks["warning"] = [f"{note}; tested on ranks" if note else "tested on ranks"
+                                for _ in range(len(ranks))]
+            return ranks
+        return res
+    merged = res.set_index(keys)
+    by_key = ranks.set_index(keys)
+    gaps = merged.index[merged["pvalue"].isna()]
+    for key in gaps:
+        if key in by_key.index:
+            row = by_key.loc[key]
+            note = merged.at[key, "warning"]
+            merged.loc[key, row.index] = row.to_numpy()
+            merged.at[key, "warning"] = f"{note}; tested on ranks" if note else \
+                "tested on ranks"
+    return merged.reset_index()[res.columns]
+
+
+def rank_contrasts(data: pd.DataFrame, design: Design, *, model_name: str = RANK_MODEL
+                   ) -> pd.DataFrame:
+    """The trial contrasts of one censored readout, by rank tests.
+
+    Parameters
+    ----------
+    data
+        One row per sample: ``value`` (the log bound for censored rows), ``censored``
+        (−1 below the LLOQ, 0 in range, +1 above the ULOQ), ``patient_id``, ``arm``,
+        ``timepoint`` (ordered).
+    design
+        Control arm, baseline, extra pairs.
+    model_name
+        Written into ``model``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per contrast, the columns of
+        :func:`~immunoprofile.tl._models.fit_contrasts`.
+    """
+    data = data.dropna(subset=["value"]).copy()
+    low = data["censored"].to_numpy() < 0
+    # censored values tied below every value in range (and above-ULOQ ones above)
+    floor = np.nanmin(data["value"]) - 1.0
+    data["rank_value"] = np.where(low, floor, data["value"])
+    data["detected"] = ~low
+    tps = list(dict.fromkeys(data["timepoint"].astype(str)))
+    if isinstance(data["timepoint"].dtype, pd.CategoricalDtype):
+        tps = [str(t) for t in data["timepoint"].cat.categories if str(t) in set(tps)]
+    data["timepoint"] = data["timepoint"].astype(str)
+    arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
+    cells = {(str(a), str(t)): g for (a, t), g in data.groupby(["arm", "timepoint"])}
+    rows = []
+    for kind, arm, ref, tp, base, _ in contrast_terms(design, arms, tps):
+        row = {"contrast_type": kind, "arm": arm, "reference_arm": ref, "timepoint": tp,
+               "baseline": base, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+               "pvalue": np.nan, "model": model_name, "n_samples": 0, "n_patients": 0,
+               "warning": ""}
+        if kind == "arm_vs_control":
+            a, c = cells.get((arm, tp)), cells.get((ref, tp))
+            if a is None or c is None:
+                continue
+            p = _mannwhitney(a["rank_value"].to_numpy(), c["rank_value"].to_numpy())
+            pa, pc = _share(a["detected"]), _share(c["detected"])
+            se = np.sqrt(pa * (1 - pa) / len(a) + pc * (1 - pc) / len(c))
+            row.update(n_samples=len(a) + len(c),
+                       n_patients=int(pd.concat([a, c])["patient_id"].nunique()))
+            _fill(row, pa - pc, se, p, design.alpha)
+        else:
+            da = _changes(data, arm, tp, base)
+            if da is None:
+                continue
+            if kind == "change_from_baseline":
+                p = _signed_rank(da["rank_change"].to_numpy())
+                d = float(da["detected_change"].mean())
+                se = float(da["detected_change"].std(ddof=1) / np.sqrt(len(da))) \
+                    if len(da) > 1 else np.nan
+                used = da
+            else:
+                dr = _changes(data, ref, tp, base)
+                if dr is None:
+                    continue
+                p = _mannwhitney(da["rank_change"].to_numpy(), dr["rank_change"].to_numpy())
+                d = float(da["detected_change"].mean() - dr["detected_change"].mean())
+                se = float(np.sqrt(da["detected_change"].var(ddof=1) / len(da)
+                                   + dr["detected_change"].var(ddof=1) / len(dr)))
+                used = pd.concat([da, dr])
+            row.update(n_samples=2 * len(used), n_patients=len(used))
+            _fill(row, d, se, p, design.alpha)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fill(row: dict, d: float, se: float, p: float, alpha: float) -> None:
+    lo, hi = _interval(d, se, alpha) if np.isfinite(se) else (np.nan, np.nan)
+    row.update(estimate=100 * d, ci_low=lo, ci_high=hi, pvalue=p)
+
+
+def _changes(data: pd.DataFrame, arm: str, tp: str, base: str) -> pd.DataFrame | None:
+    """Per patient of the arm with both visits: change in rank value and in detection."""
+    rows = data[data["arm"].astype(str) == arm]
+    wide = rows.pivot_table(index="patient_id", columns="timepoint",
+                            values=["rank_value", "detected"], aggfunc="first", observed=True)
+    if (("rank_value", tp) not in wide.columns) or (("rank_value", base) not in wide.columns):
+        return None
+    both = wide.dropna(subset=[("rank_value", tp), ("rank_value", base)])
+    if both.empty:
+        return None
+    return pd.DataFrame({
+        "rank_change": both[("rank_value", tp)] - both[("rank_value", base)],
+        "detected_change": both[("detected", tp)].astype(float)
+        - both[("detected", base)].astype(float)})
+
+
+def _mannwhitney(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) == 0 or len(y) == 0:
+        return np.nan
+    if np.ptp(np.concatenate([x, y])) == 0:
+        return 1.0  # every value tied: no evidence of a difference
+    return float(stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic").pvalue)
+
+
+def _signed_rank(d: np.ndarray) -> float:
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return np.nan
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.wilcoxon(d, zero_method="zsplit", method="approx").pvalue)
