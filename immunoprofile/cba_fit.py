@@ -348,8 +348,10 @@ def fit_standards(concentration: Sequence[float], reporter: Sequence[float], *,
 
 
 def censor(curve: Curve, lloq: float, uloq: float, reporter: Sequence[float],
-           dilution: Sequence[float]) -> dict[str, np.ndarray]:
-    """Sample concentrations × dilution, censored outside [LLOQ, ULOQ] (never clipped).
+           dilution: Sequence[float], lod: float = math.nan) -> dict[str, np.ndarray]:
+    """Sample concentrations × dilution, censored below the LoD (or the LLOQ when no LoD is
+    known) and above the ULOQ, never clipped; values between LoD and LLOQ are reported
+    (read through the curve below its lowest accepted standard) and flagged ``below_lloq``.
 
     Parameters
     ----------
@@ -361,20 +363,56 @@ def censor(curve: Curve, lloq: float, uloq: float, reporter: Sequence[float],
         Median reporter intensity of each sample.
     dilution
         Each sample's dilution factor, applied to the concentration and the limits.
+    lod
+        Limit of detection in the well (pg/mL): NaN when unknown, and then values below the
+        LLOQ are censored at the LLOQ as before.
 
     Returns
     -------
     dict
-        ``conc_pg_ml`` (NaN when censored), ``below_lloq``, ``above_uloq``, ``lloq`` and
-        ``uloq`` (× dilution).
+        ``conc_pg_ml`` (NaN when censored), ``below_lloq``, ``below_lod``, ``above_uloq``,
+        ``lloq``, ``uloq`` and ``lod`` (× dilution).
     """
     dil = np.asarray(dilution, dtype=float)
     well = curve.concentration(np.asarray(reporter, dtype=float))
-    below = np.isfinite(well) & (well < lloq)
+    below = np.isfinite(well) & (well < lloq) | np.isneginf(well)
+    has_lod = np.isfinite(lod) and lod < lloq
+    below_lod = (np.isfinite(well) & (well < lod) | np.isneginf(well)) if has_lod else below
     above = np.isfinite(well) & (well > uloq) | np.isposinf(well)
-    conc = np.where(below | above | ~np.isfinite(well), np.nan, well * dil)
-    return {"conc_pg_ml": conc, "below_lloq": below, "above_uloq": above,
-            "lloq": lloq * dil, "uloq": uloq * dil}
+    conc = np.where(below_lod | above | ~np.isfinite(well), np.nan, well * dil)
+    return {"conc_pg_ml": conc, "below_lloq": below, "below_lod": below_lod,
+            "above_uloq": above, "lloq": lloq * dil, "uloq": uloq * dil,
+            "lod": (lod if has_lod else math.nan) * dil}
+
+
+def limit_of_detection(curve: Curve, blank_reporter: Sequence[float],
+                       stated: float | None = None) -> tuple[float, str]:
+    """The limit of detection in the well: blank mean + 3 SD read through the curve, from
+    at least two blank (zero-standard) wells, else the kit's stated value.
+
+    Parameters
+    ----------
+    curve
+        The plate's accepted curve for the analyte.
+    blank_reporter
+        Median reporter of each blank and zero-standard well.
+    stated
+        The kit's stated LoD (pg/mL), used with fewer than two blanks.
+
+    Returns
+    -------
+    (lod, source)
+        The LoD (NaN when neither is available) and ``'blanks'``, ``'kit'`` or ``''``.
+    """
+    blanks = np.asarray([b for b in blank_reporter if np.isfinite(b)], dtype=float)
+    if blanks.size >= 2:
+        threshold = float(blanks.mean() + 3 * blanks.std(ddof=1))
+        lod = float(curve.concentration(np.array([threshold]))[0])
+        if np.isfinite(lod) and lod > 0:
+            return lod, "blanks"
+    if stated is not None and np.isfinite(stated) and stated > 0:
+        return float(stated), "kit"
+    return math.nan, ""
 
 
 # ----------------------------------------------------------------------- plates and samples
@@ -388,16 +426,25 @@ CYTOKINES: tuple[Column, ...] = (
     Column("analyte", "string", "Analyte (kit bead order, dimmest first)."),
     Column("n_beads", "int64", "Beads assigned to the analyte after gating and trimming."),
     Column("reporter_median", "float64", "Median reporter (PE) intensity of those beads."),
-    Column("conc_pg_ml", "float64", "Concentration × dilution (pg/mL); NaN when below LLOQ, "
-           "above ULOQ or without a standard curve: never a made-up number."),
-    Column("below_lloq", "bool", "Below the lower limit of quantification (censored)."),
+    Column("conc_pg_ml", "float64", "Concentration × dilution (pg/mL): measured in range, "
+           "extrapolated through the curve between LoD and LLOQ (flagged below_lloq); NaN "
+           "below the LoD (below the LLOQ when no LoD is known), above ULOQ or without a "
+           "standard curve: never a made-up number."),
+    Column("below_lloq", "bool", "Below the lower limit of quantification (between LoD and "
+           "LLOQ the value is reported but not quantitative)."),
+    Column("below_lod", "bool", "Below the limit of detection: censored (at the LoD) in the "
+           "models; equals below_lloq when no LoD is known."),
     Column("above_uloq", "bool", "Above the upper limit: re-run the sample diluted."),
     Column("lloq", "float64", "LLOQ × dilution (pg/mL): lowest accepted standard."),
     Column("uloq", "float64", "ULOQ × dilution (pg/mL): highest accepted standard."),
+    Column("lod", "float64", "LoD × dilution (pg/mL): blank (zero-standard) mean + 3 SD read "
+           "through the plate's curve (≥ 2 blank wells), else the kit's stated LoD; NaN when "
+           "neither is known."),
     Column("fit_model", "string", "'4PL' or '5PL' (chosen by AICc); '' without a curve."),
-    Column("conc_imputed", "float64", "IMPUTED for convenience: conc_pg_ml where measured, "
-           "LLOQ/2 where below LLOQ, NaN otherwise. Say so when used (DOMAIN §8)."),
-    Column("imputed", "bool", "conc_imputed is an imputed LLOQ/2, not a measurement."),
+    Column("conc_imputed", "float64", "IMPUTED for convenience: conc_pg_ml where reported, "
+           "LoD/2 below the LoD (LLOQ/2 when no LoD is known), NaN otherwise. Say so when "
+           "used (DOMAIN §8)."),
+    Column("imputed", "bool", "conc_imputed is an imputed half-limit, not a measurement."),
     Column("flag_il2_dose", "bool", "IL-2 row of a sample drawn ≤ 1 day after an IL-2 dose "
            "(days_since_last_il2_dose): serum IL-2 reflects the drug."),
     Column("note", "string", "Why a value is censored or missing, '' otherwise."),
@@ -423,6 +470,9 @@ CURVES: tuple[Column, ...] = (
            "y = bottom + (top − bottom) / (1 + (ec50/x)^hill)^asymmetry (4PL: asymmetry 1)."),
     Column("aicc_4pl, aicc_5pl", "float64", "AICc of each fit on log reporter."),
     Column("lloq_pg_ml, uloq_pg_ml", "float64", "Range in the well (before dilution)."),
+    Column("lod_pg_ml", "float64", "Limit of detection in the well (blank mean + 3 SD through "
+           "the curve, or the kit's stated LoD)."),
+    Column("lod_source", "string", "'blanks' (≥ 2 blank or zero-standard wells) or 'kit'."),
     Column("n_standards", "int64", "Standards fitted."), Column("error", "string", "Why failed."),
 )
 
@@ -447,7 +497,8 @@ def plate_curves(plate: str, rows: pd.DataFrame, measured: Mapping[str, dict],
     -------
     tuple
         Curve records (``cba_curves.csv``), standard records (``cba_standards.csv``) and the
-        accepted ``{analyte: (curve, lloq, uloq)}``.
+        accepted ``{analyte: (curve, lloq, uloq, lod)}`` (``lod`` from the plate's blanks,
+        else the kit's stated value).
     """
     st = rows[rows["role"] == "standard"]
     qc = rows[rows["role"].isin(["standard", "blank"])]
@@ -471,8 +522,13 @@ def plate_curves(plate: str, rows: pd.DataFrame, measured: Mapping[str, dict],
             except CurveError:
                 curve = None
         else:
-            fitted[analyte] = (curve, lloq, uloq)
-            rec |= {"status": "ok", "fit_model": curve.model}
+            zero = qc[qc["standard_pg_ml"].fillna(0.0).to_numpy(float) == 0]
+            lod, source = limit_of_detection(
+                curve, [measured[s]["reporter"][analyte] for s in zero["sample_id"]],
+                getattr(kit, "lod_pg_ml", {}).get(analyte))
+            fitted[analyte] = (curve, lloq, uloq, lod)
+            rec |= {"status": "ok", "fit_model": curve.model, "lod_pg_ml": lod,
+                    "lod_source": source}
         if curve is not None:
             rec |= {**curve.params, **{f"aicc_{m.lower()}": v for m, v in curve.aicc.items()},
                     "lloq_pg_ml": lloq, "uloq_pg_ml": uloq}
@@ -512,7 +568,8 @@ def sample_rows(rows: pd.DataFrame, measured: Mapping[str, dict],
     measured
         Per sample id, ``reporter`` and ``counts`` per analyte (see ``cba.measure_beads``).
     fitted
-        The plate's accepted ``{analyte: (curve, lloq, uloq)}`` (see :func:`plate_curves`);
+        The plate's accepted ``{analyte: (curve, lloq, uloq, lod)}`` (see
+        :func:`plate_curves`);
         an analyte missing here gets NaN concentrations and a note.
     analytes
         Analytes in kit order.
@@ -536,18 +593,23 @@ def sample_rows(rows: pd.DataFrame, measured: Mapping[str, dict],
             rec = {**{c: row[c] for c in meta}, "plate": plate, "analyte": analyte,
                    "n_beads": m["counts"][analyte], "reporter_median": y}
             if analyte in fitted:
-                curve, lloq, uloq = fitted[analyte]
+                curve, lloq, uloq, lod = fitted[analyte]
                 c = {k: v[0] if np.ndim(v) else v
-                     for k, v in censor(curve, lloq, uloq, [y], [dil]).items()}
-                note = ("< LLOQ" if c["below_lloq"] else
-                        "> ULOQ: re-run diluted" if c["above_uloq"] else "")
+                     for k, v in censor(curve, lloq, uloq, [y], [dil], lod).items()}
+                note = ("< LOD" if c["below_lod"] and np.isfinite(c["lod"]) else
+                        "< LLOQ" if c["below_lod"] else
+                        "< LLOQ: extrapolated below the lowest standard" if c["below_lloq"]
+                        else "> ULOQ: re-run diluted" if c["above_uloq"] else "")
                 rec |= {**c, "fit_model": curve.model, "note": note}
             else:
-                rec |= {"conc_pg_ml": math.nan, "below_lloq": False, "above_uloq": False,
-                        "lloq": math.nan, "uloq": math.nan, "fit_model": "",
+                rec |= {"conc_pg_ml": math.nan, "below_lloq": False, "below_lod": False,
+                        "above_uloq": False, "lloq": math.nan, "uloq": math.nan,
+                        "lod": math.nan, "fit_model": "",
                         "note": f"no accepted standard curve on plate {plate}"}
-            rec["imputed"] = bool(rec["below_lloq"])
-            rec["conc_imputed"] = rec["lloq"] / 2 if rec["imputed"] else rec["conc_pg_ml"]
+            # what is imputed is what is censored: below the LoD (below the LLOQ without one)
+            rec["imputed"] = bool(rec["below_lod"])
+            limit = rec["lod"] if np.isfinite(rec["lod"]) else rec["lloq"]
+            rec["conc_imputed"] = limit / 2 if rec["imputed"] else rec["conc_pg_ml"]
             # Serum IL-2 within a day of a low-dose IL-2 injection is the drug (DOMAIN §8).
             rec["flag_il2_dose"] = bool(analyte.upper() == "IL-2" and dsl <= 1)
             out.append(rec)
@@ -577,7 +639,7 @@ def cytokine_table(records: list[dict], meta: Sequence[str]) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=order)
     df = df[order].copy()
-    for c in ("below_lloq", "above_uloq", "imputed", "flag_il2_dose"):
+    for c in ("below_lloq", "below_lod", "above_uloq", "imputed", "flag_il2_dose"):
         df[c] = df[c].astype(bool)
     df["n_beads"] = df["n_beads"].astype("int64")
     if "week" in df and pd.api.types.is_float_dtype(df["week"]):

@@ -94,7 +94,9 @@ register("compare/cytokines.parquet (one row per analyte × contrast)", (
            "the LLOQ, or contrasts the Tobit cannot estimate: rank tests with censored values "
            "tied at the bottom; the warning says 'tested on ranks')."),
     *_CONTRAST_COLUMNS[12:-1],
-    Column("n_below_lloq / n_above_uloq", "int64", "Censored values of the analyte."),
+    Column("n_below_lloq / n_above_uloq", "int64", "Values of the analyte below the LLOQ "
+           "(reported down to the LoD) and above the ULOQ (censored)."),
+    Column("n_below_lod", "int64", "Values below the LoD: censored at it in the models."),
 ))
 register("compare/correlations.parquet (one row per subset × variable × method [× visit])", (
     Column("subset", "string", "`template/population:measure` (pct_parent or pct_of_<ref>)."),

@@ -94,6 +94,29 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
     return out
 
 
+def censoring_summary(cytokines: pd.DataFrame) -> list[str]:
+    """Per analyte, the share of values below the LoD (censored) and below the LLOQ
+    (reported down to the LoD, flagged).
+
+    Parameters
+    ----------
+    cytokines
+        The cytokine table of a bead-array run.
+
+    Returns
+    -------
+    list of str
+        One line per analyte.
+    """
+    lines = []
+    for analyte, rows in cytokines.groupby("analyte", sort=False):
+        lod = float(rows["lod"].median()) if "lod" in rows else float("nan")
+        lines.append(f"{analyte}: {100 * rows['below_lod'].mean():.0f}% below LoD "
+                     f"({lod:.2g} pg/mL), {100 * rows['below_lloq'].mean():.0f}% below LLOQ "
+                     f"({float(rows['lloq'].median()):.3g} pg/mL)")
+    return lines
+
+
 def cluster_figures(run: Path | Run, *, random_state: int = 0, max_events: int = 3000,
                     seed: int | None = None) -> list[Path]:
     """UMAP (coloured by cluster, gated population, arm, timepoint) and the median-expression
@@ -216,7 +239,9 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
 
     stage("cytokines from bead-array FCS files")
     cytokines = Run(run).cytokines_dir
-    quantify(cohort.out / "cba" / "cba_sheet.csv", "bd_cba_th1_th2_th17", cytokines)
+    cba = quantify(cohort.out / "cba" / "cba_sheet.csv", "bd_cba_th1_th2_th17", cytokines)
+    for line in censoring_summary(cba.cytokines):
+        say(f"    {line}")
     done("cytokines from bead-array FCS files")
 
     stage("compare arms over time (abundance, state, cytokines, clinical)")

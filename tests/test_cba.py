@@ -158,16 +158,25 @@ def test_censored_values_are_flagged_never_reported(spiked):
     assert m.loc[well < 0.8 * lloq, "below_lloq"].all()
     assert m.loc[well > 1.25 * uloq, "above_uloq"].all()
     assert (well[m["below_lloq"]] < 1.25 * lloq[m["below_lloq"]]).all()
-    censored = m["below_lloq"] | m["above_uloq"]
-    assert censored.sum() > 20 and m["above_uloq"].any()
+    censored = m["below_lod"] | m["above_uloq"]
+    assert m["below_lloq"].sum() > 20 and m["above_uloq"].any()
     assert m.loc[censored, "conc_pg_ml"].isna().all()
     assert m.loc[~censored, "conc_pg_ml"].notna().all()
-    assert (m.loc[censored, ["lloq", "uloq"]].notna()).all().all()
+    assert (m.loc[censored, ["lloq", "uloq", "lod"]].notna()).all().all()
+    # LoD from the plate's blank wells, below the LLOQ; a value under it is censored
+    assert (m["lod"] < m["lloq"]).all() and (m.loc[m["below_lod"], "below_lloq"]).all()
+    assert (well[m["below_lod"]] < 2.0 * (m["lod"] / m["dilution"])[m["below_lod"]]).all()
+    # Between LoD and LLOQ the value is reported (extrapolated), flagged, and near the truth.
+    between = m[m["below_lloq"] & ~m["below_lod"]]
+    assert len(between) > 10
+    ratio = between["conc_pg_ml"] / between["true_pg_ml"]
+    assert ratio.between(0.5, 2.0).mean() > 0.9
+    assert set(between["note"]) == {"< LLOQ: extrapolated below the lowest standard"}
     # The convenience column is marked imputed wherever it is not a measurement.
-    below = m[m["below_lloq"]]
-    assert below["imputed"].all() and (below["conc_imputed"] == below["lloq"] / 2).all()
-    assert not m.loc[~m["below_lloq"], "imputed"].any()
-    assert set(m.loc[m["below_lloq"], "note"]) == {"< LLOQ"}
+    below = m[m["below_lod"]]
+    assert below["imputed"].all() and (below["conc_imputed"] == below["lod"] / 2).all()
+    assert not m.loc[~m["below_lod"], "imputed"].any()
+    assert set(below["note"]) <= {"< LOD"}
 
 
 def test_standards_recover_within_acceptance(spiked):
@@ -183,7 +192,7 @@ def test_standards_recover_within_acceptance(spiked):
     assert in_range.loc[at_lloq, "recovery_pct"].between(70, 130).all()
     assert in_range["accepted"].all()
     blank = st[st["role"] == "blank"]
-    assert len(blank) == 7 and blank["accepted"].all()  # blanks read below the LLOQ
+    assert len(blank) == 2 * 7 and blank["accepted"].all()  # two blanks, read below the LLOQ
     assert set(result.curves["fit_model"]) <= {"4PL", "5PL"}
 
 
@@ -196,8 +205,17 @@ def test_cohort_plate_against_truth(cohort):
     m = result.cytokines.merge(cohort.cytokine_truth, on=["sample_id", "analyte"])
     assert len(m) == 16 * 7 and m["patient_id_x"].equals(m["patient_id_y"])
     assert m.loc[m["true_pg_ml"] < 0.8 * m["lloq"], "below_lloq"].all()
-    assert m.loc[m["below_lloq"], "conc_pg_ml"].isna().all()
-    got = m[m["conc_pg_ml"].notna()]
+    assert m.loc[m["below_lod"], "conc_pg_ml"].isna().all()
+    # serum levels sit mostly under the kit's 20 pg/mL LLOQ: the LoD from the plate's blank
+    # wells lets values between the two be reported (flagged), not censored
+    assert (m["lod"] < m["lloq"]).all()
+    assert (result.curves["lod_source"] == "blanks").sum() >= 5  # else the kit's stated LoD
+    assert result.curves["lod_source"].isin(["blanks", "kit"]).all()
+    between = m[m["below_lloq"] & ~m["below_lod"]]
+    assert len(between) > 0.2 * len(m) and between["conc_pg_ml"].notna().all()
+    ratio = between["conc_pg_ml"] / between["true_pg_ml"]
+    assert ratio.between(0.5, 2.0).mean() > 0.8, ratio.describe()
+    got = m[~m["below_lloq"] & m["conc_pg_ml"].notna()]
     if len(got):
         assert ((got["conc_pg_ml"] / got["true_pg_ml"] - 1).abs().median()) < 0.15
     files = result.files

@@ -337,3 +337,23 @@ def test_compare_cli_with_clinical_table(sim_cohort, tmp_path: Path) -> None:
         responders_csv["rule"])
     assert (out / "plots" / "clinical_sledai.png").is_file()
     assert (out / "plots" / "correlations_rmcorr.png").is_file()
+
+
+def test_values_between_lod_and_lloq_enter_the_model_as_measured() -> None:
+    """Serum levels under a 20 pg/mL LLOQ: with a LoD of 2 pg/mL the values in between are
+    reported (flagged below_lloq) and observed in the Tobit, censored only below the LoD."""
+    full = _cytokines(5, effect=-1.2, lloq=1e-9)  # around 6 pg/mL, nothing censored yet
+    conc = full["conc_pg_ml"].to_numpy(float)
+    table = full.assign(conc_pg_ml=np.where(conc >= 2.0, conc, np.nan), lloq=20.0,
+                        below_lloq=conc < 20.0, lod=2.0, below_lod=conc < 2.0)
+    assert table["below_lloq"].mean() > 0.8
+    res = ip.tl.cytokine_comparison(table, control="SOC", baseline="W0")
+    assert res["model"].str.startswith("tobit").all()  # not the >80%-censored rank fallback
+    assert (res["n_below_lod"] < 0.3 * len(table)).all()
+    assert (res["n_below_lloq"] > 0.8 * len(table)).all()
+    assert res["pvalue"].notna().all()
+    # the same table read as before the LoD existed is censored at the LLOQ: ranks only
+    old = table.drop(columns=["lod", "below_lod"]).assign(
+        conc_pg_ml=np.where(conc >= 20.0, conc, np.nan))
+    res_old = ip.tl.cytokine_comparison(old, control="SOC", baseline="W0")
+    assert res_old["model"].str.startswith("rank_detectable").all()

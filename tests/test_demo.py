@@ -68,3 +68,21 @@ def test_headlines_leave_out_quality_gates() -> None:
                           for t, p, q, e in rows])
     lines = headline_findings(table)["IL2"]
     assert len(lines) == 1 and lines[0].startswith("Treg up from W0 to W2")
+
+
+def test_demo_gives_a_pvalue_for_every_cytokine(demo_run) -> None:
+    """#20: at serum levels (mostly under the kit's 20 pg/mL LLOQ) every analyte is still
+    compared, and the censoring is reported per analyte."""
+    import immunoprofile as ip
+    from immunoprofile.demo import censoring_summary
+
+    run = ip.Run(demo_run.run)
+    table = run.comparison("cytokines")
+    assert table["pvalue"].notna().all()
+    cytokines = pd.read_parquet(run.cytokines_dir / "cytokines.parquet")
+    assert set(table["population"]) == set(cytokines["analyte"])
+    lines = censoring_summary(cytokines)
+    assert len(lines) == cytokines["analyte"].nunique()
+    assert all("below LoD" in line and "below LLOQ" in line for line in lines)
+    # most values sit between the LoD and the 20 pg/mL LLOQ: reported, not censored
+    assert cytokines["below_lloq"].mean() > 0.5 > cytokines["below_lod"].mean()

@@ -9,7 +9,7 @@ the patient's drug response, and serum IL-2 raised within a day of an IL-2 dose.
 Bead files: seven bead clusters along APC (dimmest first, in the kit's order), within-cluster
 CV 8–12%, 300–500 beads per analyte; PE = 5PL(true concentration in the well) with per-bead
 multiplicative noise (σ 0.15 log); 3–5% debris and 2–5% doublets. Plates hold up to 40 samples
-(all visits of a patient on one plate) plus the full standard series and a blank; curve
+(all visits of a patient on one plate) plus the full standard series and two blanks; curve
 parameters are shared within a plate and drift a little between plates.
 
 The 7 clusters keep DOMAIN's 0.35–0.40 log10 spacing, which does not fit inside 1,000–50,000
@@ -179,7 +179,9 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
     dilution = dict(dilution or {})
     wells = [(f"{plate}_STD{i:02d}", "standard", {a: s for a in analytes}, s)
              for i, s in enumerate(standards)]
-    wells.append((f"{plate}_BLANK", "blank", {a: 0.0 for a in analytes}, math.nan))
+    # two blank wells (with the zero standard, three): the LoD is their mean + 3 SD
+    wells += [(f"{plate}_BLANK{k}" if k else f"{plate}_BLANK", "blank",
+               {a: 0.0 for a in analytes}, math.nan) for k in range(2)]
     wells += [(sid, "sample", {a: float(c) / dilution.get(sid, 1.0) for a, c in conc.items()},
                math.nan) for sid, conc in truth.items()]
     rows = []

@@ -70,7 +70,8 @@ def read_cytokines(cytokines: pd.DataFrame | str | Path) -> pd.DataFrame:
     """The cytokine table (``cytokines.parquet`` or CSV), checked, visits ordered.
 
     One row per sample × analyte with ``patient_id, arm, timepoint, analyte, conc_pg_ml``
-    (NaN when censored) and the censoring columns ``below_lloq, above_uloq, lloq, uloq``.
+    (NaN when censored) and the censoring columns ``below_lloq, above_uloq, lloq, uloq`` and,
+    from runs that know a limit of detection, ``below_lod, lod``.
 
     Parameters
     ----------
@@ -106,7 +107,10 @@ def read_cytokines(cytokines: pd.DataFrame | str | Path) -> pd.DataFrame:
     for col in ("below_lloq", "above_uloq"):
         table[col] = (table[col].fillna(False).astype(bool) if col in table.columns
                       else False)
-    for col in ("lloq", "uloq", "conc_pg_ml"):
+    # tables written before the LoD existed: censored below the LLOQ, no LoD
+    table["below_lod"] = (table["below_lod"].fillna(False).astype(bool)
+                          if "below_lod" in table.columns else table["below_lloq"])
+    for col in ("lloq", "uloq", "lod", "conc_pg_ml"):
         table[col] = (pd.to_numeric(table[col], errors="coerce") if col in table.columns
                       else np.nan)
     table["patient_id"] = table["patient_id"].astype(str)
@@ -235,7 +239,8 @@ def cytokine_comparison(
     pandas.DataFrame
         :data:`RESULT_COLUMNS` (``template`` = ``"cytokines"``, ``population`` = the analyte,
         ``estimate`` a log fold change of the concentration, ``model`` the method), then
-        ``n_below_lloq`` and ``n_above_uloq`` (of the analyte's values).
+        ``n_below_lloq``, ``n_below_lod`` (censored; equal without a known LoD) and
+        ``n_above_uloq`` (of the analyte's values).
     """
     if method not in ("tobit", "lloq2"):
         raise ImmunoprofileError(f"method must be 'tobit' or 'lloq2', not {method!r}")
@@ -272,9 +277,10 @@ def cytokine_comparison(
                              "reflects the drug)")
         res.insert(0, "population", str(analyte))
         res.insert(0, "template", "cytokines")
-        res["n_below_lloq"], res["n_above_uloq"] = n_low, n_high
+        res["n_below_lloq"] = int(rows["below_lloq"].sum())
+        res["n_below_lod"], res["n_above_uloq"] = n_low, n_high
         results.append(res)
-    columns = [*RESULT_COLUMNS, "n_below_lloq", "n_above_uloq"]
+    columns = [*RESULT_COLUMNS, "n_below_lloq", "n_below_lod", "n_above_uloq"]
     if not results:
         return pd.DataFrame(columns=columns)
     return add_fdr(pd.concat(results, ignore_index=True))[columns]
@@ -296,11 +302,17 @@ def _fit_lmm(frame: pd.DataFrame, design: Design, model_name: str) -> pd.DataFra
 def _censored_log(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Log concentration (the log bound when censored) and −1/0/+1 for below/in/above range."""
     conc = rows["conc_pg_ml"].to_numpy(float)
-    low = rows["below_lloq"].to_numpy(bool) & (rows["lloq"].to_numpy(float) > 0)
+    # Censored at the LoD where one is known (values between LoD and LLOQ are reported and
+    # enter as observed, DOMAIN §8), else at the LLOQ.
+    lod = rows["lod"].to_numpy(float)
+    bound = np.where(np.isfinite(lod) & (lod > 0), lod, rows["lloq"].to_numpy(float))
+    below = np.where(np.isfinite(lod) & (lod > 0), rows["below_lod"].to_numpy(bool),
+                     rows["below_lloq"].to_numpy(bool))
+    low = below & (bound > 0)
     high = rows["above_uloq"].to_numpy(bool) & (rows["uloq"].to_numpy(float) > 0) & ~low
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(conc > 0, np.log(conc), np.nan)
-        y = np.where(low, np.log(rows["lloq"].to_numpy(float)), y)
+        y = np.where(low, np.log(bound), y)
         y = np.where(high, np.log(rows["uloq"].to_numpy(float)), y)
     return y, np.where(low, -1, np.where(high, 1, 0)).astype(int)
 
