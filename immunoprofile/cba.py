@@ -31,6 +31,7 @@ import yaml
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from scipy.signal import find_peaks
 
+from immunoprofile._atomic import atomic_write
 from immunoprofile.cba_fit import (
     CURVES,
     CYTOKINES,
@@ -42,6 +43,7 @@ from immunoprofile.cba_fit import (
 from immunoprofile.errors import ImmunoprofileError, PanelError, SampleSheetError, TemplateError
 from immunoprofile.io.fcs import FCSSample, read_fcs
 from immunoprofile.io.samplesheet import read_table_text
+from immunoprofile.run import CytokineRun
 from immunoprofile.tables import ERRORS, register, write_csv, write_parquet
 
 __all__ = ["BeadError", "CBAResult", "Kit", "KitError", "load_kit", "measure_beads",
@@ -622,28 +624,28 @@ def quantify(sheet: str | Path | pd.DataFrame, kit: str | Path | Kit, out: str |
 
 
 def _write(result: CBAResult, out: Path, plots: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    folder = CytokineRun(out)
+    folder.path.mkdir(parents=True, exist_ok=True)
     kit = result.kit
     if plots and len(result.curves):
         from immunoprofile.pl import standard_curves  # loaded only when plots are drawn
 
         for plate in dict.fromkeys(result.curves["plate"]):
             try:
-                standard_curves(result, plate=plate,
-                                save=out / "plots" / f"standard_curves_{plate}.png")
+                standard_curves(result, plate=plate, save=folder.plot_path(plate))
             except Exception as exc:  # a plot must not sink the run
                 result.errors.loc[len(result.errors)] = _error(
                     {}, kit, "output", f"plate {plate}: plot failed ({type(exc).__name__}: "
                     f"{exc})")
-    write_parquet(result.cytokines, out / "cytokines.parquet",
+    write_parquet(result.cytokines, folder.cytokines_path,
                   metadata={"kit": kit.name, "kit_version": kit.version})
-    write_csv(result.cytokines, out / "cytokines.csv")
-    write_csv(result.standards, out / "cba_standards.csv")
-    write_csv(result.curves, out / "cba_curves.csv")
-    write_csv(result.files, out / "cba_files.csv")
-    write_csv(result.errors, out / "errors.csv")
+    write_csv(result.cytokines, folder.cytokines_csv)
+    write_csv(result.standards, folder.standards_csv)
+    write_csv(result.curves, folder.curves_csv)
+    write_csv(result.files, folder.files_csv)
+    write_csv(result.errors, folder.errors_csv)
     run = {"kit": kit.name, "kit_version": kit.version, "kit_source": kit.source,
            "files": len(result.files), "samples": int(result.cytokines["sample_id"].nunique())
            if len(result.cytokines) else 0, "errors": len(result.errors),
            "exit_code": result.exit_code}
-    (out / "cba_run.json").write_text(json.dumps(run, indent=2))
+    atomic_write(folder.manifest_path, lambda tmp: tmp.write_text(json.dumps(run, indent=2)))

@@ -23,7 +23,7 @@ from immunoprofile.cluster import cluster_run
 from immunoprofile.compare import compare_run
 from immunoprofile.datasets import simulate_cohort
 from immunoprofile.report import write_report
-from immunoprofile.run import Run
+from immunoprofile.run import CytokineRun, Run
 
 # Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
 UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes"})
@@ -248,7 +248,7 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
     comparison = compare_run(run, control="SOC", baseline="W0",
                              pairs=["COMBO:IL2", "COMBO:TEL"],
                              clinical=cohort.out / "clinical.csv",
-                             cytokines=cytokines / "cytokines.parquet")
+                             cytokines=CytokineRun(cytokines).cytokines_path)
     done("compare arms over time (abundance, state, cytokines, clinical)")
 
     stage("HTML report")

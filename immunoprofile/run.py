@@ -443,6 +443,73 @@ class Run:
         self._manifest = None
 
 
+class CytokineRun:
+    """A bead-array run folder (what ``immunoprofile cytokines`` writes; ``RUN/cytokines`` in
+    the demo): its layout, readers and writers.
+
+    Parameters
+    ----------
+    path
+        The folder.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"CytokineRun({str(self.path)!r})"
+
+    @property
+    def cytokines_path(self) -> Path:
+        return self.path / "cytokines.parquet"
+
+    @property
+    def cytokines_csv(self) -> Path:
+        return self.path / "cytokines.csv"
+
+    @property
+    def standards_csv(self) -> Path:
+        return self.path / "cba_standards.csv"
+
+    @property
+    def curves_csv(self) -> Path:
+        return self.path / "cba_curves.csv"
+
+    @property
+    def files_csv(self) -> Path:
+        return self.path / "cba_files.csv"
+
+    @property
+    def errors_csv(self) -> Path:
+        return self.path / "errors.csv"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "cba_run.json"
+
+    def plot_path(self, plate: str) -> Path:
+        """The standard-curve plot of one plate."""
+        return Run.plots_under(self.path) / f"standard_curves_{plate}.png"
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(curves, standards, cytokines) as written; cytokines empty when absent.
+
+        Raises
+        ------
+        ImmunoprofileError
+            The folder holds no curves or standards table.
+        """
+        try:
+            curves = pd.read_csv(self.curves_csv, dtype={"plate": str})
+            stds = pd.read_csv(self.standards_csv, dtype={"plate": str})
+        except OSError as exc:
+            raise ImmunoprofileError(f"{self.path} is not a cytokines run folder ({exc})") \
+                from exc
+        cyto = (pd.read_csv(self.cytokines_csv, dtype={"plate": str, "sample_id": str})
+                if self.cytokines_csv.exists() else pd.DataFrame())
+        return curves, stds, cyto
+
+
 def _stale(holder: dict) -> bool:
     """A lock whose process is gone (same host only: another host's pid means nothing)."""
     if holder.get("host") != socket.gethostname():

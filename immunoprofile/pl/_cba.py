@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from immunoprofile.cba_fit import logistic
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.pl._figures import save_png
+from immunoprofile.run import CytokineRun
 
 STANDARD, FAILED, SAMPLE, CENSORED = "black", "#d62728", "#1f77b4", "#ff7f0e"
 
@@ -34,15 +35,7 @@ def _tables(source: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     if isinstance(source, Mapping):
         return source["curves"], source["standards"], source.get("cytokines", pd.DataFrame())
     if isinstance(source, str | Path):
-        folder = Path(source)
-        try:
-            curves = pd.read_csv(folder / "cba_curves.csv", dtype={"plate": str})
-            stds = pd.read_csv(folder / "cba_standards.csv", dtype={"plate": str})
-        except OSError as exc:
-            raise ImmunoprofileError(f"{folder} is not a cytokines run folder ({exc})") from exc
-        cyto = folder / "cytokines.csv"
-        return curves, stds, (pd.read_csv(cyto, dtype={"plate": str, "sample_id": str})
-                              if cyto.exists() else pd.DataFrame())
+        return CytokineRun(source).tables()
     return source.curves, source.standards, source.cytokines
 
 
