@@ -16,7 +16,21 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write(tmp)`` to a temporary name beside ``path``, then rename."""
+    """Write through ``write(tmp)`` to a temporary name beside ``path``, then rename.
+
+    Parameters
+    ----------
+    path
+        Destination; parent folders are created.
+    write
+        Writes the content to the temporary path it is given; when it raises, the
+        temporary file is removed and ``path`` is left as it was.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

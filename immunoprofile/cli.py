@@ -201,16 +201,27 @@ def template_export(template_file: str, sample_path: str, out: Path, force: bool
 @click.option("--frozen", is_flag=True, help="Keep adaptive gates at their default positions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Event subsample seed.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--baseline-locked", "baseline_locked", default=None, metavar="TIMEPOINT",
+              help="Also gate each patient's later samples with the gates placed on their "
+                   "sample at TIMEPOINT (RUN/subsets_baseline_locked.parquet): the "
+                   "sensitivity readout for gates whose marker a treatment may move.")
 def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None,
          scheduler: str | None, keep_events: int, resume: bool, strict: bool, dry_run: bool,
-         qc: bool | None, no_plots: bool, frozen: bool, seed: int, progress: bool) -> None:
+         qc: bool | None, no_plots: bool, frozen: bool, seed: int, progress: bool,
+         baseline_locked: str | None) -> None:
     """Gate every sample of SHEET with every template that fits it.
 
     Exit code 0 when every sample was gated, 3 when some failed (see errors.csv), 1 when
     nothing usable came out or the sheet or templates are invalid, 2 on usage errors.
     """
     # start-up time: each command loads only what it runs
-    from immunoprofile.batch import BatchSettings, gate_samples, plan, resolve_templates
+    from immunoprofile.batch import (
+        BatchSettings,
+        gate_baseline_locked,
+        gate_samples,
+        plan,
+        resolve_templates,
+    )
     from immunoprofile.io.samplesheet import read_samplesheet
 
     parsed = read_samplesheet(sheet, strict=strict)
@@ -235,6 +246,11 @@ def gate(sheet: Path, templates: tuple[str, ...], out: Path, workers: int | None
                f"{len(result.errors)} error row(s); tables in {out}")
     if len(result.errors):
         click.echo(f"see {out / 'errors.csv'}", err=True)
+    if baseline_locked is not None:
+        locked = gate_baseline_locked(parsed, resolved, out, baseline=baseline_locked,
+                                      settings=settings)
+        click.echo(f"baseline-locked gates: {len(locked)} row(s) for the populations whose "
+                   "gate uses a marker a treatment may move")
     sys.exit(result.exit_code)
 
 

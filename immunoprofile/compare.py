@@ -51,8 +51,13 @@ _CONTRAST_COLUMNS = (
     Column("reference", "string", "Abundance: what counts are tested against: 'parent' or a "
            "population (`Live lymphocytes`: frequency among lymphocytes)."),
 )
-register("compare/differential_abundance.parquet (one row per population × contrast)",
-         _CONTRAST_COLUMNS)
+register("compare/differential_abundance.parquet (one row per population × contrast)", (
+    *_CONTRAST_COLUMNS,
+    Column("gate_mode", "string", "'adaptive': the run's gates, placed on each sample; "
+           "'baseline_locked': each patient's gates frozen where they were placed on the "
+           "baseline sample (the sensitivity readout for gates whose marker a treatment may "
+           "move, `gate --baseline-locked`); '' for clusters."),
+))
 register("compare/differential_state.parquet (one row per population × marker × contrast)",
          (*_CONTRAST_COLUMNS[:2], Column("marker", "string", "The marker whose median MFI is "
                                          "tested."), *_CONTRAST_COLUMNS[2:-1]))
@@ -213,11 +218,19 @@ def compare_run(
                                if t.reference_population)
     da = differential_abundance(subsets, control=control, baseline=baseline, pairs=pairs,
                                 covariates=covariates, reference=("parent", *references))
+    da["gate_mode"] = "adaptive"
+    locked = run.table(run.baseline_locked_path)
+    if locked is not None and len(locked):
+        da_locked = differential_abundance(locked, control=control, baseline=baseline,
+                                           pairs=pairs, covariates=covariates,
+                                           reference=("parent", *references))
+        da = pd.concat([da, da_locked.assign(gate_mode="baseline_locked")],
+                       ignore_index=True)
     clusters = _clusters(run)
     if clusters is not None:
         da_clusters = differential_abundance(clusters, control=control, baseline=baseline,
                                              pairs=pairs, covariates=covariates)
-        da = pd.concat([da, da_clusters], ignore_index=True)
+        da = pd.concat([da, da_clusters.assign(gate_mode="")], ignore_index=True)
     ds = differential_state(subsets, control=control, baseline=baseline, pairs=pairs,
                             covariates=covariates)
     rule = ResponderRule.parse(responder) if responder else None
@@ -327,9 +340,12 @@ def _plots(result: Comparison, subsets: pd.DataFrame, folder: Path) -> None:
                 & (result.response["population"] == population)).any():
             pl.trajectories(result.response, population=population, template=template,
                             save=folder / f"trajectory_{template}_{population}.png")
-    if (result.abundance["contrast_type"] == "change_vs_control").any():
-        pl.effects_heatmap(result.abundance, save=folder / "effects_heatmap.png")
+    abundance = result.abundance
+    if "gate_mode" in abundance.columns:  # the locked sensitivity rows stay in the tables
+        abundance = abundance[abundance["gate_mode"] != "baseline_locked"]
+    if (abundance["contrast_type"] == "change_vs_control").any():
+        pl.effects_heatmap(abundance, save=folder / "effects_heatmap.png")
         for kind in ("change_vs_control", "arm_vs_control"):
-            if (result.abundance["contrast_type"] == kind).any():
-                pl.volcano(result.abundance, contrast_type=kind,
+            if (abundance["contrast_type"] == kind).any():
+                pl.volcano(abundance, contrast_type=kind,
                            save=folder / f"volcano_{kind}.png")

@@ -180,7 +180,8 @@ def _comparison(run: Run) -> str:
         if table is None:
             continue
         table = table.sort_values("pvalue")
-        cols = [c for c in ("template", "population", "marker", "reference", "contrast_type",
+        cols = [c for c in ("template", "population", "gate_mode", "marker", "reference",
+                            "contrast_type",
                             "arm", "reference_arm", "timepoint", "baseline", "estimate",
                             "ci_low", "ci_high", "pvalue", "fdr", "warning")
                 if c in table.columns]

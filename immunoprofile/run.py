@@ -100,6 +100,11 @@ class Run:
         return self.path / "subsets.parquet"
 
     @property
+    def baseline_locked_path(self) -> Path:
+        """Rows gated with each patient's gates locked at baseline (``gate --baseline-locked``)."""
+        return self.path / "subsets_baseline_locked.parquet"
+
+    @property
     def subsets_csv(self) -> Path:
         return self.path / "subsets.csv"
 
@@ -172,31 +177,115 @@ class Run:
         return self.path / "report.html"
 
     def part(self, sample_id: str, name: str) -> Path:
-        """A per-sample part (``subsets.parquet``, ``qc.json``, ``done.json``)."""
+        """A per-sample part (``subsets.parquet``, ``qc.json``, ``done.json``).
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+        name
+            The part's name, after the sample id and a dot.
+
+        Returns
+        -------
+        pathlib.Path
+            ``.parts/<sample_id>.<name>`` in the run folder.
+        """
         return self.parts_dir / f"{sample_id}.{name}"
 
     def part_subsets(self, sample_id: str) -> Path:
-        """A sample's subset rows, before the run assembles them."""
+        """A sample's subset rows, before the run assembles them.
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        pathlib.Path
+            ``.parts/<sample_id>.subsets.parquet`` in the run folder.
+        """
         return self.part(sample_id, "subsets.parquet")
 
     def part_qc(self, sample_id: str) -> Path:
-        """A sample's QC summary row."""
+        """A sample's QC summary row.
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        pathlib.Path
+            ``.parts/<sample_id>.qc.json`` in the run folder.
+        """
         return self.part(sample_id, "qc.json")
 
     def part_done(self, sample_id: str) -> Path:
-        """A sample's done marker (status, errors, resume key), written last."""
+        """A sample's done marker (status, errors, resume key), written last.
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        pathlib.Path
+            ``.parts/<sample_id>.done.json`` in the run folder.
+        """
         return self.part(sample_id, "done.json")
 
     def events_path(self, sample_id: str) -> Path:
-        """The kept-event table of one sample."""
+        """The kept-event table of one sample.
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        pathlib.Path
+            ``events/<sample_id>.parquet`` in the run folder.
+        """
         return self.events_dir / f"{sample_id}.parquet"
 
     def plot_path(self, sample_id: str, template: str) -> Path:
-        """The gating plot of one sample under one template."""
+        """The gating plot of one sample under one template.
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+        template
+            The template's name.
+
+        Returns
+        -------
+        pathlib.Path
+            ``plots/<sample_id>_<template>.png`` in the run folder.
+        """
         return self.plots_dir / f"{sample_id}_{template}.png"
 
     def timepoint_h5ad(self, timepoint: str, panel: str | None = None) -> Path:
-        """The event AnnData of a timepoint (per panel when the tubes differ)."""
+        """The event AnnData of a timepoint (per panel when the tubes differ).
+
+        Parameters
+        ----------
+        timepoint
+            The timepoint.
+        panel
+            The panel, added to the name as ``_<panel>``; None (or empty) for none.
+
+        Returns
+        -------
+        pathlib.Path
+            ``anndata/<timepoint>.h5ad`` or ``anndata/<timepoint>_<panel>.h5ad`` in the run
+            folder.
+        """
         return self.anndata_dir / (f"{timepoint}_{panel}.h5ad" if panel else
                                    f"{timepoint}.h5ad")
 
@@ -205,7 +294,18 @@ class Run:
         return sorted(p for p in self.anndata_dir.glob("*.h5ad") if p != self.samples_h5ad)
 
     def labels_path(self, h5ad: Path) -> Path:
-        """The cluster labels file that goes with a timepoint ``.h5ad``."""
+        """The cluster labels file that goes with a timepoint ``.h5ad``.
+
+        Parameters
+        ----------
+        h5ad
+            The timepoint ``.h5ad`` (only its file name's stem is used).
+
+        Returns
+        -------
+        pathlib.Path
+            ``clusters/<stem>.parquet`` in the run folder.
+        """
         return self.labels_dir / f"{Path(h5ad).stem}.parquet"
 
     # -- readers -------------------------------------------------------------------------
@@ -243,13 +343,38 @@ class Run:
         return {p.stem: load_template(p) for p in sorted(self.templates_dir.glob("*.yaml"))}
 
     def events(self, sample_id: str) -> tuple[pd.DataFrame, dict]:
-        """One sample's kept events and their metadata (channels, templates)."""
+        """One sample's kept events and their metadata (channels, templates).
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        (events, metadata)
+            The table of :meth:`events_path` (the columns of
+            :data:`immunoprofile.tables.EVENTS`) and the ``immunoprofile`` entry of its
+            Parquet metadata (``sample_id``, ``channels``, ``templates``,
+            ``schema_version``; empty when absent).
+        """
         table = pq.read_table(self.events_path(sample_id))
         meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
         return table.to_pandas(), meta
 
     def table(self, path: Path) -> pd.DataFrame | None:
-        """A CSV or Parquet output of the run, or None when it was not written."""
+        """A CSV or Parquet output of the run, or None when it was not written.
+
+        Parameters
+        ----------
+        path
+            The file: read as Parquet when its suffix is ``.parquet``, else as CSV.
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            The table, or None when the file does not exist.
+        """
         if not path.is_file():
             return None
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
@@ -269,7 +394,19 @@ class Run:
         return self.table(self.clusters_path)
 
     def comparison(self, name: str) -> pd.DataFrame | None:
-        """A table ``compare`` wrote (``differential_abundance``, ``responders``, …)."""
+        """A table ``compare`` wrote (``differential_abundance``, ``responders``, …).
+
+        Parameters
+        ----------
+        name
+            The table's name without suffix; ``compare/<name>.parquet`` is looked for first,
+            then ``compare/<name>.csv``.
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            The table, or None when neither file exists.
+        """
         for suffix in (".parquet", ".csv"):
             path = self.compare_dir / f"{name}{suffix}"
             if path.is_file():
@@ -277,11 +414,33 @@ class Run:
         return None
 
     def comparison_path(self, name: str) -> Path:
-        """Where ``compare`` writes a table or a plot (``name`` with its suffix)."""
+        """Where ``compare`` writes a table or a plot (``name`` with its suffix).
+
+        Parameters
+        ----------
+        name
+            The file name, with its suffix (``responders.csv``).
+
+        Returns
+        -------
+        pathlib.Path
+            ``compare/<name>`` in the run folder.
+        """
         return self.compare_dir / name
 
     def comparison_plots(self, pattern: str) -> list[Path]:
-        """The comparison plots matching a glob pattern, in name order."""
+        """The comparison plots matching a glob pattern, in name order.
+
+        Parameters
+        ----------
+        pattern
+            A glob pattern (``*.png``) matched in ``compare/plots``.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The matching files, sorted.
+        """
         return sorted(self.plots_under(self.compare_dir).glob(pattern))
 
     def cytokine_plots(self) -> list[Path]:
@@ -290,7 +449,18 @@ class Run:
 
     @staticmethod
     def plots_under(folder: Path) -> Path:
-        """Where a stage writing into ``folder`` puts its plots."""
+        """Where a stage writing into ``folder`` puts its plots.
+
+        Parameters
+        ----------
+        folder
+            The stage's output folder.
+
+        Returns
+        -------
+        pathlib.Path
+            ``<folder>/plots``.
+        """
         return Path(folder) / "plots"
 
     def gating_plots(self) -> list[Path]:
@@ -302,6 +472,18 @@ class Run:
 
         Clustering writes labels beside the assembled file rather than rewriting it, so the
         stages never overwrite one another's outputs; this reader gives the joined view.
+
+        Parameters
+        ----------
+        path
+            The timepoint ``.h5ad`` (one of :meth:`timepoint_files`).
+
+        Returns
+        -------
+        anndata.AnnData
+            The file's data; when :meth:`labels_path` exists, each label column is added to
+            ``obs`` (by event name; categoricals restored) and the labels' ``uns`` entries to
+            ``uns``.
         """
         import anndata as ad  # start-up time: the gate verb never reads AnnData
 
@@ -323,30 +505,105 @@ class Run:
 
     # -- writers -------------------------------------------------------------------------
     def write_text(self, path: Path, text: str) -> Path:
-        """Write a text file of the run atomically."""
+        """Write a text file of the run atomically.
+
+        Parameters
+        ----------
+        path
+            Destination; parent folders are created.
+        text
+            The content, written as UTF-8.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def write_json(self, path: Path, value: Any) -> Path:
-        """Write a JSON file of the run atomically."""
+        """Write a JSON file of the run atomically.
+
+        Parameters
+        ----------
+        path
+            Destination; parent folders are created.
+        value
+            The value, written indented; objects JSON cannot encode (numpy numbers) are
+            converted with ``float``.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         return self.write_text(path, json.dumps(value, indent=1, default=float))
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
-        """Write ``run.json``."""
+        """Write ``run.json``.
+
+        Parameters
+        ----------
+        manifest
+            The manifest (as :meth:`write_json` writes it); it also becomes
+            :attr:`manifest`.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         self._manifest = manifest
         return self.write_json(self.manifest_path, manifest)
 
     def write_templates(self, templates: list[Template]) -> list[Path]:
-        """Write the run's templates into ``templates/``."""
+        """Write the run's templates into ``templates/``.
+
+        Parameters
+        ----------
+        templates
+            The templates, each written as ``templates/<name>.yaml``.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The paths written, in the order given.
+        """
         return [write_template(t, self.templates_dir / f"{t.name}.yaml") for t in templates]
 
     def template_writers(self, templates: list[Template]) -> list[tuple[Path, Callable]]:
-        """The writes of ``templates/`` (for :meth:`commit`)."""
+        """The writes of ``templates/`` (for :meth:`commit`).
+
+        Parameters
+        ----------
+        templates
+            The templates.
+
+        Returns
+        -------
+        list of (pathlib.Path, callable)
+            ``(templates/<name>.yaml, write)`` per template, ``write(tmp)`` writing its YAML
+            to ``tmp``; nothing is written yet.
+        """
         return [(self.templates_dir / f"{t.name}.yaml", lambda tmp, t=t: tmp.write_text(
             template_yaml(t))) for t in templates]
 
     def commit(self, writes: list[tuple[Path, Callable[[Path], None]]],
                manifest: dict[str, Any]) -> list[Path]:
         """Write a stage's files and ``run.json`` as one: all replaced, or none.
+
+        Parameters
+        ----------
+        writes
+            ``(path, write)`` pairs; ``write(tmp)`` writes the content to ``tmp``.
+        manifest
+            Written last, as indented JSON, to ``run.json``; it becomes :attr:`manifest`,
+            and the cached subset table is dropped.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The paths written, in order, ``run.json`` last.
 
         Raises
         ------
@@ -361,7 +618,20 @@ class Run:
         return paths
 
     def write_with(self, path: Path, writer: Callable[[Path], None]) -> Path:
-        """Write any file of the run atomically with ``writer(temporary_path)``."""
+        """Write any file of the run atomically with ``writer(temporary_path)``.
+
+        Parameters
+        ----------
+        path
+            Destination; parent folders are created.
+        writer
+            Writes the content to the temporary path it is given.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         return atomic_write(path, writer)
 
     # -- the writer's lock and clean-up ---------------------------------------------------
@@ -488,7 +758,18 @@ class CytokineRun:
         return self.path / "cba_run.json"
 
     def plot_path(self, plate: str) -> Path:
-        """The standard-curve plot of one plate."""
+        """The standard-curve plot of one plate.
+
+        Parameters
+        ----------
+        plate
+            The plate.
+
+        Returns
+        -------
+        pathlib.Path
+            ``plots/standard_curves_<plate>.png`` in the folder.
+        """
         return Run.plots_under(self.path) / f"standard_curves_{plate}.png"
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

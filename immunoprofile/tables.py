@@ -148,6 +148,17 @@ def schema_for(title: str) -> tuple[Column, ...]:
     """The documented columns of a table, by the start of its registered title
     (``"subsets.parquet"``, ``"qc.csv"``, ``"compare/responders.csv"``).
 
+    Parameters
+    ----------
+    title
+        The registered title's first file name (before `` / `` or `` (``), or a start of
+        the title followed by a space.
+
+    Returns
+    -------
+    tuple of Column
+        The table's documented columns, in order (the first title that matches).
+
     Raises
     ------
     KeyError
@@ -279,7 +290,26 @@ def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,
                    where: str = "table") -> Callable[[Path], None]:
     """What :func:`write_parquet` writes, as a function of the file to write it to (for
     writing several files as one, :func:`immunoprofile._atomic.atomic_write_all`); the
-    table is checked against ``schema`` now."""
+    table is checked against ``schema`` now.
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written. It is converted to Arrow now.
+    metadata
+        JSON-serialisable entries stored with ``schema_version`` under the ``immunoprofile``
+        key.
+    schema
+        The table's documented columns (or their title): checked by :func:`validate` now
+        (None: not checked).
+    where
+        The table's name in the :class:`SchemaMismatch` message.
+
+    Returns
+    -------
+    callable
+        ``write(tmp)``, writing the Parquet file to ``tmp``.
+    """
     if schema is not None:
         validate(table, schema, where=where)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
@@ -292,7 +322,23 @@ def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,
 
 def csv_writer(table: pd.DataFrame, *, schema: tuple[Column, ...] | str | None = None,
                where: str = "table") -> Callable[[Path], None]:
-    """What :func:`write_csv` writes, as a function of the file to write it to."""
+    """What :func:`write_csv` writes, as a function of the file to write it to.
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written.
+    schema
+        The table's documented columns (or their title): checked by :func:`validate` now
+        (None: not checked).
+    where
+        The table's name in the :class:`SchemaMismatch` message.
+
+    Returns
+    -------
+    callable
+        ``write(tmp)``, writing the table as CSV to ``tmp``.
+    """
     if schema is not None:
         validate(table, schema, where=where)
     return lambda tmp: table.to_csv(tmp, index=False)

@@ -9,6 +9,7 @@ passed in (``plotter``), never imported.
 
 from immunoprofile.batch._executors import run_dask, run_local, worker_init
 from immunoprofile.batch._gate import BatchResult, clear_parts, gate_samples, plan
+from immunoprofile.batch._locked import MOVABLE_MARKERS, gate_baseline_locked, moves_with
 from immunoprofile.batch._parts import (
     DEFAULT_PLOTTER,
     process_sample,
@@ -33,9 +34,31 @@ from immunoprofile.gating.rows import RARE_THRESHOLD, sha256
 from immunoprofile.run import PARTS
 
 __all__ = [
-    "DEFAULT_PLOTTER", "PARTS", "RARE_THRESHOLD", "BatchResult", "BatchSettings",
-    "SampleOutcome", "SampleWork", "clear_parts", "error_row", "events_for_sample",
-    "gate_row", "gate_samples", "kept_events", "named_in_panel", "plan", "process_sample",
-    "qc_applies", "resolve_plotter", "resolve_templates", "resume_key", "run_dask",
-    "run_local", "sha256", "worker_init",
+    "DEFAULT_PLOTTER",
+    "MOVABLE_MARKERS",
+    "PARTS",
+    "RARE_THRESHOLD",
+    "BatchResult",
+    "BatchSettings",
+    "SampleOutcome",
+    "SampleWork",
+    "clear_parts",
+    "error_row",
+    "events_for_sample",
+    "gate_baseline_locked",
+    "gate_row",
+    "gate_samples",
+    "kept_events",
+    "moves_with",
+    "named_in_panel",
+    "plan",
+    "process_sample",
+    "qc_applies",
+    "resolve_plotter",
+    "resolve_templates",
+    "resume_key",
+    "run_dask",
+    "run_local",
+    "sha256",
+    "worker_init",
 ]

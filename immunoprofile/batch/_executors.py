@@ -59,7 +59,21 @@ Task = tuple[dict, list[Template], str, BatchSettings, bool, Any]
 
 
 def run_local(tasks: list[Task], workers: int) -> Iterator[SampleOutcome]:
-    """Run sample tasks in this process (``workers <= 1``) or a local process pool."""
+    """Run sample tasks in this process (``workers <= 1``) or a local process pool.
+
+    Parameters
+    ----------
+    tasks
+        The arguments of :func:`~immunoprofile.batch._parts.process_sample`, one tuple per
+        sample.
+    workers
+        Worker processes; at most ``2 × workers`` tasks are in flight at a time.
+
+    Yields
+    ------
+    SampleOutcome
+        Each task's outcome: in task order in this process, as tasks finish in a pool.
+    """
     if workers <= 1:
         for task in tasks:
             yield process_sample(*task)
@@ -123,7 +137,21 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
 
 
 def run_dask(tasks: list[Task], scheduler: str) -> Iterator[SampleOutcome]:
-    """Run sample tasks on a dask.distributed cluster given its scheduler address."""
+    """Run sample tasks on a dask.distributed cluster given its scheduler address.
+
+    Parameters
+    ----------
+    tasks
+        The arguments of :func:`~immunoprofile.batch._parts.process_sample`, one tuple per
+        sample; all are submitted at once.
+    scheduler
+        The scheduler's address (``tcp://HOST:PORT``), given to ``distributed.Client``.
+
+    Yields
+    ------
+    SampleOutcome
+        Each task's outcome, as tasks finish.
+    """
     from distributed import Client, as_completed  # optional dependency, loaded when used
 
     with Client(scheduler, set_as_default=False) as client:

@@ -160,7 +160,18 @@ def _succeeded(record: dict) -> bool:
 
 
 def forget_sample(run: Run, sample_id: str, templates: list[Template]) -> None:
-    """Remove a sample's parts, kept events and gating plots left by an earlier run."""
+    """Remove a sample's parts, kept events and gating plots left by an earlier run.
+
+    Parameters
+    ----------
+    run
+        The run folder.
+    sample_id
+        The sample.
+    templates
+        The run's templates (the sample's plot of each is removed); files absent are
+        skipped.
+    """
     paths = [run.part_subsets(sample_id), run.part_qc(sample_id), run.part_done(sample_id),
              run.events_path(sample_id)]
     paths += [run.plot_path(sample_id, t.name) for t in templates]
@@ -169,7 +180,21 @@ def forget_sample(run: Run, sample_id: str, templates: list[Template]) -> None:
 
 
 def done_record(run: Run, sample_id: str) -> dict:
-    """A sample's done marker (empty when absent or unreadable)."""
+    """A sample's done marker (empty when absent or unreadable).
+
+    Parameters
+    ----------
+    run
+        The run folder.
+    sample_id
+        The sample.
+
+    Returns
+    -------
+    dict
+        ``key``, ``n_events``, ``errors`` and ``status`` as :func:`process_sample` wrote
+        them, or an empty dict.
+    """
     done = run.part_done(sample_id)
     try:
         return json.loads(done.read_text()) if done.is_file() else {}

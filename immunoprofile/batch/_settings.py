@@ -124,7 +124,26 @@ def _hint(stage: str, exc: BaseException) -> str:
 def error_row(row: dict, template: str, stage: str,
               exc: BaseException | str) -> dict[str, str]:
     """One row of ``errors.csv``: the sample, file, template and stage, what went wrong and
-    what to do (the columns of :data:`immunoprofile.tables.ERRORS`)."""
+    what to do (the columns of :data:`immunoprofile.tables.ERRORS`).
+
+    Parameters
+    ----------
+    row
+        The sample-sheet row (its ``sample_id`` and ``path``).
+    template
+        The template concerned ('' when the file itself failed).
+    stage
+        ``read``, ``qc``, ``fit``, ``gate`` or ``output``; it chooses the hint.
+    exc
+        The failure: a message, used as it is, or an exception, whose text (its type's name
+        when empty) is prefixed with its type's name unless it is an
+        :class:`~immunoprofile.errors.ImmunoprofileError`.
+
+    Returns
+    -------
+    dict of str
+        The row: ``sample_id``, ``path``, ``template``, ``stage``, ``error``, ``hint``.
+    """
     text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
     if not isinstance(exc, str | ImmunoprofileError):
         text = f"{type(exc).__name__}: {text}"

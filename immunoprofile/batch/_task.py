@@ -58,13 +58,37 @@ class SampleWork:
         return str(self.row["sample_id"])
 
     def subset_rows(self, settings: BatchSettings, digest: str) -> pd.DataFrame:
-        """The sample's rows of the subset table, every template after another."""
+        """The sample's rows of the subset table, every template after another.
+
+        Parameters
+        ----------
+        settings
+            The run's settings (``rare_threshold`` sets ``flag_rare``).
+        digest
+            The file's SHA-256, written into ``file_sha256``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The rows of each result in :attr:`results`, concatenated in their order.
+        """
         return pd.concat([r.to_table(self.row, rare_threshold=settings.rare_threshold,
                                      file_sha256=digest) for r in self.results],
                          ignore_index=True)
 
     def events(self, settings: BatchSettings) -> pd.DataFrame:
-        """The kept-event subsample (see :func:`kept_events`)."""
+        """The kept-event subsample (see :func:`kept_events`).
+
+        Parameters
+        ----------
+        settings
+            ``keep_events`` and ``seed``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            As :func:`kept_events`, drawn from :attr:`kept`.
+        """
         return kept_events(self.results, self.kept, settings, self.sample_id)
 
 

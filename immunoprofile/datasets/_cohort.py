@@ -30,6 +30,7 @@ from immunoprofile.datasets._trial import (
     BASELINE,
     BATCH_SD,
     BLOOD_LEAVES,
+    CD4_LEAVES,
     DRUGS,
     EFFECT_SD,
     IL2_MFI,
@@ -146,11 +147,12 @@ def _make_design(n_per_arm: int, arms: Sequence[str], seed: int) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _visit_blood(row: pd.Series, week: float, seed: int
+def _visit_blood(row: pd.Series, week: float, seed: int, cd25_shift_only: bool = False
                  ) -> tuple[dict[str, float], dict[str, float]]:
     """Leaf cells/µL and Treg MFI log fold changes of one patient at one visit."""
     base = blood_leaves({k: row[f"baseline_{k}"] for k in BASELINE})
-    leaf_log, mfi_log = patient_effects(row["arm"], week, row["_resp"], row["_z"])
+    leaf_log, mfi_log = patient_effects(row["arm"], week, row["_resp"], row["_z"],
+                                        cd25_shift_only=cd25_shift_only)
     rng = rng_stream(seed, 2, int(row["patient_index"]), round(week * 7))
     # Every visit, week 0 included, is one noisy draw around the patient's own level.
     common = rng.normal(0.0, VISIT_SD_COMMON)
@@ -169,7 +171,8 @@ def _blood_members(tube: str) -> dict[str, list[str]]:
     return out
 
 
-def _effects_table(arms: Sequence[str], weeks: Sequence[float]) -> pd.DataFrame:
+def _effects_table(arms: Sequence[str], weeks: Sequence[float],
+                   cd25_shift_only: bool = False) -> pd.DataFrame:
     """Planted fold changes: geometric mean over patients and for a full responder."""
     base = median_blood_leaves()
     mean_resp = RESPONDER_P + (1 - RESPONDER_P) * PARTIAL
@@ -179,7 +182,8 @@ def _effects_table(arms: Sequence[str], weeks: Sequence[float]) -> pd.DataFrame:
             full, mean = {}, {}
             for resp, store in ((1.0, full), (mean_resp, mean)):
                 leaf_log, mfi_log = patient_effects(
-                    arm, week, {"tel": resp, "il2": resp}, ZERO_Z)
+                    arm, week, {"tel": resp, "il2": resp}, ZERO_Z,
+                    cd25_shift_only=cd25_shift_only)
                 store.update({("leaf", k): v for k, v in leaf_log.items()})
                 store.update({("mfi", k): v for k, v in mfi_log.items()})
             pops = [(t, p, m) for t in TUBES for p, m in _blood_members(t).items()]
@@ -261,6 +265,7 @@ def simulate_cohort(
     instruments: str | Sequence[str] = "fortessa",
     export: str | None = None,
     random_state: int | None = None,
+    il2_cd25_shift: bool = False,
 ) -> SimulatedCohort:
     """Simulate a randomised SLE trial and write it to ``out``.
 
@@ -294,6 +299,11 @@ def simulate_cohort(
     export
         ``None`` writes every event; ``"lymphocytes"`` only those inside a lymphocyte scatter
         gate (a FlowJo-style exported subset). Truth and labels count the written events.
+    il2_cd25_shift
+        A gate-shift scenario: IL-2 raises CD25 on every CD4 T cell (conventional and
+        regulatory, by the Treg CD25 effect) and leaves Treg numbers unchanged, so any Treg
+        change a gate reports is the marker moving, not the population (``effects.csv``
+        says Treg fold change 1).
 
     Returns
     -------
@@ -329,7 +339,7 @@ def simulate_cohort(
     n_total = 0
     for _, prow in design.iterrows():
         for week in weeks:
-            blood, mfi_log = _visit_blood(prow, week, seed)
+            blood, mfi_log = _visit_blood(prow, week, seed, il2_cd25_shift)
             lym_ul = round(sum(blood.values()))
             tp = f"W{week:g}"
             batch = batches[(week, prow["patient_id"])]
@@ -347,6 +357,9 @@ def simulate_cohort(
                 if tube == "treg":
                     lms = {(leaf, m): math.exp(v) for leaf in TREG_LEAVES
                            for m, v in mfi_log.items()}
+                    if il2_cd25_shift and "CD25" in mfi_log:  # CD25 up on every CD4 T cell
+                        lms |= {(leaf, "CD25"): math.exp(mfi_log["CD25"])
+                                for leaf in CD4_LEAVES}
                 params = TubeParams(leaf_fractions=tube_leaf_fractions(tube, blood),
                                     marker_scale=_batch_scale(seed, batch, tube),
                                     leaf_marker_scale=lms, artefact=kind,
@@ -388,7 +401,7 @@ def simulate_cohort(
                            "n_artefact_events": int(sim.artefact.sum())})
     samplesheet = pd.DataFrame(sheet)
     truth_df = pd.DataFrame(truth)
-    effects = _effects_table(list(arms), weeks)
+    effects = _effects_table(list(arms), weeks, il2_cd25_shift)
     if integral:
         effects["week"] = effects["week"].astype(int)
     truth_df["parent_count"] = truth_df["parent_count"].astype("Int64")

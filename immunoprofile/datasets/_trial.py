@@ -26,6 +26,7 @@ NONLYMPH_LABELS = ["dead_lymphocyte", "dead_other", "lymphocyte_doublet", "other
                    "monocyte", "granulocyte", "debris"]
 TREG_LEAVES = ["treg_naive_foxp3pos", "treg_naive_foxp3neg", "treg_memory_foxp3pos",
                "treg_memory_foxp3neg"]
+CD4_LEAVES = [*TREG_LEAVES, "cd4_naive", "cd4_memory", "cd4_activated", "cd4_cd25neg_foxp3pos"]
 
 # --- DOMAIN §3: SLE medians and between-patient SD (logit scale; log for the count).
 BASELINE: dict[str, tuple[float, float]] = {
@@ -168,13 +169,19 @@ def _row_log_effect(drug: str, values, week: float) -> float:
     return il2_log_effect(values, week, days_since_last_il2_dose(week))
 
 
-def patient_effects(arm: str, week: float, resp: dict[str, float], z: dict[str, float]
-                     ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-leaf log fold change and per-marker Treg MFI log fold change for one visit."""
+def patient_effects(arm: str, week: float, resp: dict[str, float], z: dict[str, float],
+                    *, cd25_shift_only: bool = False
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-leaf log fold change and per-marker Treg MFI log fold change for one visit.
+
+    With ``cd25_shift_only`` IL-2 leaves Treg numbers as they are (only its MFI effects act):
+    the scenario where a drug moves a gate's marker without moving the population."""
     leaf_log: dict[str, float] = {}
     mfi_log: dict[str, float] = {}
     for drug in DRUGS[arm]:
         for row, (leaves, values) in _drug_rows(drug).items():
+            if cd25_shift_only and drug == "il2" and row == "Treg":
+                continue
             peak = max(abs(math.log(v)) for v in values) or 1.0
             eff = _row_log_effect(drug, values, week)
             # One response strength per patient and drug moves all its readouts together

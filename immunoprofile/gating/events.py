@@ -140,10 +140,36 @@ class EventSpace:
         return self._cache[key]
 
     def channel(self, dim: Dimension) -> str:
+        """The $PnN an axis's marker reads, through the panel.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension other than a ratio.
+
+        Returns
+        -------
+        str
+            The channel's $PnN.
+        """
         return self.channel_of[dim.marker]
 
     def linear_at(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
-        """Float64 linear values of an axis at event indices ``idx``."""
+        """Float64 linear values of an axis at event indices ``idx``.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension: a ratio is computed from raw values, any other axis is its
+            channel compensated under the axis's reference (the template's by default).
+        idx
+            Event indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per index.
+        """
         if dim.ratio is not None:
             r = dim.ratio
             x = self.raw_at(self.channel_of[r.numerator], idx)
@@ -155,7 +181,24 @@ class EventSpace:
     def linear_channel(self, pnn: str, ref: str | None = None, *,
                        idx: np.ndarray | None = None) -> np.ndarray:
         """Linear values of one channel under a compensation reference (template default),
-        at event indices ``idx`` (default all events)."""
+        at event indices ``idx`` (default all events).
+
+        Parameters
+        ----------
+        pnn
+            The channel's $PnN.
+        ref
+            The compensation reference (``"none"``, ``"file"`` or a matrix name); None for
+            the template's ``compensation``.
+        idx
+            Event indices; None for every event.
+
+        Returns
+        -------
+        numpy.ndarray
+            Float64 values, one per index: raw values when the reference gives no matrix or
+            its matrix does not cover the channel.
+        """
         ref = self.template.compensation if ref is None else ref
         if idx is None:
             idx = np.arange(self.sample.n_events)
@@ -188,6 +231,20 @@ class EventSpace:
         bound returned (``1e-9 × Σ|x|·|S⁻¹|`` per event). Range and extent tests decide every
         event farther than that from a bound and ask :meth:`linear_at` (the exact solve) only
         for the few near it, which saves most of the solving.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+        idx
+            Event indices.
+
+        Returns
+        -------
+        (values, bound)
+            Float64 values, one per index, and one absolute error bound for all of them
+            (0.0 when they are exact: ratios, uncompensated axes and channels the matrix does
+            not cover come from :meth:`linear_at`).
         """
         ref = self._comp_ref(dim)
         matrix = None if dim.ratio is not None or ref == "none" else self._matrix(ref)
@@ -223,6 +280,20 @@ class EventSpace:
         return out, bound
 
     def raw_at(self, pnn: str, idx: np.ndarray) -> np.ndarray:
+        """Raw (uncompensated) values of one channel at event indices ``idx``.
+
+        Parameters
+        ----------
+        pnn
+            The channel's $PnN.
+        idx
+            Event indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            Float64 values (widened from the float32 event matrix), one per index.
+        """
         return self.sample.events[idx, self.names.index(pnn)].astype(np.float64)
 
     def compensation_used(self) -> dict[str, list[str]]:
@@ -233,7 +304,18 @@ class EventSpace:
     # -- transformed values ----------------------------------------------------------------
     def range_top(self, dim: Dimension) -> float | None:
         """The largest decodable value of an axis's channel (None for ratios; see
-        :func:`~immunoprofile.io.fcs.channel_top`)."""
+        :func:`~immunoprofile.io.fcs.channel_top`).
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+
+        Returns
+        -------
+        float or None
+            The value, or None for a ratio or a marker the panel does not map.
+        """
         if dim.ratio is not None or dim.marker not in self.channel_of:
             return None
         if self._tops is None:  # transforms are asked for per gate and event block: look up once
@@ -242,11 +324,36 @@ class EventSpace:
 
     def transform(self, dim: Dimension) -> Transform:
         """The axis's transform as applied to this file (range-relative ones follow its
-        channel's range)."""
+        channel's range).
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+
+        Returns
+        -------
+        Transform
+            The template's transform for the axis, scaled to :meth:`range_top` where it is
+            range-relative.
+        """
         return self.template.transform_for(dim).for_channel(self.range_top(dim))
 
     def values(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
-        """Transformed values of an axis at event indices ``idx`` (cached per event)."""
+        """Transformed values of an axis at event indices ``idx`` (cached per event).
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+        idx
+            Event indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            :meth:`transform` applied to :meth:`linear_at`, one value per index.
+        """
         t = self.transform(dim)
         if isinstance(t, _UFUNC):
             return t.apply(self.linear_at(dim, idx))
@@ -255,7 +362,24 @@ class EventSpace:
 
     def in_range(self, dim: Dimension, idx: np.ndarray, lo: float | None,
                  hi: float | None) -> np.ndarray:
-        """``lo <= t(x) < hi`` at ``idx``, deciding most events in linear space."""
+        """``lo <= t(x) < hi`` at ``idx``, deciding most events in linear space.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension; ``t`` is its :meth:`transform`.
+        idx
+            Event indices.
+        lo
+            Lower bound (inclusive) on the transformed scale; None for none.
+        hi
+            Upper bound (exclusive) on the transformed scale; None for none.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean, one per index: exactly the test on transformed values.
+        """
         t = self.transform(dim)
         if not isinstance(t, _TOTAL_MONOTONIC):
             v = self.values(dim, idx)
@@ -293,7 +417,23 @@ class EventSpace:
         return ok
 
     def within_extent(self, dim: Dimension, idx: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        """A superset test: False only where ``t(x)`` is surely outside ``[lo, hi]``."""
+        """A superset test: False only where ``t(x)`` is surely outside ``[lo, hi]``.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension; ``t`` is its :meth:`transform`.
+        idx
+            Event indices.
+        lo, hi
+            Bounds on the transformed scale; infinite for none.
+
+        Returns
+        -------
+        numpy.ndarray
+            Boolean, one per index; all True when ``t`` is not one of the transforms
+            increasing on all of R, or both bounds are infinite.
+        """
         t = self.transform(dim)
         if not isinstance(t, _TOTAL_MONOTONIC) or (np.isinf(lo) and np.isinf(hi)):
             return np.ones(idx.size, bool)

@@ -38,7 +38,26 @@ def _interval(d: float, se: float, alpha: float) -> tuple[float, float]:
 
 def fill_by_ranks(res: pd.DataFrame, data: pd.DataFrame, design: Design) -> pd.DataFrame:
     """Contrasts a censored-likelihood fit left without a p-value (a cell with no value in
-    range, or too few values in range for the model), answered by :func:`rank_contrasts`."""
+    range, or too few values in range for the model), answered by :func:`rank_contrasts`.
+
+    Parameters
+    ----------
+    res
+        The fit's contrasts, or its single row with an empty ``contrast_type`` when it
+        failed.
+    data
+        The readout's rows the fit was given (see :func:`rank_contrasts`).
+    design
+        Control arm, baseline, extra pairs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``res`` as it is when every contrast has a p-value. Otherwise each contrast without
+        one takes the rank test's row of the same key, its ``warning`` ending in "tested
+        on ranks"; when the fit gave no contrast, the rank contrasts with the fit's warning
+        (``res`` when there are none either).
+    """
     keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline"]
     empty = len(res) == 1 and not str(res["contrast_type"].iloc[0])
     if not empty and not res["pvalue"].isna().any():

@@ -324,6 +324,22 @@ def tobit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> p
     ``data`` has ``value`` (the log bound for censored rows), ``censored`` (−1 left, 0, +1
     right), ``patient_id``, ``arm``, ``timepoint`` and covariates. Contrasts use the same
     split-plot degrees of freedom. Cells whose every value is censored are not estimable.
+
+    Parameters
+    ----------
+    data
+        One row per sample of one readout, as above.
+    design
+        Control arm, baseline timepoint, extra arm pairs, covariates.
+    model_name
+        Written into the ``model`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per contrast, as :func:`~immunoprofile.tl._models.fit_contrasts` gives them
+        but with ``estimate, ci_low, ci_high, pvalue`` last; or a single row with an empty
+        ``contrast_type`` and the reason in ``warning`` when no model could be fitted.
     """
     res = fit_contrasts(data, design, model_name=model_name, fit=_tobit, censored="censored")
     if len(res) and res["contrast_type"].iloc[0]:  # contrast rows: estimates last, as ever
@@ -347,9 +363,22 @@ def tobit_fit(y: np.ndarray, censored: np.ndarray, X: np.ndarray, groups: np.nda
     centred and scaled on each patient's posterior, refined over a few refits); the gradient
     is analytic and the covariance the inverse of the (finite-difference) observed information.
 
+    Parameters
+    ----------
+    y
+        The values; for censored rows, the bound.
+    censored
+        Per value: −1 left-censored, 0 observed, +1 right-censored.
+    X
+        The fixed-effects design, one row per value.
+    groups
+        The patient of each value (the random intercept's groups).
+
     Returns
     -------
     (β, Cov(β), warning) or (None, None, reason)
+        The fixed effects (one per column of ``X``), their covariance (with a REML-like
+        small-sample factor) and notes ('' when none); or why the model failed.
     """
     _, patient = np.unique(groups, return_inverse=True)
     n_pat = int(patient.max()) + 1

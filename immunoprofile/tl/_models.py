@@ -171,7 +171,26 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
 
 
 def contrast_terms(design: Design, arms: list[str], tps: list[str]):
-    """(kind, arm, reference, timepoint, baseline, [(cell, weight)]) of every contrast."""
+    """(kind, arm, reference, timepoint, baseline, [(cell, weight)]) of every contrast.
+
+    Parameters
+    ----------
+    design
+        Control arm, baseline timepoint and extra arm pairs.
+    arms
+        The arms in the data.
+    tps
+        The timepoints in the data, in order.
+
+    Yields
+    ------
+    tuple
+        ``(contrast_type, arm, reference_arm, timepoint, baseline, terms)``, ``terms`` the
+        ``(cell, weight)`` pairs over ``"<arm>@<timepoint>"`` cells (reference or baseline
+        '' where the contrast has none): per arm and timepoint ``arm_vs_control``,
+        ``change_from_baseline`` and ``change_vs_control``, then ``change_vs_arm`` per pair
+        (whether the cells have data is for the caller to check).
+    """
     b, ctl = design.baseline, design.control
     for arm in arms:
         for tp in tps:
@@ -311,7 +330,20 @@ def _empty_row(model: str, n: int, n_patients: int, note: str) -> dict:
 def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
     """Benjamini–Hochberg within each contrast (type, arm, reference arm, timepoint,
     baseline, and ``extra_keys``); for state tables a family spans every population × marker
-    of one contrast."""
+    of one contrast.
+
+    Parameters
+    ----------
+    table
+        Contrast rows with ``pvalue`` and the columns of the contrast's key.
+    extra_keys
+        Further columns that split families (``reference``: one family per reference).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``table`` with ``fdr`` (NaN where ``pvalue`` is).
+    """
     table = table.copy()
     table["fdr"] = np.nan
     keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline", *extra_keys]
@@ -325,7 +357,18 @@ def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
 
 def subset_table(data: pd.DataFrame | str | Path) -> pd.DataFrame:
     """The table a tool works on: a DataFrame as given, or a run folder's subset table
-    (``Run(path).subsets``; notebooks pass ``run.subsets`` directly)."""
+    (``Run(path).subsets``; notebooks pass ``run.subsets`` directly).
+
+    Parameters
+    ----------
+    data
+        A subset table, or a gated run folder (:meth:`~immunoprofile.run.Run.open`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The DataFrame given (not copied), or the run's subset table.
+    """
     if isinstance(data, pd.DataFrame):
         return data
     return Run.open(data).subsets
@@ -333,7 +376,29 @@ def subset_table(data: pd.DataFrame | str | Path) -> pd.DataFrame:
 
 def parse_design(control: str, baseline: str, pairs: Iterable,
                  covariates: Iterable[str]) -> Design:
-    """The contrasts' design from the tools' arguments (``"COMBO:IL2"`` pairs parsed)."""
+    """The contrasts' design from the tools' arguments (``"COMBO:IL2"`` pairs parsed).
+
+    Parameters
+    ----------
+    control
+        The control arm.
+    baseline
+        The baseline timepoint.
+    pairs
+        Arm pairs to compare: ``(arm, reference_arm)`` or ``"ARM:REFERENCE_ARM"``.
+    covariates
+        Columns to adjust for.
+
+    Returns
+    -------
+    Design
+        The design, names as str (``alpha`` the default).
+
+    Raises
+    ------
+    ImmunoprofileError
+        A pair given as a string has no ``:``.
+    """
     parsed = []
     for pair in pairs:
         if isinstance(pair, str):
@@ -346,7 +411,20 @@ def parse_design(control: str, baseline: str, pairs: Iterable,
 
 
 def check_design(table: pd.DataFrame, design: Design) -> None:
-    """The design's control arm, baseline and pair arms must be in the data."""
+    """The design's control arm, baseline and pair arms must be in the data.
+
+    Parameters
+    ----------
+    table
+        The data, with ``arm`` and ``timepoint`` columns.
+    design
+        The design to check.
+
+    Raises
+    ------
+    ImmunoprofileError
+        The control arm, the baseline timepoint or an arm of a pair is not in the data.
+    """
     arms = set(table["arm"].astype(str))
     tps = set(table["timepoint"].astype(str))
     if design.control not in arms:

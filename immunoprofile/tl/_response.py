@@ -162,6 +162,8 @@ def response(
         lookup = lookup[~lookup.index.duplicated()]
         frame["responder"] = pd.array(frame.set_index(["patient_id", "timepoint"]).index.map(
             lookup), dtype="boolean")
+    if "responder" not in frame.columns:  # one schema with or without a rule
+        frame["responder"] = pd.array([pd.NA] * len(frame), dtype="boolean")
     summary = _summarise(frame, responder)
     return frame.reset_index(drop=True), summary
 
@@ -181,6 +183,7 @@ def _summarise(frame: pd.DataFrame, responder: ResponderRule | None) -> pd.DataF
         row = {"template": template, "population": population, "arm": arm, "timepoint": tp,
                "n_patients": n, "mean_log2_fold_change": mean, "fold_change": 2 ** mean,
                "ci_low": 2 ** (mean - half), "ci_high": 2 ** (mean + half)}
+        row["n_responders"] = row["pct_responders"] = np.nan  # no rule: none counted
         if responder is not None:
             flags = g.drop_duplicates("patient_id")["responder"].dropna()
             row["n_responders"] = int(flags.sum())
