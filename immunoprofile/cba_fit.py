@@ -375,20 +375,26 @@ def censor(curve: Curve, lloq: float, uloq: float, reporter: Sequence[float],
     """
     dil = np.asarray(dilution, dtype=float)
     well = curve.concentration(np.asarray(reporter, dtype=float))
+    if np.isfinite(lod) and lod >= lloq:
+        lloq = lod  # nothing below the detection limit is quantified, whatever the curve
     below = np.isfinite(well) & (well < lloq) | np.isneginf(well)
-    has_lod = np.isfinite(lod) and lod < lloq
+    has_lod = bool(np.isfinite(lod))
     below_lod = (np.isfinite(well) & (well < lod) | np.isneginf(well)) if has_lod else below
     above = np.isfinite(well) & (well > uloq) | np.isposinf(well)
     conc = np.where(below_lod | above | ~np.isfinite(well), np.nan, well * dil)
     return {"conc_pg_ml": conc, "below_lloq": below, "below_lod": below_lod,
             "above_uloq": above, "lloq": lloq * dil, "uloq": uloq * dil,
-            "lod": (lod if has_lod else math.nan) * dil}
+            "lod": lod * dil}
 
 
 def limit_of_detection(curve: Curve, blank_reporter: Sequence[float],
                        stated: float | None = None) -> tuple[float, str]:
-    """The limit of detection in the well: blank mean + 3 SD read through the curve, from
-    at least two blank (zero-standard) wells, else the kit's stated value.
+    """The limit of detection in the well: blank mean + 3 SD read through the curve (from at
+    least two blank or zero-standard wells), never below the kit's stated LoD.
+
+    A handful of blank wells on one plate can put the blank-derived LoD far below what the
+    assay detects (their medians of hundreds of beads hardly vary); the manufacturer's stated
+    sensitivity is the floor.
 
     Parameters
     ----------
@@ -397,21 +403,27 @@ def limit_of_detection(curve: Curve, blank_reporter: Sequence[float],
     blank_reporter
         Median reporter of each blank and zero-standard well.
     stated
-        The kit's stated LoD (pg/mL), used with fewer than two blanks.
+        The kit's stated LoD (pg/mL), or None.
 
     Returns
     -------
     (lod, source)
-        The LoD (NaN when neither is available) and ``'blanks'``, ``'kit'`` or ``''``.
+        The LoD (NaN when neither is available) and where it came from: ``'blanks'`` or
+        ``'kit'`` (the larger of the two), or ``''``.
     """
+    from_blanks = math.nan
     blanks = np.asarray([b for b in blank_reporter if np.isfinite(b)], dtype=float)
     if blanks.size >= 2:
         threshold = float(blanks.mean() + 3 * blanks.std(ddof=1))
-        lod = float(curve.concentration(np.array([threshold]))[0])
-        if np.isfinite(lod) and lod > 0:
-            return lod, "blanks"
-    if stated is not None and np.isfinite(stated) and stated > 0:
-        return float(stated), "kit"
+        value = float(curve.concentration(np.array([threshold]))[0])
+        if np.isfinite(value) and value > 0:
+            from_blanks = value
+    kit = float(stated) if stated is not None and np.isfinite(stated) and stated > 0 \
+        else math.nan
+    if np.isfinite(from_blanks) and not (np.isfinite(kit) and kit > from_blanks):
+        return from_blanks, "blanks"
+    if np.isfinite(kit):
+        return kit, "kit"
     return math.nan, ""
 
 
@@ -438,8 +450,8 @@ CYTOKINES: tuple[Column, ...] = (
     Column("lloq", "float64", "LLOQ × dilution (pg/mL): lowest accepted standard."),
     Column("uloq", "float64", "ULOQ × dilution (pg/mL): highest accepted standard."),
     Column("lod", "float64", "LoD × dilution (pg/mL): blank (zero-standard) mean + 3 SD read "
-           "through the plate's curve (≥ 2 blank wells), else the kit's stated LoD; NaN when "
-           "neither is known."),
+           "through the plate's curve (≥ 2 blank wells), never below the kit's stated LoD; "
+           "NaN when neither is known."),
     Column("fit_model", "string", "'4PL' or '5PL' (chosen by AICc); '' without a curve."),
     Column("conc_imputed", "float64", "IMPUTED for convenience: conc_pg_ml where reported, "
            "LoD/2 below the LoD (LLOQ/2 when no LoD is known), NaN otherwise. Say so when "
@@ -472,7 +484,8 @@ CURVES: tuple[Column, ...] = (
     Column("lloq_pg_ml, uloq_pg_ml", "float64", "Range in the well (before dilution)."),
     Column("lod_pg_ml", "float64", "Limit of detection in the well (blank mean + 3 SD through "
            "the curve, or the kit's stated LoD)."),
-    Column("lod_source", "string", "'blanks' (≥ 2 blank or zero-standard wells) or 'kit'."),
+    Column("lod_source", "string", "'blanks' (≥ 2 blank or zero-standard wells) or 'kit' "
+           "(the kit's stated LoD, when larger)."),
     Column("n_standards", "int64", "Standards fitted."), Column("error", "string", "Why failed."),
 )
 

@@ -75,11 +75,11 @@ class PlateParams:
             return a + (d - a) / (1.0 + (c / x) ** b) ** g
 
 
-def _kit_analytes() -> tuple[tuple[str, ...], tuple[float, ...]]:
+def _kit_analytes(name: str = KIT) -> tuple[tuple[str, ...], tuple[float, ...]]:
     # start-up time: the simulator's other parts load when used
     from immunoprofile.cba import load_kit
 
-    kit = load_kit(KIT)
+    kit = load_kit(name)
     return kit.analytes, kit.standards_pg_ml
 
 
@@ -149,8 +149,8 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
                        dilution: Mapping[str, float] | None = None,
                        missing_beads: Mapping[str, Sequence[str]] | None = None,
                        beads: tuple[int, int] = (300, 500),
-                       date: _dt.date = _dt.date(2024, 9, 2)) -> pd.DataFrame:
-    """Write one plate: the standard series, a blank and one file per sample.
+                       date: _dt.date = _dt.date(2024, 9, 2), kit: str = KIT) -> pd.DataFrame:
+    """Write one plate: the standard series, two blanks and one file per sample.
 
     Parameters
     ----------
@@ -166,6 +166,11 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
         Per sample id, analytes whose beads are left out of the file (a bead-mix error).
     beads
         Range of beads per analyte.
+    date
+        Acquisition date written into the files.
+    kit
+        The shipped kit whose analytes and standard series the plate carries (e.g.
+        ``bd_cba_th1_th2_th17_extended``, its curve extended down to 2.5 pg/mL for serum).
 
     Returns
     -------
@@ -174,7 +179,7 @@ def simulate_cba_plate(out: str | Path, truth: Mapping[str, Mapping[str, float]]
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    analytes, standards = _kit_analytes()
+    analytes, standards = _kit_analytes(kit)
     params = plate_params(seed, plate_index, analytes)
     dilution = dict(dilution or {})
     wells = [(f"{plate}_STD{i:02d}", "standard", {a: s for a in analytes}, s)
