@@ -84,5 +84,7 @@ def test_demo_gives_a_pvalue_for_every_cytokine(demo_run) -> None:
     lines = censoring_summary(cytokines)
     assert len(lines) == cytokines["analyte"].nunique()
     assert all("below LoD" in line and "below LLOQ" in line for line in lines)
-    # most values sit between the LoD and the 20 pg/mL LLOQ: reported, not censored
-    assert cytokines["below_lloq"].mean() > 0.5 > cytokines["below_lod"].mean()
+    # most values sit under the kit's 20 pg/mL LLOQ; a good share of them above the LoD,
+    # reported (flagged) rather than censored
+    between = cytokines["below_lloq"] & ~cytokines["below_lod"]
+    assert cytokines["below_lloq"].mean() > 0.7 and between.mean() > 0.2
