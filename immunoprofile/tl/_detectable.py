@@ -183,7 +183,8 @@ def _mannwhitney(x: np.ndarray, y: np.ndarray) -> float:
         return np.nan
     if np.ptp(np.concatenate([x, y])) == 0:
         return 1.0  # every value tied: no evidence of a difference
-    return float(stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic").pvalue)
+    return float(stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic",
+                                    use_continuity=False).pvalue)
 
 
 def _signed_rank(d: np.ndarray) -> float:
