@@ -350,6 +350,9 @@ def attach_arms(clinical: pd.DataFrame | str | Path,
     """
     table = read_clinical(clinical) if isinstance(clinical, str | Path) else clinical.copy()
     table["patient_id"] = table["patient_id"].astype(str)
+    if "arm" in table.columns:  # a blank cell is no arm, not an arm named ''
+        blank = table["arm"].isna() | table["arm"].astype(str).str.strip().eq("")
+        table["arm"] = table["arm"].astype(object).where(~blank, np.nan)
     if arms is not None:
         arms = pd.Series(arms) if not isinstance(arms, pd.Series) else arms
         mapped = table["patient_id"].map(arms.astype(str))

@@ -357,3 +357,16 @@ def test_values_between_lod_and_lloq_enter_the_model_as_measured() -> None:
         conc_pg_ml=np.where(conc >= 20.0, conc, np.nan))
     res_old = ip.tl.cytokine_comparison(old, control="SOC", baseline="W0")
     assert res_old["model"].str.startswith("rank_detectable").all()
+
+
+def test_a_blank_arm_is_no_arm() -> None:
+    """A clinical row whose arm cell is blank (and no sheet gives one) belongs to no arm: it
+    is dropped, not counted as an arm named ''."""
+    from immunoprofile.clinical import attach_arms
+
+    table = pd.DataFrame({"patient_id": ["A", "B", "C"], "timepoint": "W0",
+                          "arm": ["TEL", "", "  "], "sledai": [8, 6, 10]})
+    out = attach_arms(table)
+    assert out["patient_id"].tolist() == ["A"]
+    filled = attach_arms(table, {"B": "SOC"})
+    assert sorted(filled["patient_id"]) == ["A", "B"]
