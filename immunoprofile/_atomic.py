@@ -31,19 +31,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     pathlib.Path
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes the file private (0600); outputs get the usual umask permissions.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_all([(path, write)])[0]
 
 
 def atomic_write_all(items: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:

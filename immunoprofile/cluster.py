@@ -21,7 +21,6 @@ timepoint plus the pooled subsample.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from immunoprofile.assemble import assemble_run
 from immunoprofile.errors import ImmunoprofileError
@@ -223,19 +220,16 @@ def cluster_run(
 
 def _write_labels(run: Run, h5ad: Path, adata: ad.AnnData) -> Path:
     """Each event's metacluster and SOM node, with the model, beside its ``.h5ad``."""
-    labels = pd.DataFrame({KEY: adata.obs[KEY].astype(str).to_numpy(),
-                           f"{KEY}_node": adata.obs[f"{KEY}_node"].to_numpy(np.int64)},
-                          index=pd.Index(adata.obs_names.astype(str), name="cell"))
+    labels = pd.DataFrame({"cell": adata.obs_names.astype(str),
+                           KEY: adata.obs[KEY].astype(str).to_numpy(),
+                           f"{KEY}_node": adata.obs[f"{KEY}_node"].to_numpy(np.int64)})
     model = adata.uns[KEY]
     meta = {"h5ad": h5ad.name, "categorical": [KEY],
             "categories": {KEY: list(adata.obs[KEY].cat.categories)},
             "uns": {KEY: {"params": _plain(model["params"]),
                           "codes": np.asarray(model["codes"]).tolist(),
                           "node_metacluster": np.asarray(model["node_metacluster"]).tolist()}}}
-    arrow = pa.Table.from_pandas(labels, preserve_index=True)
-    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                           b"immunoprofile": json.dumps(meta).encode()})
-    return run.write_with(run.labels_path(h5ad), lambda tmp: pq.write_table(arrow, tmp))
+    return write_parquet(labels, run.labels_path(h5ad), metadata=meta)
 
 
 def _plain(value):

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from immunoprofile._atomic import atomic_write, atomic_write_all
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tables import read_parquet_with_meta
 from immunoprofile.template.model import Template
 from immunoprofile.template.yaml_io import load_template, template_yaml, write_template
 
@@ -85,10 +85,13 @@ class Run:
             The folder holds no subset table: it was not gated.
         """
         run = path if isinstance(path, Run) else cls(path)
-        if not run.subsets_path.is_file():
-            raise ImmunoprofileError(f"{run.path} is not a run folder (no subsets.parquet): "
-                                     "run `immunoprofile gate` first")
+        run._require_gated()
         return run
+
+    def _require_gated(self) -> None:
+        if not self.subsets_path.is_file():
+            raise ImmunoprofileError(f"{self.path} is not a run folder (no subsets.parquet): "
+                                     "run `immunoprofile gate` first")
 
     # -- layout --------------------------------------------------------------------------
     @property
@@ -321,9 +324,7 @@ class Run:
     def subsets(self) -> pd.DataFrame:
         """The subset table (read once per :class:`Run`)."""
         if self._subsets is None:
-            if not self.subsets_path.is_file():
-                raise ImmunoprofileError(f"{self.path} is not a run folder (no "
-                                         "subsets.parquet): run `immunoprofile gate` first")
+            self._require_gated()
             self._subsets = pd.read_parquet(self.subsets_path)
         return self._subsets
 
@@ -358,9 +359,7 @@ class Run:
             Parquet metadata (``sample_id``, ``channels``, ``templates``,
             ``schema_version``; empty when absent).
         """
-        table = pq.read_table(self.events_path(sample_id))
-        meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
-        return table.to_pandas(), meta
+        return read_parquet_with_meta(self.events_path(sample_id))
 
     def table(self, path: Path) -> pd.DataFrame | None:
         """A CSV or Parquet output of the run, or None when it was not written.
@@ -490,10 +489,8 @@ class Run:
         adata = ad.read_h5ad(path)
         labels = self.labels_path(path)
         if labels.is_file():
-            table = pq.read_table(labels)
-            meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
-            frame = table.to_pandas()
-            frame.index = frame.index.astype(str)
+            frame, meta = read_parquet_with_meta(labels)
+            frame = frame.set_index(frame["cell"].astype(str)).drop(columns="cell")
             for col in frame.columns:
                 adata.obs[col] = frame[col].reindex(adata.obs_names).to_numpy()
                 if col in meta.get("categorical", []):

@@ -320,6 +320,25 @@ def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,
     return lambda tmp: pq.write_table(arrow, tmp)
 
 
+def read_parquet_with_meta(path: Path) -> tuple[pd.DataFrame, dict]:
+    """A Parquet file written by :func:`write_parquet`, and its ``immunoprofile`` metadata.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    (table, metadata)
+        The table and the entries stored under ``immunoprofile`` (``schema_version`` and
+        what the writer added; empty when absent).
+    """
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
+    return table.to_pandas(), meta
+
+
 def csv_writer(table: pd.DataFrame, *, schema: tuple[Column, ...] | str | None = None,
                where: str = "table") -> Callable[[Path], None]:
     """What :func:`write_csv` writes, as a function of the file to write it to.

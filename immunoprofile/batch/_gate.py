@@ -166,9 +166,7 @@ def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
                  settings: BatchSettings, *, workers: int | None, scheduler: str | None,
                  resume: bool, progress, plotter, t0: float) -> BatchResult:
     workers = workers or os.cpu_count() or 1
-    rows = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-            for r in sheet.table.astype(object).where(sheet.table.notna(), None)
-            .to_dict("records")]
+    rows = sheet_rows(sheet)
     tasks: list[Task] = [(r, templates, str(run.path), settings, resume, plotter)
                          for r in rows]
     # Largest files first (longest job first): workers then finish together instead of one
@@ -204,7 +202,7 @@ def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
     errors = [e for o in outcomes for e in o.errors]
     meta = sheet.metadata_columns
     subsets = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=meta)
-    subsets = _restore_types(subsets, sheet)
+    subsets = restore_types(subsets, sheet)
     qc_table = pd.DataFrame(qcs)
     error_table = pd.DataFrame(errors, columns=["sample_id", "path", "template", "stage",
                                                 "error", "hint"])
@@ -225,9 +223,40 @@ def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
     return result, writes
 
 
-def _restore_types(subsets: pd.DataFrame, sheet: SampleSheet) -> pd.DataFrame:
+def sheet_rows(sheet: SampleSheet) -> list[dict]:
+    """The sheet's rows as plain dicts (None for empty cells, Python scalars), as tasks get them.
+
+    Parameters
+    ----------
+    sheet
+        The sample sheet.
+
+    Returns
+    -------
+    list of dict
+        One dict per row, in sheet order.
+    """
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+            for r in sheet.table.astype(object).where(sheet.table.notna(), None)
+            .to_dict("records")]
+
+
+def restore_types(subsets: pd.DataFrame, sheet: SampleSheet) -> pd.DataFrame:
     """Categoricals of the sheet (timepoint order included) and numeric columns survive the
-    per-sample parts (an all-empty numeric column must stay float NaN, not object None)."""
+    per-sample parts (an all-empty numeric column must stay float NaN, not object None).
+
+    Parameters
+    ----------
+    subsets
+        Subset rows built from sheet rows (changed in place and returned).
+    sheet
+        The sample sheet they came from.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``subsets`` with the sheet's dtypes and Int64 counts.
+    """
     for col in sheet.table.columns:
         if col in subsets.columns and pd.api.types.is_numeric_dtype(sheet.table[col]):
             subsets[col] = pd.to_numeric(subsets[col], errors="coerce").astype(float)

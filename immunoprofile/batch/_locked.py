@@ -18,13 +18,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from immunoprofile.batch._gate import restore_types, sheet_rows
+from immunoprofile.batch._parts import done_record
 from immunoprofile.batch._settings import BatchSettings, resolve_templates
 from immunoprofile.batch._task import gate_row
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.io.samplesheet import SampleSheet, read_samplesheet
 from immunoprofile.run import Run
-from immunoprofile.tables import write_parquet
+from immunoprofile.tables import SUBSETS, Column, register, write_parquet
 from immunoprofile.template.model import Template
+
+LOCKED: tuple[Column, ...] = (*SUBSETS, Column(
+    "gate_mode", "string", "'baseline_locked': the patient's gates as placed on the baseline "
+    "sample (adaptive gates frozen there); the other columns as in subsets.parquet."))
+register("subsets_baseline_locked.parquet (gate --baseline-locked: one row per sample × "
+         "template × population whose gate uses a marker a treatment may move)", LOCKED)
 
 #: Markers a trial drug may move on whole lineages: gates that use them get the readout.
 MOVABLE_MARKERS = ("CD25", "FOXP3", "CD38", "CD27")
@@ -48,18 +56,8 @@ def moves_with(template: Template, markers: Iterable[str] = MOVABLE_MARKERS) -> 
     wanted = {m.upper() for m in markers}
     direct = {p.name for p in template.populations
               if any(m.upper() in wanted for d in p.gate.dims for m in d.markers())}
-    out = []
-    for pop in template.populations:
-        name, hit = pop.name, False
-        while name:
-            if name in direct:
-                hit = True
-                break
-            parent = next((p.parent for p in template.populations if p.name == name), None)
-            name = parent or ""
-        if hit:
-            out.append(pop.name)
-    return out
+    return [p.name for p in template.populations
+            if p.name in direct or direct & set(template.ancestors(p.name))]
 
 
 def gate_baseline_locked(
@@ -112,18 +110,28 @@ def gate_baseline_locked(
                                  f"({', '.join(sheet.timepoints)})")
     keep = {t.name: set(moves_with(t, markers)) for t in templates}
     frozen = replace(settings, adaptive=False)
-    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()}
-            for r in table.astype(object).to_dict("records")]
+    run = Run(out)
+    # the run already hashed every file: its done markers carry the digests
+    digests = {sid: done_record(run, sid).get("key", {}).get("sha256")
+               for sid in table["sample_id"].astype(str)}
     parts = []
-    for _, visits in pd.DataFrame(rows).groupby("patient_id", sort=False):
-        records = visits.to_dict("records")
+
+    def rows_of(row: dict, results) -> list[pd.DataFrame]:
+        return [r.to_table(row, rare_threshold=settings.rare_threshold,
+                           file_sha256=digests.get(str(row["sample_id"])))
+                for r in results]
+
+    by_patient: dict[str, list[dict]] = {}
+    for row in sheet_rows(sheet):
+        by_patient.setdefault(str(row["patient_id"]), []).append(row)
+    for records in by_patient.values():
         first = [r for r in records if str(r["timepoint"]) == baseline]
         placed: dict[tuple[str, str], Template] = {}
         for row in first:
             work = gate_row(row, templates, settings)
             for res in work.results:
                 placed[(str(row.get("panel") or ""), res.template.name)] = res.template
-                parts.append(res.to_table(row, rare_threshold=settings.rare_threshold))
+            parts += rows_of(row, work.results)
         for row in records:
             if str(row["timepoint"]) == baseline:
                 continue
@@ -131,9 +139,7 @@ def gate_baseline_locked(
             locked = [t for (p, _), t in placed.items() if p == panel]
             if not locked:
                 continue
-            work = gate_row(row, locked, frozen)
-            parts += [res.to_table(row, rare_threshold=settings.rare_threshold)
-                      for res in work.results]
+            parts += rows_of(row, gate_row(row, locked, frozen).results)
     if not parts:
         return pd.DataFrame()
     out_table = pd.concat(parts, ignore_index=True)
@@ -141,14 +147,6 @@ def gate_baseline_locked(
     out_table = out_table[[p in w for p, w in zip(out_table["population"], wanted)]]
     out_table = out_table.reset_index(drop=True)
     out_table["gate_mode"] = "baseline_locked"
-    for col in ("count", "parent_count"):
-        out_table[col] = out_table[col].astype("Int64")
-    for col in sheet.table.columns:
-        if col in out_table.columns and isinstance(sheet.table[col].dtype,
-                                                    pd.CategoricalDtype):
-            out_table[col] = pd.Categorical(out_table[col].astype(str),
-                                            categories=[str(c) for c in
-                                                        sheet.table[col].cat.categories],
-                                            ordered=sheet.table[col].cat.ordered)
-    write_parquet(out_table, Run(out).baseline_locked_path)
+    out_table = restore_types(out_table, sheet)
+    write_parquet(out_table, run.baseline_locked_path, schema=LOCKED)
     return out_table
