@@ -307,7 +307,8 @@ class _progress:
               help="Events per sample [default: the smallest sample's, so all contribute "
                    "equally]; more than the run kept re-reads the FCS files.")
 @click.option("--population", default=None,
-              help="Parent population of the events [default: Live lymphocytes].")
+              help="Parent population of the events [default: the templates' "
+                   "reference_population, Live lymphocytes in the shipped ones].")
 def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
              population: str | None) -> None:
     """Write one AnnData per timepoint (and panel) plus samples.h5ad from a gate run."""

@@ -51,7 +51,8 @@ CLUSTERS: tuple[Column, ...] = (
            "timepoint of the panel."),
     Column("count", "int64", "Events of the sample in the cluster (zeros included)."),
     Column("parent_count", "int64", "Events of the sample in the clustered data (its events "
-           "in the timepoint's .h5ad: the parent population, Live lymphocytes by default)."),
+           "in the timepoint's .h5ad: the parent population, the templates' "
+           "reference_population by default)."),
     Column("pct", "float64", "100 × count / parent_count."),
     Column("<sheet column>", "as in the sheet", "patient_id, arm, timepoint, week, batch, … "
            "as in subsets.parquet."),

@@ -54,7 +54,8 @@ SUBSETS: tuple[Column, ...] = (
            "populations that do not declare that reference."),
     Column("abs_per_ul", "float64", "Cells per µL of blood when count inputs are given: dual "
            "platform = lymphocytes_per_ul × count / count of the template's lymphocyte "
-           "reference (`Live lymphocytes`); single platform = count / bead events × "
+           "reference (its `reference_population`, `Live lymphocytes` in the shipped "
+           "templates); single platform = count / bead events × "
            "beads_per_test / blood_volume_ul."),
     Column("abs_method", "string", "'dual_platform', 'beads' or '' (no absolute count)."),
     Column("mfi_median_<marker>", "float64", "Median of compensated linear values of the "

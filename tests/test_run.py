@@ -191,3 +191,52 @@ def test_the_demo_counts_are_those_of_the_code_before_the_rebuild(demo_run) -> N
     assert now["count"].isna().equals(golden["count"].isna())
     rel = ((now["abs_per_ul"] - golden["abs_per_ul"]).abs() / golden["abs_per_ul"]).fillna(0)
     assert (rel < 0.01).all()
+
+
+def test_templates_declare_their_lymphocyte_reference(one_sample, tmp_path) -> None:
+    """Dual-platform absolute counts scale by the template's `reference_population`; a name
+    that is not a population of the template is refused."""
+    from dataclasses import replace
+
+    import yaml
+
+    row, _, _ = one_sample
+    shipped = ip.load_template("bcell")
+    assert shipped.reference == "Live lymphocytes"
+    meta = {"sample_id": row["sample_id"], "lymphocytes_per_ul": 2000.0}
+    counts = ip.gate_sample(row["path"], shipped).to_table(meta, file_sha256="")
+    other = ip.gate_sample(row["path"], replace(shipped, reference="Lymphocytes"))
+    alt = other.to_table(meta, file_sha256="").set_index("population")
+    counts = counts.set_index("population")
+    for ref, table in (("Live lymphocytes", counts), ("Lymphocytes", alt)):
+        expected = 2000.0 * table.loc["B cells", "count"] / table.loc[ref, "count"]
+        assert table.loc["B cells", "abs_per_ul"] == pytest.approx(expected)
+    assert alt.loc["B cells", "abs_per_ul"] < counts.loc["B cells", "abs_per_ul"]
+
+    data = yaml.safe_load(ip.template.shipped_templates()["bcell"].read_text())
+    data["reference_population"] = "No such population"
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ip.TemplateError, match="reference_population"):
+        ip.load_template(path)
+
+
+def _marker_plotter(result, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"{result.sample_id} {result.template.name}")
+
+
+def test_plots_are_drawn_by_the_plotter_passed_in(one_sample, tmp_path) -> None:
+    """The batch draws through whatever plotter it is given (a callable, or its
+    "module:function" name); it never imports the plotting room itself."""
+    row, templates, _ = one_sample
+    for plotter in (_marker_plotter, f"{__name__}:_marker_plotter"):
+        out = tmp_path / str(id(plotter))
+        outcome = process_sample(row, templates, out, BatchSettings(plots=True),
+                                 plotter=plotter)
+        assert outcome.status == "ok", outcome.errors
+        pngs = sorted((out / "plots").glob("*.png"))
+        assert pngs and all(p.read_text().startswith(str(row["sample_id"])) for p in pngs)
+    none = tmp_path / "none"
+    process_sample(row, templates, none, BatchSettings(plots=True), plotter=None)
+    assert not (none / "plots").exists()
