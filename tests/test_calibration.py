@@ -63,3 +63,42 @@ def test_boundary_fits_fall_back_to_least_squares_and_say_so() -> None:
     data["value"] += data["patient_id"].map(shift)
     res = fit_contrasts(data, Design(control="B", baseline="W0"), model_name="m")
     assert not res["warning"].str.contains("without the random effect").any()
+
+
+def _brute_mid_p(stat_of, draws, observed, centre) -> float:
+    values = np.array([abs(stat_of(d) - centre) for d in draws])
+    obs = abs(observed - centre)
+    return float(np.mean(values > obs + 1e-9) + 0.5 * np.mean(np.abs(values - obs) <= 1e-9))
+
+
+def test_rank_tests_are_exact_mid_p() -> None:
+    """Censored readouts' rank tests: exact permutation mid-p (checked against enumerating
+    every permutation), so heavy ties neither make them conservative in the bulk (mean p ½
+    under the null) nor answer 'p = 1' to all-tied data."""
+    from itertools import combinations, product
+
+    from scipy import stats
+
+    from immunoprofile.tl._detectable import _mannwhitney, _signed_rank
+
+    rng = np.random.default_rng(3)
+    x = np.array([-9, -9, -9, 1.2, -9, 0.3, -9])  # ties at the bottom, as censored values
+    y = np.array([-9, 2.0, -9, -9, 0.7, 1.9, -9, 3.1, -9])
+    ranks = stats.rankdata(np.concatenate([x, y]))
+    expected = _brute_mid_p(lambda idx: ranks[list(idx)].sum(),
+                            combinations(range(16), 7), ranks[:7].sum(), 7 * 17 / 2)
+    assert _mannwhitney(x, y) == pytest.approx(expected)
+    d = np.array([0.0, 0.0, 1.5, -0.4, 2.2, 0.9, 0.9, -1.1, 3.0, 0.0])
+    r = stats.rankdata(np.abs(d))  # Pratt: zeros ranked, then dropped
+    nz = d != 0
+    expected = _brute_mid_p(lambda signs: r[nz][np.array(signs) > 0].sum(),
+                            product([1, -1], repeat=int(nz.sum())),
+                            r[d > 0].sum(), r[nz].sum() / 2)
+    assert _signed_rank(d) == pytest.approx(expected)
+    assert _mannwhitney(np.zeros(8), np.zeros(8)) == 0.5
+    assert _signed_rank(np.zeros(8)) == 0.5
+    # null, 85% tied at the bottom, 8 vs 8: mean p ½ and never liberal
+    ps = np.array([_mannwhitney(np.where(rng.random(8) < 0.15, rng.normal(size=8), -9),
+                                np.where(rng.random(8) < 0.15, rng.normal(size=8), -9))
+                   for _ in range(800)])
+    assert 0.47 < ps.mean() < 0.53 and (ps < 0.05).mean() < 0.05
