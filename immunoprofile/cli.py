@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from immunoprofile._version import __version__
+from immunoprofile.cli_flowjo import flowjo
 from immunoprofile.errors import ImmunoprofileError
 
 
@@ -456,6 +457,9 @@ def schema() -> None:
             pass
 
     click.echo(schema_markdown())
+
+
+main.add_command(flowjo)
 
 
 def run() -> None:

@@ -116,6 +116,16 @@ class Run:
         return self.path / "subsets_wide.csv"
 
     @property
+    def overrides_path(self) -> Path:
+        """Per-sample gate overrides (:mod:`immunoprofile.overrides`)."""
+        return self.path / "overrides.yaml"
+
+    @property
+    def audit_path(self) -> Path:
+        """Every gate change made to the run: who, when, why, what it changed."""
+        return self.path / "audit.csv"
+
+    @property
     def qc_path(self) -> Path:
         return self.path / "qc.csv"
 
@@ -340,8 +350,11 @@ class Run:
                 .reset_index(drop=True))
 
     def templates(self) -> dict[str, Template]:
-        """The run's templates by name, as written into ``templates/``."""
-        return {p.stem: load_template(p) for p in sorted(self.templates_dir.glob("*.yaml"))}
+        """The run's templates by name, as written into ``templates/``, in the order the run
+        applied them (``run.json``): regating with them gives the same rows in the same order."""
+        found = {p.stem: load_template(p) for p in sorted(self.templates_dir.glob("*.yaml"))}
+        order = list(self.manifest.get("templates", {})) if self.manifest_path.is_file() else []
+        return {**{n: found[n] for n in order if n in found}, **found}
 
     def events(self, sample_id: str) -> tuple[pd.DataFrame, dict]:
         """One sample's kept events and their metadata (channels, templates).

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from immunoprofile._atomic import atomic_write
 
-SCHEMA_VERSION = "1.1.0"  # 1.1.0: qc_removed_pct
+SCHEMA_VERSION = "1.2.0"  # 1.1.0: qc_removed_pct; 1.2.0: override
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ SUBSETS: tuple[Column, ...] = (
            "`--no-qc`, or an imported FlowJo/GatingML template without `--qc`)."),
     Column("flag_rare", "bool", "Fewer events than the rare-population threshold (default "
            "50): percentages are imprecise."),
+    Column("override", "bool", "The population's gate for this sample is a per-sample "
+           "override (RUN/overrides.yaml, audit in RUN/audit.csv), not the template's; its "
+           "descendants are gated inside it."),
     Column("file_sha256", "string", "SHA-256 of the FCS file gated."),
 )
 

@@ -8,8 +8,9 @@ passed in (``plotter``), never imported.
 """
 
 from immunoprofile.batch._executors import run_dask, run_local, worker_init
-from immunoprofile.batch._gate import BatchResult, clear_parts, gate_samples, plan
+from immunoprofile.batch._gate import BatchResult, clear_parts, gate_samples, plan, sheet_rows
 from immunoprofile.batch._locked import MOVABLE_MARKERS, gate_baseline_locked, moves_with
+from immunoprofile.batch._overrides import apply_overrides, run_inputs
 from immunoprofile.batch._parts import (
     DEFAULT_PLOTTER,
     process_sample,
@@ -42,6 +43,7 @@ __all__ = [
     "BatchSettings",
     "SampleOutcome",
     "SampleWork",
+    "apply_overrides",
     "clear_parts",
     "error_row",
     "events_for_sample",
@@ -58,7 +60,9 @@ __all__ = [
     "resolve_templates",
     "resume_key",
     "run_dask",
+    "run_inputs",
     "run_local",
     "sha256",
+    "sheet_rows",
     "worker_init",
 ]

@@ -55,7 +55,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 # One task: (row, templates, run folder, settings, resume, plotter).
-Task = tuple[dict, list[Template], str, BatchSettings, bool, Any]
+Task = tuple[dict, list[Template], str, BatchSettings, bool, Any, tuple]
 
 
 def run_local(tasks: list[Task], workers: int) -> Iterator[SampleOutcome]:

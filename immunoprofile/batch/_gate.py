@@ -32,6 +32,7 @@ from immunoprofile.batch._settings import (
 )
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.io.samplesheet import SampleSheet, read_samplesheet
+from immunoprofile.overrides import for_sample, read_overrides
 from immunoprofile.run import Run
 from immunoprofile.tables import (
     ERRORS,
@@ -167,8 +168,9 @@ def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
                  resume: bool, progress, plotter, t0: float) -> BatchResult:
     workers = workers or os.cpu_count() or 1
     rows = sheet_rows(sheet)
-    tasks: list[Task] = [(r, templates, str(run.path), settings, resume, plotter)
-                         for r in rows]
+    overrides = read_overrides(run.overrides_path)
+    tasks: list[Task] = [(r, templates, str(run.path), settings, resume, plotter,
+                          for_sample(overrides, str(r["sample_id"]))) for r in rows]
     # Largest files first (longest job first): workers then finish together instead of one
     # idling while the other gates a big file last. Tables are assembled in sheet order.
     tasks.sort(key=lambda t: -_file_size(t[0]["path"]))

@@ -24,6 +24,7 @@ from immunoprofile.batch._settings import BatchSettings, SampleOutcome, error_ro
 from immunoprofile.batch._task import SampleWork, gate_row
 from immunoprofile.gating.engine import GatingResult
 from immunoprofile.gating.rows import sha256
+from immunoprofile.overrides import Override, OverrideError, check_file
 from immunoprofile.run import Run
 from immunoprofile.tables import EVENTS, SCHEMA_VERSION, SUBSETS, write_parquet
 from immunoprofile.template.model import Template
@@ -56,7 +57,7 @@ def resolve_plotter(plotter: Plotter | str | None) -> Plotter | None:
 
 
 def resume_key(row: dict, digest: str, templates: list[Template],
-               settings: BatchSettings) -> dict:
+               settings: BatchSettings, overrides: tuple[Override, ...] = ()) -> dict:
     """What must match for ``resume`` to reuse a sample's parts.
 
     The file's checksum, the templates' hashes, the settings, the sheet metadata and the code
@@ -72,16 +73,21 @@ def resume_key(row: dict, digest: str, templates: list[Template],
         The run's templates.
     settings
         The run's settings.
+    overrides
+        The sample's gate overrides: adding, changing or removing one regates the sample.
 
     Returns
     -------
     dict
         The key (JSON-serialisable).
     """
-    return {"sha256": digest, "templates": {t.name: template_hash(t) for t in templates},
+    key = {"sha256": digest, "templates": {t.name: template_hash(t) for t in templates},
             "settings": settings.key(), "schema_version": SCHEMA_VERSION,
             "immunoprofile": __version__,
             "metadata": {k: str(v) for k, v in row.items() if k not in ("path", "row")}}
+    if overrides:  # runs without overrides keep the keys they had
+        key["overrides"] = [o.to_dict() for o in overrides]
+    return key
 
 
 def write_parts(run: Run, work: SampleWork, settings: BatchSettings, digest: str,
@@ -216,7 +222,8 @@ def _one_thread() -> Iterator[None]:
 
 def process_sample(row: dict, templates: list[Template], out: str | Path,
                    settings: BatchSettings, resume: bool = False,
-                   plotter: Plotter | str | None = DEFAULT_PLOTTER) -> SampleOutcome:
+                   plotter: Plotter | str | None = DEFAULT_PLOTTER,
+                   overrides: tuple[Override, ...] = ()) -> SampleOutcome:
     """Gate one sample with every template that fits it and write its parts.
 
     Never raises on bad input: failures become error rows in the outcome.
@@ -239,6 +246,9 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     plotter
         Draws a gating plot: a callable ``(GatingResult, png_path)`` or its
         ``"module:function"`` name; default :func:`immunoprofile.pl.save_gating_plot`.
+    overrides
+        The sample's gate overrides; one made on another version of the file fails the
+        sample with an error row (never applied, never silently dropped).
 
     Returns
     -------
@@ -263,7 +273,12 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     except OSError as exc:
         forget_sample(run, sid, templates)
         return SampleOutcome(sid, "failed", errors=[error_row(row, "", "read", exc)])
-    key = resume_key(row, digest, templates, settings)
+    try:
+        check_file(overrides, digest, path)
+    except OverrideError as exc:
+        forget_sample(run, sid, templates)
+        return SampleOutcome(sid, "failed", errors=[error_row(row, "", "override", exc)])
+    key = resume_key(row, digest, templates, settings, overrides)
     if resume:
         previous = done_record(run, sid)
         if previous.get("key") == key and _succeeded(previous) \
@@ -275,7 +290,7 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     forget_sample(run, sid, templates)
     try:
         with _one_thread():
-            work = gate_row(row, templates, settings)
+            work = gate_row(row, templates, settings, overrides)
             errors = list(work.errors)
             n_events = work.sample.n_events if work.sample is not None else 0
             if work.results:

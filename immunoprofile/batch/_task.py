@@ -20,8 +20,9 @@ from immunoprofile.batch._settings import BatchSettings, error_row, named_in_pan
 from immunoprofile.errors import FCSError, ImmunoprofileError, PanelError
 from immunoprofile.gating.engine import GatingResult, gate_sample
 from immunoprofile.gating.prepared import PreparedSample, prepare_sample
-from immunoprofile.gating.qc import acquisition_qc
+from immunoprofile.gating.qc import QCResult, acquisition_qc
 from immunoprofile.io.fcs import FCSSample, read_fcs
+from immunoprofile.overrides import Override, apply_to_template
 from immunoprofile.template.model import Dimension, Template
 
 
@@ -44,6 +45,8 @@ class SampleWork:
         Error rows (``errors.csv``).
     qc
         The QC summary row (``qc.csv``), with where adaptive gates landed.
+    qc_result
+        The acquisition-QC outcome when QC ran (which events each check removed).
     """
 
     row: dict
@@ -52,6 +55,7 @@ class SampleWork:
     kept: np.ndarray | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
     qc: dict[str, Any] = field(default_factory=dict)
+    qc_result: QCResult | None = None
 
     @property
     def sample_id(self) -> str:
@@ -196,7 +200,8 @@ def _prepare_all(row: dict, sample: FCSSample, templates: list[Template],
     return prepared, unfit
 
 
-def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> SampleWork:
+def gate_row(row: dict, templates: list[Template], settings: BatchSettings,
+             overrides: tuple[Override, ...] = ()) -> SampleWork:
     """Read, QC and gate one sample with every template that fits.
 
     Never raises on bad input: a file that cannot be read, a template that does not fit or
@@ -210,6 +215,9 @@ def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> S
         The run's templates.
     settings
         The run's settings.
+    overrides
+        This sample's gate overrides (:mod:`immunoprofile.overrides`); their file checksum
+        is checked by the caller, which has the file's digest.
 
     Returns
     -------
@@ -217,6 +225,12 @@ def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> S
         The results, kept-event mask, QC summary and error rows.
     """
     work = SampleWork(row=row)
+    if overrides:
+        try:
+            templates = [apply_to_template(t, overrides) for t in templates]
+        except ImmunoprofileError as exc:
+            work.errors.append(error_row(row, "", "override", exc))
+            return work
     sid = work.sample_id
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -243,6 +257,7 @@ def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> S
             qc = _qc(sample, [p.template for p in fitting if p.template.name in checked])
             qc_mask = qc.mask
             qc_summary.update(qc.summary())
+            work.qc_result = qc
         except Exception as exc:  # QC failing must not lose the sample: gate without it
             work.errors.append(error_row(row, "", "qc", exc))
     if read_warnings:
@@ -264,6 +279,7 @@ def gate_row(row: dict, templates: list[Template], settings: BatchSettings) -> S
             continue
         if checks:
             result.qc = {k: qc_summary[k] for k in ("n_events", "n_removed", "pct_removed")}
+        result.overridden = tuple(o.population for o in overrides if o.template == name)
         work.results.append(result)
         kept |= own
     if not work.results and not work.errors:

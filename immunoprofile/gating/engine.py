@@ -91,6 +91,8 @@ class GatingResult:
     prepared
         The :class:`~immunoprofile.gating.prepared.PreparedSample` gating read (its
         ``EventSpace`` serves the kept events and plots); not compared, not shown.
+    overridden
+        Populations whose gate a per-sample override replaced (:mod:`immunoprofile.overrides`).
     """
 
     sample_id: str
@@ -104,6 +106,7 @@ class GatingResult:
     qc: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     prepared: PreparedSample | None = field(default=None, repr=False, compare=False)
+    overridden: tuple[str, ...] = ()
 
     def to_table(self, metadata: Mapping[str, Any] | None = None, *,
                  rare_threshold: int = RARE_THRESHOLD,

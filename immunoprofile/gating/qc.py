@@ -69,6 +69,10 @@ class QCResult:
         not run.
     flags, params
         Human-readable warnings; the settings and channels used.
+    failed
+        Per check, the events it removed: ``margin`` (events at a margin channel's limits)
+        and ``time`` (events in flagged time windows, contiguous runs in file order); what a
+        FlowJo export draws as its QC gates.
     """
 
     mask: np.ndarray
@@ -78,6 +82,7 @@ class QCResult:
     windows: pd.DataFrame
     flags: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    failed: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         """A flat dict for one row of ``qc.csv``."""
@@ -172,12 +177,14 @@ def acquisition_qc(
               "signal_channels": [table["pnn"][i] for i in sig_idx]}
     removed = dict.fromkeys(REASONS, 0)
     fail = np.zeros(n, bool)
+    failed: dict[str, np.ndarray] = {}
     if margin and n:
         m_idx = _scatter_indices(table) + (sig_idx if margin_fluorescence else [])
         params["margin_channels"] = [table["pnn"][i] for i in m_idx]
         bad, notes, params["margin_counts"] = _margins(sample, m_idx, margin_range)
         flags += notes
         removed["margin"] = int(bad.sum())
+        failed["margin"] = bad
         fail |= bad
     windows = _empty_windows([])
     if (flow_rate or signal) and n:
@@ -213,13 +220,14 @@ def acquisition_qc(
                 flags.append(f"{'; '.join(overruled)} of events (more than "
                              f"{max_removed_pct:g}%): events kept, review this file")
             params["time_qc_overruled"] = bool(overruled)
+            failed["time"] = timed
             fail |= timed
     where = ", ".join(f"{c} {k}" for c, k in params.get("margin_counts", {}).items() if k)
     for reason, what in zip(REASONS, (f"margin QC ({where})", "flow-rate QC", "signal-shift QC")):
         if n and 100.0 * removed[reason] / n >= _FLAG_PCT:
             flags.append(f"{100.0 * removed[reason] / n:.1f}% of events removed by {what}")
     return QCResult(mask=~fail, removed=removed, n_events=n, n_removed=int(fail.sum()),
-                    windows=windows, flags=flags, params=params)
+                    windows=windows, flags=flags, params=params, failed=failed)
 
 
 # --------------------------------------------------------------------------- channels, margins

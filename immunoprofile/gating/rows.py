@@ -111,8 +111,8 @@ def subset_rows(result: GatingResult, metadata: Mapping[str, Any] | None = None,
     -------
     pandas.DataFrame
         The sheet columns, then ``template``, ``template_version``, the counts, percentages
-        and MFIs, ``abs_per_ul``, ``abs_method``, ``flag_rare``, ``qc_removed_pct`` and
-        ``file_sha256``, as documented in :data:`immunoprofile.tables.SUBSETS`.
+        and MFIs, ``abs_per_ul``, ``abs_method``, ``flag_rare``, ``qc_removed_pct``, ``override``
+        and ``file_sha256``, as documented in :data:`immunoprofile.tables.SUBSETS`.
     """
     metadata = dict(metadata or {})
     metadata.setdefault("sample_id", result.sample_id)
@@ -133,5 +133,6 @@ def subset_rows(result: GatingResult, metadata: Mapping[str, Any] | None = None,
     rare = (table["count"].fillna(0) < rare_threshold) & table["measured"]
     table["flag_rare"] = rare.to_numpy(dtype=bool)
     table["qc_removed_pct"] = float(result.qc.get("pct_removed", 0.0))
+    table["override"] = table["population"].isin(result.overridden).to_numpy(dtype=bool)
     table["file_sha256"] = file_sha256
     return table

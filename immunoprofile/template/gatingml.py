@@ -457,6 +457,38 @@ def template_to_flowkit(template: Template | str | Path,
     return exp.gs
 
 
+def flowkit_gates(template: Template, sample: FCSSample
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str],
+                             dict[str, list[float]]]:
+    """Each geometric population's gate as a FlowKit gate bound to one file's channels.
+
+    The building blocks of a FlowJo workspace export: gates in GatingML coordinates on the
+    file's ``$PnN`` channels (``compensation_ref`` ``"FCS"`` where the file's spillover
+    applies), complements kept as ``use_complement``.
+
+    Parameters
+    ----------
+    template
+        The template as applied to the sample (adaptive gates where they landed).
+    sample
+        The file the markers resolve in.
+
+    Returns
+    -------
+    (gates, transforms, channels, factors)
+        ``{population: FlowKit gate}`` for every non-boolean population, ``{transform id:
+        FlowKit transform}`` the gates' dimensions reference, ``{marker: $PnN}``, and per
+        population the factor of each dimension from template to GatingML coordinates.
+    """
+    exp = _Exporter(template, sample)
+    shaped = [p for p in template.populations if not isinstance(p.gate, BooleanGate)]
+    gates = {pop.name: exp.gate(pop) for pop in shaped}
+    factors = {pop.name: [exp.dim_for(d, None, None)[1] for d in pop.gate.dims]
+               for pop in shaped}
+    transforms = {xid: exp.gs.get_transform(xid) for xid in exp.xform_ids.values()}
+    return gates, transforms, dict(exp.channel), factors
+
+
 def _renamed(gate: Any, gate_id: str) -> Any:
     gate.gate_name = gate_id
     return gate

@@ -337,6 +337,36 @@ def _gate(spec: Any, where: str, problems: _Problems) -> tuple[str, Any] | None:
     return kind, BooleanGate(op=kind, refs=refs)
 
 
+def gate_from_dict(spec: Any, *, where: str = "gate") -> Gate:
+    """One gate from its template YAML form (``{polygon: {...}}``, ``{range: {CD25: [2, null]}}``…).
+
+    Parameters
+    ----------
+    spec
+        The mapping under a population's ``gate:`` key (quadrants are not one gate and are
+        refused).
+    where
+        Names the gate in error messages (a file and entry).
+
+    Returns
+    -------
+    Gate
+        The gate.
+
+    Raises
+    ------
+    TemplateError
+        The mapping is not a valid single gate; the message lists every problem.
+    """
+    problems = _Problems()
+    parsed = _gate(spec, where, problems)
+    if parsed is not None and parsed[0] == "quadrant":
+        problems.add(where, "a quadrant is four gates: give the one quadrant's rectangle")
+    if problems or parsed is None or parsed[1] is None:
+        raise TemplateError("invalid gate:\n  " + "\n  ".join(problems or [where]))
+    return parsed[1]
+
+
 def _matrices(spec: Any, problems: _Problems) -> dict[str, pd.DataFrame]:
     """Named spillover matrices: ``{id: {detectors: [...], fluorochromes: [...], values}}``."""
     out: dict[str, pd.DataFrame] = {}

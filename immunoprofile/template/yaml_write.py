@@ -65,6 +65,33 @@ def _gate_to_yaml(g: Gate) -> dict[str, Any]:
     raise TemplateError(f"cannot write gate {g!r}")
 
 
+def gate_to_dict(g: Gate) -> dict[str, Any]:
+    """A gate in its template YAML form (the inverse of
+    :func:`~immunoprofile.template.yaml_io.gate_from_dict`).
+
+    Parameters
+    ----------
+    g
+        The gate.
+
+    Returns
+    -------
+    dict
+        Plain Python values (floats, lists), ready for ``yaml.safe_dump``.
+    """
+    return _plain(_gate_to_yaml(g))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
 def template_to_dict(t: Template) -> dict[str, Any]:
     """The YAML form of a template (quadrant groups are written as their rectangles).
 

@@ -1,0 +1,234 @@
+"""FlowJo round trip (#13): a run exported as a FlowJo 10 workspace gives FlowKit the run's
+counts for every sample and population; a gate edited in the workspace comes back as a
+per-sample override with an audit row, regating only that sample; overrides survive reruns and
+refuse a file that changed."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from lxml import etree
+
+import immunoprofile as ip
+from immunoprofile.batch import BatchSettings, apply_overrides, gate_samples
+from immunoprofile.flowjo import apply_workspace, export_workspace
+from immunoprofile.overrides import AUDIT_COLUMNS, OverrideError, read_overrides
+
+SETTINGS = BatchSettings(plots=False, keep_events=200)
+NS = {"gating": "http://www.isac-net.org/std/Gating-ML/v2.0/gating",
+      "data-type": "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"}
+
+# Every gate type a template can hold, on the Treg tube's markers: rectangles, a complement,
+# ranges, AND / OR / NOT, an ellipse (the shipped templates add polygons, quadrants and the
+# adaptive scatter ellipse).
+GATE_TYPES = {
+    "name": "gatetypes", "version": "1", "compensation": "file",
+    "markers": {"required": ["FSC-A", "SSC-A", "CD3", "CD4", "CD25", "CD127"]},
+    "transforms": {"default": {"type": "arcsinh", "cofactor": 150, "reference_range": 262144},
+                   "FSC-A": "linear", "SSC-A": "linear"},
+    "populations": [
+        {"name": "Cells", "gate": {"rectangle": {"FSC-A": [20000, 200000],
+                                                 "SSC-A": [1000, 150000]}}},
+        {"name": "Not small", "parent": "Cells",
+         "gate": {"range": {"FSC-A": [None, 40000]}, "complement": True}},
+        {"name": "CD3+", "parent": "Not small", "gate": {"range": {"CD3": [2.5, None]}}},
+        {"name": "CD4+", "parent": "Not small", "gate": {"range": {"CD4": [2.8, None]}}},
+        {"name": "CD3+CD4+", "parent": "Not small", "gate": {"and": ["CD3+", "CD4+"]}},
+        {"name": "CD3+ or CD4+", "parent": "Not small", "gate": {"or": ["CD3+", "CD4+"]}},
+        {"name": "Not CD3", "parent": "Not small", "gate": {"not": ["CD3+"]}},
+        {"name": "Blob", "parent": "CD3+", "gate": {"ellipse": {
+            "dims": ["CD127", "CD25"], "center": [3.0, 1.5],
+            "covariance": [[0.6, -0.2], [-0.2, 1.0]], "distance_square": 4.0}}},
+    ],
+}
+
+
+def _fk_counts(wsp: Path, group: str, files: list[str]) -> pd.DataFrame:
+    import flowkit as fk
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = fk.Workspace(str(wsp), fcs_samples=files)
+        ws.analyze_samples(group_name=group, use_mp=False)
+        report = ws.get_analysis_report()
+    report["file"] = report["sample_id"]
+    return report[["file", "gate_name", "count"]]
+
+
+def _compare(run: ip.Run, wsp: Path, template: str) -> pd.DataFrame:
+    subsets = pd.read_parquet(run.subsets_path)
+    subsets = subsets[(subsets["template"] == template) & subsets["measured"]]
+    sheet = pd.read_csv(run.manifest["sample_sheet"])
+    sheet["file"] = [Path(p).name for p in sheet["path"]]
+    fk = _fk_counts(wsp, template, list(sheet["path"]))
+    mine = subsets.merge(sheet[["sample_id", "file"]], on="sample_id")
+    return mine.merge(fk, left_on=["file", "population"], right_on=["file", "gate_name"],
+                      how="left", suffixes=("", "_flowkit"))
+
+
+@pytest.fixture(scope="module")
+def gated(sim_cohort, tmp_path_factory) -> ip.Run:
+    root = tmp_path_factory.mktemp("flowjo")
+    sheet = pd.read_csv(sim_cohort.out / "samplesheet.csv")
+    sheet["path"] = [str((sim_cohort.out / p).resolve()) for p in sheet["path"]]
+    sheet = sheet.head(12)
+    sheet.to_csv(root / "samplesheet.csv", index=False)
+    (root / "gatetypes.yaml").write_text(yaml.safe_dump(GATE_TYPES, sort_keys=False))
+    gate_samples(root / "samplesheet.csv", ["treg", "bcell", "plasma", root / "gatetypes.yaml"],
+                 root / "run", workers=2, settings=SETTINGS)
+    return ip.Run(root / "run")
+
+
+@pytest.mark.parametrize("template", ["treg", "bcell", "plasma", "gatetypes"])
+def test_flowkit_reads_the_runs_counts_from_the_export(gated, tmp_path, template) -> None:
+    wsp = tmp_path / f"{template}.wsp"
+    notes = export_workspace(gated, template, wsp)
+    exported = notes[notes["exported"]]
+    assert len(exported) == 6 and (exported["note"] == "").all(), exported["note"].tolist()
+    both = _compare(gated, wsp, template)
+    assert both["count_flowkit"].notna().all(), both[both["count_flowkit"].isna()]
+    assert len(both) == len(exported) * both["population"].nunique()
+    differ = both[both["count"] != both["count_flowkit"]]
+    assert differ.empty, differ[["sample_id", "population", "count", "count_flowkit"]]
+    assert (tmp_path / f"{template}.wsp.notes.csv").is_file()
+
+
+def test_export_draws_qc_and_names_samples_by_file(gated, tmp_path) -> None:
+    wsp = tmp_path / "treg.wsp"
+    export_workspace(gated, "treg", wsp)
+    root = etree.parse(str(wsp)).getroot()
+    names = [n.get("name") for n in root.iter("SampleNode")]
+    sheet = pd.read_csv(gated.manifest["sample_sheet"])
+    treg_files = [Path(p).name for p, panel in zip(sheet["path"], sheet["panel"])
+                  if panel == "treg"]
+    assert names == treg_files
+    uris = [d.get("uri") for d in root.iter("DataSet")]
+    assert all(u.startswith("file:") and u.endswith(".fcs") for u in uris)
+    # QC gates above the template's tree (the simulated files have time artefacts)
+    tops = [p.get("name") for n in root.iter("SampleNode")
+            for p in n.find("Subpopulations").findall("Population")]
+    assert set(tops) == {"QC margins"}
+    assert any(p.get("name") == "QC time" for p in root.iter("Population"))
+    with pytest.raises(ip.errors.ImmunoprofileError, match="--force"):
+        export_workspace(gated, "treg", wsp)
+
+
+def _move_treg_gate(src: Path, dst: Path, file_name: str) -> None:
+    """What a scientist does in FlowJo: drag the Treg gate's lower CD25 edge down."""
+    tree = etree.parse(str(src))
+    value = f"{{{NS['data-type']}}}value"
+    for sample in tree.getroot().iter("Sample"):
+        if sample.find("SampleNode").get("name") != file_name:
+            continue
+        for pop in sample.iter("Population"):
+            if pop.get("name") != "Treg":
+                continue
+            poly = pop.find("Gate").find("gating:PolygonGate", NS)
+            for vertex in poly.findall("gating:vertex", NS):
+                coord = vertex.findall("gating:coordinate", NS)[1]
+                if float(coord.get(value)) < 3000:
+                    coord.set(value, repr(float(coord.get(value)) * 0.6))
+    tree.write(str(dst))
+
+
+@pytest.fixture(scope="module")
+def edited(gated, tmp_path_factory):
+    root = tmp_path_factory.mktemp("edited")
+    run = ip.Run(shutil.copytree(gated.path, root / "run"))
+    exported = root / "treg.wsp"
+    export_workspace(run, "treg", exported)
+    before = (run.path / "subsets.csv").read_text().splitlines()
+    sid = "P001_W0_treg" if "P001_W0_treg" in set(run.subsets["sample_id"]) else \
+        sorted(s for s in run.subsets["sample_id"] if s.endswith("treg"))[0]
+    file_name = Path(pd.read_csv(run.manifest["sample_sheet"]).set_index("sample_id")
+                     .loc[sid, "path"]).name
+    edited_wsp = root / "treg_edited.wsp"
+    _move_treg_gate(exported, edited_wsp, file_name)
+    added, notes = apply_workspace(run, edited_wsp, by="jdoe", reason="CD25 tail cut",
+                                   workers=2)
+    return run, sid, before, edited_wsp, added, notes
+
+
+def test_an_edited_gate_becomes_an_override_with_one_audit_row(edited) -> None:
+    run, sid, before, edited_wsp, added, notes = edited
+    assert notes == []
+    assert list(added.columns) == list(AUDIT_COLUMNS)
+    assert len(added) == 1
+    row = added.iloc[0]
+    assert (row["sample_id"], row["template"], row["population"]) == (sid, "treg", "Treg")
+    assert row["user"] == "jdoe" and row["reason"] == "CD25 tail cut"
+    assert int(row["new_count"]) > int(row["old_count"])  # the lower edge went down
+    audit = pd.read_csv(run.audit_path)
+    assert len(audit) == 1 and list(audit.columns) == list(AUDIT_COLUMNS)
+    overrides = read_overrides(run.overrides_path)
+    assert [(o.sample_id, o.population) for o in overrides] == [(sid, "Treg")]
+    assert overrides[0].file_sha256 == row["file_sha256"]
+
+    subsets = pd.read_parquet(run.subsets_path)
+    flagged = subsets[subsets["override"]]
+    assert list(zip(flagged["sample_id"], flagged["population"])) == [(sid, "Treg")]
+    treg = subsets[(subsets["sample_id"] == sid) & (subsets["population"] == "Treg")]
+    assert int(treg["count"].iloc[0]) == int(row["new_count"])
+
+    # FlowKit on the edited workspace counts what the run now says, every sample
+    both = _compare(run, edited_wsp, "treg")
+    assert (both["count"] == both["count_flowkit"]).all()
+
+    # the other samples' rows are untouched, byte for byte
+    after = (run.path / "subsets.csv").read_text().splitlines()
+    others_before = [line for line in before[1:] if not line.startswith(sid + ",")]
+    others_after = [line for line in after[1:] if not line.startswith(sid + ",")]
+    assert others_after == others_before and len(after) == len(before)
+
+
+def test_overrides_survive_resume_and_a_fresh_gate(edited) -> None:
+    run, sid, *_ = edited
+    sheet = run.manifest["sample_sheet"]
+    templates = list(run.templates().values())
+    count = int(pd.read_parquet(run.subsets_path).query(
+        "sample_id == @sid and population == 'Treg'")["count"].iloc[0])
+    for resume in (True, False):
+        gate_samples(sheet, templates, run.path, workers=2, resume=resume, settings=SETTINGS)
+        now = pd.read_parquet(run.subsets_path)
+        treg = now[(now["sample_id"] == sid) & (now["population"] == "Treg")]
+        assert bool(treg["override"].iloc[0]) and int(treg["count"].iloc[0]) == count
+
+
+def test_an_override_made_on_another_file_is_refused(edited, tmp_path) -> None:
+    run, sid, *_ = edited
+    copy = ip.Run(shutil.copytree(run.path, tmp_path / "run"))
+    text = copy.overrides_path.read_text()
+    real = read_overrides(copy.overrides_path)[0].file_sha256
+    copy.overrides_path.write_text(text.replace(real, "0" * 64))
+    result = gate_samples(copy.manifest["sample_sheet"], list(copy.templates().values()),
+                          copy.path, workers=1, resume=True, settings=SETTINGS)
+    errors = result.errors[result.errors["sample_id"] == sid]
+    assert len(errors) == 1 and errors["stage"].iloc[0] == "override"
+    assert "changed since" in errors["error"].iloc[0]
+    assert sid not in set(result.subsets["sample_id"])  # never gated without or with it
+
+
+def test_overrides_from_python_and_bad_ones(edited, tmp_path) -> None:
+    run, sid, *_ = edited
+    copy = ip.Run(shutil.copytree(run.path, tmp_path / "run"))
+    other = sorted(s for s in copy.subsets["sample_id"] if s.endswith("treg") and s != sid)[0]
+    added = apply_overrides(copy, [{"sample_id": other, "template": "treg",
+                                    "population": "T cells",
+                                    "gate": {"range": {"CD3": [3.2, None]}}}],
+                            by="asmith", reason="CD3 dim tail is debris", workers=1)
+    assert len(added) == 1 and int(added["new_count"].iloc[0]) < int(added["old_count"].iloc[0])
+    assert len(pd.read_csv(copy.audit_path)) == 2
+    assert {o.sample_id for o in read_overrides(copy.overrides_path)} == {sid, other}
+    with pytest.raises(OverrideError, match="does not have"):
+        apply_overrides(copy, [{"sample_id": other, "template": "treg", "population": "NK",
+                                "gate": {"range": {"CD3": [1, None]}}}], by="a", reason="b")
+    with pytest.raises(OverrideError, match="--by"):
+        apply_overrides(copy, [], by="", reason="b")
+    copy.overrides_path.write_text("version: 1\noverrides:\n  - sample_id: x\n")
+    with pytest.raises(OverrideError, match=r"overrides\.yaml, override 1: missing"):
+        read_overrides(copy.overrides_path)
