@@ -450,7 +450,8 @@ def schema() -> None:
     from immunoprofile.tables import schema_markdown
 
     # Later stages document their tables when imported.
-    for module in ("immunoprofile.compare", "immunoprofile.cluster", "immunoprofile.cba"):
+    for module in ("immunoprofile.compare", "immunoprofile.cluster", "immunoprofile.cba",
+                   "immunoprofile.overrides"):
         try:
             importlib.import_module(module)
         except ImportError:

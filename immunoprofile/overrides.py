@@ -42,6 +42,7 @@ import yaml
 
 from immunoprofile._atomic import atomic_write
 from immunoprofile.errors import ImmunoprofileError, TemplateError
+from immunoprofile.tables import Column, register
 from immunoprofile.template.model import Gate, Template
 from immunoprofile.template.yaml_io import gate_from_dict
 from immunoprofile.template.yaml_write import gate_to_dict
@@ -53,6 +54,23 @@ AUDIT_COLUMNS = ("timestamp_utc", "user", "sample_id", "template", "population",
                  "new_gate", "old_count", "new_count", "reason", "file_sha256")
 
 _FIELDS = ("sample_id", "template", "population", "file_sha256", "gate")
+
+register("audit.csv (RUN/audit.csv: one row per gate change made with `flowjo apply` or "
+         "`ip.batch.apply_overrides`, appended, never rewritten)", (
+             Column("timestamp_utc", "string", "When the change was made (ISO 8601, UTC)."),
+             Column("user", "string", "Who made it (--by)."),
+             Column("sample_id", "string", "The sample whose gate changed."),
+             Column("template", "string", "Its template."),
+             Column("population", "string", "The population whose gate was replaced."),
+             Column("old_gate", "string", "The gate before, as one line of template YAML (the "
+                    "adaptive position or the previous override)."),
+             Column("new_gate", "string", "The override's gate, as one line of template YAML."),
+             Column("old_count", "Int64", "The population's events before the change."),
+             Column("new_count", "Int64", "Its events with the override."),
+             Column("reason", "string", "Why (--reason)."),
+             Column("file_sha256", "string", "SHA-256 of the FCS file the change was made on; "
+                    "a later file with another checksum refuses the override."),
+         ))
 
 
 class OverrideError(ImmunoprofileError):

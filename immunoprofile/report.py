@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,22 @@ def _summary(run: Run, manifest: dict) -> str:
     return body
 
 
+def _overrides(run: Run, out: Path) -> str:
+    """The gates corrected by hand, newest first, with before/after counts and the audit."""
+    audit = run.audit
+    if audit.empty:
+        return ""
+    link = os.path.relpath(run.audit_path, out.parent)
+    cols = ["sample_id", "template", "population", "old_count", "new_count", "user", "reason",
+            "timestamp_utc"]
+    return (f"<h3>Gates corrected by hand ({len(audit)} change(s); "
+            f'<a href="{html.escape(link)}">audit.csv</a>)</h3>'
+            + _table(audit[cols].iloc[::-1]))
+
+
 def _outlier_order(run: Run, names: list[Path]) -> list[Path]:
-    """Gating plots with QC removals, adaptive fallbacks or rare populations first."""
+    """Gating plots of overridden samples first, then QC removals, adaptive fallbacks or rare
+    populations."""
     score: dict[str, float] = {}
     qc = run.qc
     if not qc.empty:
@@ -142,6 +157,8 @@ def _outlier_order(run: Run, names: list[Path]) -> list[Path]:
     if "sample_id" in errors.columns:
         for sid in errors["sample_id"].astype(str):
             score[sid] = score.get(sid, 0) + 100
+    for sid in set(run.audit.get("sample_id", [])):
+        score[str(sid)] = score.get(str(sid), 0) + 1000
 
     def key(p: Path) -> tuple:
         sid = p.stem.rsplit("_", 1)[0]
@@ -213,7 +230,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     manifest = run.manifest
-    sections = [("summary", "Run summary and QC", _summary(run, manifest)),
+    target = Path(out) if out else run.report_path
+    sections = [("summary", "Run summary and QC",
+                 _overrides(run, target) + _summary(run, manifest)),
                 ("gating", "Gating plots", _gallery(run, gallery_limit))]
     if run.compare_dir.is_dir():
         sections.append(("compare", "Arms over time", _comparison(run)))

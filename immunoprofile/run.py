@@ -401,6 +401,13 @@ class Run:
         """The error rows (empty when absent)."""
         return self.table(self.errors_path) if self.errors_path.is_file() else pd.DataFrame()
 
+    @property
+    def audit(self) -> pd.DataFrame:
+        """Every gate change made to the run (``audit.csv``; empty when none)."""
+        if not self.audit_path.is_file():
+            return pd.DataFrame()
+        return pd.read_csv(self.audit_path, dtype={"sample_id": str}, keep_default_na=False)
+
     def clusters(self) -> pd.DataFrame | None:
         """The sample × cluster counts (``clusters.parquet``), or None before clustering."""
         return self.table(self.clusters_path)

@@ -232,3 +232,43 @@ def test_overrides_from_python_and_bad_ones(edited, tmp_path) -> None:
     copy.overrides_path.write_text("version: 1\noverrides:\n  - sample_id: x\n")
     with pytest.raises(OverrideError, match=r"overrides\.yaml, override 1: missing"):
         read_overrides(copy.overrides_path)
+
+
+def test_the_cli_round_trip_rebuilds_anndata_and_report(gated, tmp_path) -> None:
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from immunoprofile.assemble import assemble_run
+    from immunoprofile.cli import main
+    from immunoprofile.report import write_report
+
+    run = ip.Run(shutil.copytree(gated.path, tmp_path / "run"))
+    assemble_run(run.path)
+    write_report(run)
+    runner = CliRunner()
+    wsp, edited_wsp = tmp_path / "treg.wsp", tmp_path / "treg_edited.wsp"
+    res = runner.invoke(main, ["flowjo", "export", str(run.path), "-t", "treg",
+                               "--out", str(wsp)])
+    assert res.exit_code == 0, res.output
+    assert "6 samples gated with treg" in res.output
+    res = runner.invoke(main, ["flowjo", "apply", str(run.path), str(wsp), "--by", "x",
+                               "--reason", "none"])
+    assert res.exit_code == 0 and "no gate moved" in res.output, res.output
+    res = runner.invoke(main, ["flowjo", "apply", str(run.path), str(wsp)])
+    assert res.exit_code == 2 and "--by" in res.output  # who and why are required
+
+    sheet = pd.read_csv(run.manifest["sample_sheet"])
+    row = sheet[sheet["panel"] == "treg"].iloc[0]
+    _move_treg_gate(wsp, edited_wsp, Path(row["path"]).name)
+    res = runner.invoke(main, ["flowjo", "apply", str(run.path), str(edited_wsp),
+                               "--by", "J. Doe", "--reason", "CD25 tail cut"])
+    assert res.exit_code == 0, res.output
+    assert "1 override(s) applied" in res.output
+    new = int(pd.read_csv(run.audit_path)["new_count"].iloc[0])
+    # AnnData and the report follow the tables
+    samples = ad.read_h5ad(run.samples_h5ad)
+    visit = f"{row['patient_id']}_{row['timepoint']}"
+    assert samples[visit, "treg/Treg"].X[0, 0] == new
+    page = run.report_path.read_text()
+    assert "Gates corrected by hand (1 change(s)" in page and 'href="audit.csv"' in page
+    assert str(row["sample_id"]) in page and "J. Doe" in page
