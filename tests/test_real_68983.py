@@ -82,3 +82,21 @@ def test_qc_on_request_keeps_a_clean_real_file(imported) -> None:
     # effect-size rule: PE negatives drift by 0.65 of their width over the run).
     assert float(qc.loc[0, "pct_removed"]) < 2.0
     assert float(table["qc_removed_pct"].iloc[0]) == pytest.approx(qc.loc[0, "pct_removed"])
+
+
+@pytest.mark.parametrize("run_name, extra", [("run_fj", ()), ("run_fj_qc", ("--qc",))])
+def test_the_run_exported_to_flowjo_gives_flowkit_its_counts(imported, run_name, extra) -> None:
+    """Real file, FlowJo's own biex transforms and gates, with and without QC as gates."""
+    import flowkit as fk
+
+    out, _ = imported
+    table = _gate(out, run_name, *extra).set_index("population")
+    done = _cli("flowjo", "export", run_name, "-t", "gating", "--out", f"{run_name}.wsp",
+                cwd=out)
+    assert done.returncode == 0, done.stderr
+    ws = fk.Workspace(str(out / f"{run_name}.wsp"), fcs_samples=[str(_real("68983.fcs"))])
+    ws.analyze_samples(group_name="gating", use_mp=False)
+    report = ws.get_analysis_report().set_index("gate_name")
+    assert len(table) == 15
+    for pop, row in table.iterrows():
+        assert int(report.loc[pop, "count"]) == int(row["count"]), pop

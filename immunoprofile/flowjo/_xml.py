@@ -81,8 +81,20 @@ def _number(v: float) -> str:
 def _transform_element(parent: Any, channel: str, xform: Any) -> None:
     # start-up time: FlowKit is needed only when a workspace is written
     from flowkit import transforms as tr
+    from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
 
-    if isinstance(xform, tr.AsinhTransform):
+    if isinstance(xform, WSPBiexTransform):
+        el = etree.SubElement(parent, _q("transforms", "biex"))
+        el.set(_q("transforms", "length"), "256")
+        el.set(_q("transforms", "maxRange"), _number(xform.max_value))
+        el.set(_q("transforms", "neg"), _number(xform.negative))
+        el.set(_q("transforms", "width"), _number(xform.width))
+        el.set(_q("transforms", "pos"), _number(xform.positive))
+    elif isinstance(xform, WSPLogTransform):
+        el = etree.SubElement(parent, _q("transforms", "log"))
+        el.set(_q("transforms", "offset"), _number(xform.offset))
+        el.set(_q("transforms", "decades"), _number(xform.decades))
+    elif isinstance(xform, tr.AsinhTransform):
         el = etree.SubElement(parent, _q("transforms", "fasinh"))
         el.set(_q("transforms", "length"), "256")
         el.set(_q("transforms", "maxRange"), _number(xform.param_t))

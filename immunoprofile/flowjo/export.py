@@ -86,10 +86,10 @@ class _SampleExport:
         self.root = root  # the events the template's top gates see (QC-kept)
         self.sample = sample
         self.notes = notes
-        self.gates, self.xforms, self.channels, self.factors = flowkit_gates(
+        self.gates, self.xforms, self.channels, self.factors, self.matrices = flowkit_gates(
             result.template, sample)
         self.transforms: dict[str, Any] = {}
-        self.compensated = False
+        self.comp_refs: set[str] = set()
         self.written: dict[str, Any] = {}  # as drawn: ellipses become their polygons
 
     def dim_name(self, dim: Any) -> str:
@@ -100,10 +100,20 @@ class _SampleExport:
                               "parameter, so gates on it may differ")
         if xform is not None:
             self.transforms.setdefault(dim.id, xform)
-        if dim.compensation_ref == "FCS":
-            self.compensated = True
+        if dim.compensation_ref not in (None, "uncompensated"):
+            self.comp_refs.add(dim.compensation_ref)
             return COMP_PREFIX + dim.id
         return dim.id
+
+    def spillover(self) -> pd.DataFrame | None:
+        """The one matrix FlowJo compensates the sample with (None: uncompensated)."""
+        if not self.comp_refs:
+            return None
+        if len(self.comp_refs) > 1:
+            self.notes.append(f"gates use several compensation matrices "
+                              f"({', '.join(sorted(self.comp_refs))}); FlowJo applies one per "
+                              "sample, the first is written")
+        return self.matrices[sorted(self.comp_refs)[0]]
 
     def xform(self, dim: Any) -> Any:
         return None if dim.transformation_ref is None else self.xforms[dim.transformation_ref]
@@ -229,7 +239,7 @@ def export_sample(row: dict, template: Template, settings: BatchSettings,
         if qc.problem:
             notes.append(qc.problem)
     nodes = builder.nodes(qc_nodes)
-    spill = sample.spillover if builder.compensated else None
+    spill = builder.spillover()
     keywords = {SAMPLE_ID_KEYWORD: str(row["sample_id"]), "$FIL": Path(str(row["path"])).name}
     for k in ("patient_id", "arm", "timepoint"):
         if row.get(k) is not None:

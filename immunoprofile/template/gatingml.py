@@ -37,6 +37,8 @@ from immunoprofile.template.model import (
     Template,
 )
 from immunoprofile.template.transforms import (
+    FlowJoBiex,
+    FlowJoLog,
     GMLAsinh,
     GMLLinear,
     GMLLog,
@@ -342,11 +344,31 @@ class _Exporter:
         self.gs = fk.GatingStrategy()
         self.ids = _unique_ids(template)
         self.xform_ids: dict[Transform, str] = {}
-        self.spill = template.compensation == "file" and sample.spillover is not None
         self.tops = sample.range_tops()  # once per export, not per gate dimension
-        if template.compensation not in ("file", "none"):
+        self.matrices: dict[str, pd.DataFrame] = {}  # named matrices used, on $PnN columns
+        if template.compensation not in ("file", "none", *template.comp_matrices):
             raise TemplateError("write_gatingml exports templates that use the file's own "
-                                "spillover ('file') or none")
+                                "spillover ('file'), a matrix the template carries, or none")
+
+    def matrix(self, comp: str) -> tuple[str, pd.DataFrame | None]:
+        """FlowKit's compensation reference for a template's, and the matrix behind it."""
+        if comp in ("none", "uncompensated"):
+            return "uncompensated", None
+        if comp in ("file", "FCS"):
+            return "FCS", self.sample.spillover
+        if comp not in self.t.comp_matrices:
+            raise TemplateError(f"template {self.t.name}: compensation {comp!r} is neither "
+                                "'file', 'none' nor one of its matrices")
+        if comp not in self.matrices:
+            m = self.t.comp_matrices[comp].copy()
+            names = resolve_markers(self.sample, [str(c) for c in m.columns],
+                                    what=f"compensation matrix {comp!r}")
+            m.columns = [names[str(c)] for c in m.columns]
+            m.index = list(m.columns)
+            self.matrices[comp] = m
+            self.gs.add_comp_matrix(comp, fk.Matrix(m.to_numpy(float),
+                                                    detectors=list(m.columns)))
+        return comp, self.matrices[comp]
 
     def dim_for(self, d: Dimension, lo: float | None, hi: float | None) -> tuple[Any, float]:
         if d.ratio is not None:
@@ -360,9 +382,9 @@ class _Exporter:
                 self.xform_ids[gml] = f"xform{len(self.xform_ids) + 1}"
                 self.gs.add_transform(self.xform_ids[gml], _fk_transform(gml))
             xid = self.xform_ids[gml]
-        comp = d.compensation or self.t.compensation
-        covered = self.spill and channel in list(self.sample.spillover.columns)
-        comp_ref = "FCS" if comp == "file" and covered else "uncompensated"
+        ref, matrix = self.matrix(d.compensation or self.t.compensation)
+        comp_ref = ref if matrix is not None and channel in list(matrix.columns) \
+            else "uncompensated"
         dim = fk.Dimension(channel, compensation_ref=comp_ref, transformation_ref=xid,
                            range_min=None if lo is None else lo * factor,
                            range_max=None if hi is None else hi * factor)
@@ -414,6 +436,18 @@ def _fk_transform(t: Transform) -> Any:
         return tr.LinearTransform(param_t=t.T, param_a=t.A)
     if isinstance(t, GMLLog):
         return tr.LogTransform(param_t=t.T, param_m=t.M)
+    if isinstance(t, FlowJoBiex | FlowJoLog):
+        # FlowJo's own transforms (imported workspaces): FlowKit's classes for them, which a
+        # FlowJo workspace export writes back as FlowJo wrote them
+        from flowkit._models.transforms._wsp_transforms import (  # start-up time: on use
+            WSPBiexTransform,
+            WSPLogTransform,
+        )
+
+        if isinstance(t, FlowJoLog):
+            return WSPLogTransform(offset=t.offset, decades=t.decades)
+        return WSPBiexTransform(negative=t.negative, width=t.width, positive=t.positive,
+                                max_value=t.max_value)
     raise TemplateError(f"transform {t!r} has no GatingML form")
 
 
@@ -459,7 +493,7 @@ def template_to_flowkit(template: Template | str | Path,
 
 def flowkit_gates(template: Template, sample: FCSSample
                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str],
-                             dict[str, list[float]]]:
+                             dict[str, list[float]], dict[str, Any]]:
     """Each geometric population's gate as a FlowKit gate bound to one file's channels.
 
     The building blocks of a FlowJo workspace export: gates in GatingML coordinates on the
@@ -475,10 +509,11 @@ def flowkit_gates(template: Template, sample: FCSSample
 
     Returns
     -------
-    (gates, transforms, channels, factors)
+    (gates, transforms, channels, factors, matrices)
         ``{population: FlowKit gate}`` for every non-boolean population, ``{transform id:
-        FlowKit transform}`` the gates' dimensions reference, ``{marker: $PnN}``, and per
-        population the factor of each dimension from template to GatingML coordinates.
+        FlowKit transform}`` the gates' dimensions reference, ``{marker: $PnN}``, per
+        population the factor of each dimension from template to GatingML coordinates, and
+        ``{compensation_ref: spillover DataFrame}`` (``"FCS"``: the file's own).
     """
     exp = _Exporter(template, sample)
     shaped = [p for p in template.populations if not isinstance(p.gate, BooleanGate)]
@@ -486,7 +521,8 @@ def flowkit_gates(template: Template, sample: FCSSample
     factors = {pop.name: [exp.dim_for(d, None, None)[1] for d in pop.gate.dims]
                for pop in shaped}
     transforms = {xid: exp.gs.get_transform(xid) for xid in exp.xform_ids.values()}
-    return gates, transforms, dict(exp.channel), factors
+    return gates, transforms, dict(exp.channel), factors, {"FCS": sample.spillover,
+                                                           **exp.matrices}
 
 
 def _renamed(gate: Any, gate_id: str) -> Any:
