@@ -140,21 +140,20 @@ def template_validate(files: tuple[str, ...]) -> None:
 @click.option("--group", default="All Samples", show_default=True,
               help="FlowJo sample group whose gates to import (.wsp only).")
 @click.option("--sample", "sample_name", default=None,
-              help="FlowJo sample whose gates to import (.wsp only; default: group's first).")
+              help="FlowJo sample (name or FCS file) or FACSDiva tube (name, specimen/tube or "
+                   "FCS file) whose gates to import [default: the first with gates].")
 @click.option("--name", default=None, help="Template name (default: file name).")
 @click.option("--force", is_flag=True, help="Replace --out when it exists.")
 def template_import(source: Path, out: Path, group: str, sample_name: str | None,
                     name: str | None, force: bool) -> None:
-    """Import a GatingML 2.0 file or a FlowJo 10 workspace (.wsp) as a YAML template."""
+    """Import a FlowJo 10 workspace, a FlowJo 9/X workspace, a FACSDiva experiment XML or a
+    GatingML 2.0 file (the kind is detected) as a YAML template."""
     _writable(out, inputs=(source,), force=force)
     # start-up time: each command loads only what it runs
     from immunoprofile.template import write_template
-    from immunoprofile.template.gatingml import read_flowjo, read_gatingml
+    from immunoprofile.template.importers import import_template
 
-    if source.suffix.lower() == ".wsp":
-        t = read_flowjo(source, group=group, sample=sample_name, name=name)
-    else:
-        t = read_gatingml(source, name=name)
+    t = import_template(source, sample=sample_name, group=group, name=name)
     write_template(t, out)
     click.echo(f"wrote {out}: {len(t)} populations")
 

@@ -65,14 +65,16 @@ __all__ = [
 ]
 
 
-_INTEROP = ("read_gatingml", "write_gatingml", "read_flowjo")
+_INTEROP = {"read_gatingml": "gatingml", "write_gatingml": "gatingml",
+            "read_flowjo": "gatingml", "read_flowjo9": "flowjo9", "read_diva": "diva",
+            "import_template": "importers", "gating_file_kind": "importers"}
 
 
 def __getattr__(name: str):
     # GatingML and FlowJo interop need FlowKit: loaded when first used, not with every template.
     if name in _INTEROP:
         # start-up time: interop needs FlowKit, loaded when first used
-        from immunoprofile.template import gatingml
+        import importlib
 
-        return getattr(gatingml, name)
+        return getattr(importlib.import_module(f"immunoprofile.template.{_INTEROP[name]}"), name)
     raise AttributeError(f"module 'immunoprofile.template' has no attribute {name!r}")
