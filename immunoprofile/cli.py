@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from immunoprofile._version import __version__
-from immunoprofile.cli_flowjo import flowjo
+from immunoprofile.cli_flowjo import flowjo, review
 from immunoprofile.errors import ImmunoprofileError
 
 
@@ -460,6 +460,7 @@ def schema() -> None:
 
 
 main.add_command(flowjo)
+main.add_command(review)
 
 
 def run() -> None:

@@ -1,4 +1,5 @@
-"""``immunoprofile flowjo``: review and correct a run's gates in FlowJo."""
+"""``immunoprofile flowjo`` and ``immunoprofile review``: check and correct a run's gates,
+in FlowJo or in the browser."""
 
 from __future__ import annotations
 
@@ -72,3 +73,17 @@ def refresh_outputs(run) -> None:
         assemble_run(run.path)
     if run.report_path.is_file():
         write_report(run.path)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Local port (0: any free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the browser at the URL.")
+def review(run_dir: Path, port: int, open_browser: bool) -> None:
+    """Check and correct a run's gates in the browser, the samples that most need a look
+    first (a local app on 127.0.0.1; corrections are overrides with an audit row)."""
+    # start-up time: each command loads only what it runs
+    from immunoprofile.review.server import serve
+
+    serve(run_dir, port=port, open_browser=open_browser, say=click.echo)

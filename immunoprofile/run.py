@@ -39,7 +39,12 @@ from immunoprofile._atomic import atomic_write, atomic_write_all
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.tables import read_parquet_with_meta
 from immunoprofile.template.model import Template
-from immunoprofile.template.yaml_io import load_template, template_yaml, write_template
+from immunoprofile.template.yaml_io import (
+    load_template,
+    template_from_dict,
+    template_yaml,
+    write_template,
+)
 
 PARTS = ".parts"
 
@@ -119,6 +124,11 @@ class Run:
     def overrides_path(self) -> Path:
         """Per-sample gate overrides (:mod:`immunoprofile.overrides`)."""
         return self.path / "overrides.yaml"
+
+    @property
+    def overrides_lock_path(self) -> Path:
+        """Held while overrides are read, merged, written and applied (one change at a time)."""
+        return self.path / ".overrides.lock"
 
     @property
     def audit_path(self) -> Path:
@@ -235,6 +245,41 @@ class Run:
             ``.parts/<sample_id>.qc.json`` in the run folder.
         """
         return self.part(sample_id, "qc.json")
+
+    def part_gates(self, sample_id: str) -> Path:
+        """A sample's templates as applied (adaptive gates where they landed, overrides).
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        pathlib.Path
+            ``.parts/<sample_id>.gates.json`` in the run folder.
+        """
+        return self.part(sample_id, "gates.json")
+
+    def placed_templates(self, sample_id: str) -> dict[str, Template]:
+        """The templates as the run applied them to one sample (empty when the run predates
+        this record or the sample failed).
+
+        Parameters
+        ----------
+        sample_id
+            The sample.
+
+        Returns
+        -------
+        dict of str to Template
+            By template name.
+        """
+        path = self.part_gates(sample_id)
+        if not path.is_file():
+            return {}
+        data = json.loads(path.read_text())
+        return {name: template_from_dict(d, source=str(path)) for name, d in data.items()}
 
     def part_done(self, sample_id: str) -> Path:
         """A sample's done marker (status, errors, resume key), written last.

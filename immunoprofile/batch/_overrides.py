@@ -9,7 +9,9 @@ as they are) and rewrites the run's tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import fcntl
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,25 @@ def apply_overrides(
     if not str(by).strip() or not str(reason).strip():
         raise OverrideError("every gate change needs who made it (--by) and why (--reason)")
     run = Run.open(run)
+    with _one_change_at_a_time(run):
+        return _apply(run, list(overrides), by=by, reason=reason, workers=workers,
+                      plotter=plotter)
+
+
+@contextmanager
+def _one_change_at_a_time(run: Run) -> Iterator[None]:
+    """Two reviewers saving at once (two browser tabs, a tab and the CLI) both keep their
+    change: the second waits for the first to be merged, written and applied."""
+    with open(run.overrides_lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _apply(run: Run, overrides: list, *, by: str, reason: str, workers: int | None,
+           plotter: Plotter | str | None) -> pd.DataFrame:
     rows, templates, settings, sheet = run_inputs(run)
     by_id = {str(r["sample_id"]): r for r in rows}
     digests = {sid: done_record(run, sid).get("key", {}).get("sha256", "") for sid in by_id}

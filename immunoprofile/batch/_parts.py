@@ -28,7 +28,7 @@ from immunoprofile.overrides import Override, OverrideError, check_file
 from immunoprofile.run import Run
 from immunoprofile.tables import EVENTS, SCHEMA_VERSION, SUBSETS, write_parquet
 from immunoprofile.template.model import Template
-from immunoprofile.template.yaml_io import template_hash
+from immunoprofile.template.yaml_io import template_hash, template_to_dict
 
 # What draws a sample's gating plots: a callable (result, png_path) or "module:function".
 # The default names the plotting room's function; the batch never imports it itself, so a
@@ -127,6 +127,9 @@ def write_parts(run: Run, work: SampleWork, settings: BatchSettings, digest: str
                 errors.append(error_row(work.row, res.template.name, "output",
                                         f"gating plot: {exc}"))
     run.write_json(run.part_qc(sid), work.qc)
+    # the gates as placed, for review and export without placing them again
+    run.write_json(run.part_gates(sid), {r.template.name: template_to_dict(r.template)
+                                         for r in work.results})
     write_parquet(table, run.part_subsets(sid), schema=SUBSETS)
     return errors
 
@@ -179,7 +182,7 @@ def forget_sample(run: Run, sample_id: str, templates: list[Template]) -> None:
         skipped.
     """
     paths = [run.part_subsets(sample_id), run.part_qc(sample_id), run.part_done(sample_id),
-             run.events_path(sample_id)]
+             run.part_gates(sample_id), run.events_path(sample_id)]
     paths += [run.plot_path(sample_id, t.name) for t in templates]
     for path in paths:
         path.unlink(missing_ok=True)
