@@ -224,3 +224,33 @@ def test_an_unwritable_run_is_refused(planted, tmp_path) -> None:
         shutil.rmtree(shared, ignore_errors=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "not writable" in done.stderr, done.stderr
+
+
+def test_quadrant_cuts_move_together_and_a_selection_gets_the_same_gate(planted,
+                                                                        tmp_path) -> None:
+    """No browser: the app's own objects in a Bokeh document, as a session holds them."""
+    from bokeh.document import Document
+
+    from immunoprofile.review.app import ReviewApp, SamplePanel
+    from immunoprofile.review.editing import RunContext, SampleEditor
+
+    run = ip.Run(shutil.copytree(planted.path, tmp_path / "run"))
+    context = RunContext.open(run)
+    app = ReviewApp(context, Document())
+    panel = SamplePanel(app, SampleEditor(context, "P001_W0_treg", "treg"))
+    naive = next(s for s, g, i, side in panel.sliders
+                 if g.population == "Naive Treg" and side == "min")
+    naive.value = naive.value + 0.4
+    panel._moved("value_throttled", None, naive.value)
+    assert set(panel.changes) == {"Naive Treg", "Memory Treg"}  # the quadrant's one divider
+    assert panel.changes["Memory Treg"].maxs[0] == pytest.approx(naive.value)
+    counts = dict(zip(panel.counts_source.data["population"], panel.counts_source.data["now"]))
+    assert counts["Naive Treg"] + counts["Memory Treg"] == counts["Treg"]
+
+    also = ["P001_W2_treg", "P001_W12_treg"]
+    added = panel.editor.save(panel.changes, by="asmith", reason="CD45RA divider", also=also)
+    assert sorted(set(added["sample_id"])) == sorted(["P001_W0_treg", *also])
+    assert len(added) == 6  # two populations × three samples, one audit row each
+    table = ip.Run(run.path).subsets
+    flagged = table[table["override"]]
+    assert set(flagged["sample_id"]) >= {"P001_W0_treg", *also}

@@ -178,6 +178,10 @@ class SamplePanel:
                 bounds[i] = new
                 self.changes[h.population] = _with(gate, "maxs" if other == "max" else "mins",
                                                    tuple(bounds))
+                for slider, sg, si, sside in self.sliders:  # its handle follows, too
+                    if sg.population == h.population and si == i and sside == other:
+                        slider.value = new
+                        self.spans[(h.population, i, other)].location = new
 
     def _polygon_moved(self, g: EditableGate, data: dict) -> None:
         if not data["xs"]:
