@@ -37,7 +37,6 @@ from bokeh.plotting import figure
 
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.review.editing import EditableGate, RunContext, SampleEditor
-from immunoprofile.review.ranking import rank_samples
 from immunoprofile.template.model import PolygonGate, RectangleGate
 
 ALL = "(all)"
@@ -236,7 +235,7 @@ class ReviewApp:
 
     def __init__(self, context: RunContext, doc: Any):
         self.context, self.doc = context, doc
-        self.ranking = rank_samples(context.run)
+        self.ranking = context.ranking
         self.filters = {}
         for col in FILTERS:
             if col not in self.ranking.columns:
@@ -296,9 +295,13 @@ class ReviewApp:
             self.panel.children = [SamplePanel(self, editor).layout]
         except ImmunoprofileError as exc:
             self.panel.children = [Div(text=f"<b>{sid}:</b> {exc}")]
+            return
+        # the page is drawn from the run's files; the engine prepares the sample for live
+        # counts right after, while the reviewer looks
+        self.doc.add_next_tick_callback(editor.prepare)
 
     def refresh(self) -> None:
         """After a save: the run's tables changed, so does the ranking."""
-        self.context.run = type(self.context.run)(self.context.run.path)
-        self.ranking = rank_samples(self.context.run)
+        self.context.refresh()
+        self.ranking = self.context.ranking
         self.list_source.data = self._list_frame()

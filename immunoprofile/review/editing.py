@@ -19,6 +19,7 @@ from immunoprofile.batch import apply_overrides, gate_row, run_inputs
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.gating.engine import gate_sample
 from immunoprofile.overrides import Override, apply_to_template, for_sample, read_overrides
+from immunoprofile.review.ranking import rank_samples
 from immunoprofile.run import Run
 from immunoprofile.template.model import Gate, PolygonGate, RectangleGate, Template
 
@@ -28,18 +29,32 @@ DISPLAY_EVENTS = 3000
 
 @dataclass
 class RunContext:
-    """What every review session of a run shares: sheet rows, templates, settings."""
+    """What every review session of a run shares: sheet rows, templates, settings and the
+    ranking (computed once, again after each save, not per browser tab)."""
 
     run: Run
     rows: dict[str, dict]
     templates: dict[str, Template]
     settings: Any
+    _ranking: pd.DataFrame | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, run: str | Path | Run) -> RunContext:
         run = Run.open(run)
         rows, templates, settings, _ = run_inputs(run)
         return cls(run, {str(r["sample_id"]): r for r in rows}, templates, settings)
+
+    @property
+    def ranking(self) -> pd.DataFrame:
+        """:func:`~immunoprofile.review.ranking.rank_samples` of the run, cached."""
+        if self._ranking is None:
+            self._ranking = rank_samples(self.run)
+        return self._ranking
+
+    def refresh(self) -> None:
+        """The run's tables changed (a save): read them again, rank again."""
+        self.run = Run(self.run.path)
+        self._ranking = None
 
 
 @dataclass
@@ -101,6 +116,11 @@ class SampleEditor:
         self._prepared, self._mask = result.prepared, work.kept
         return result
 
+    def prepare(self) -> None:
+        """Read, QC and prepare the sample for live counts (once; later gates only regate)."""
+        if self._prepared is None:
+            self._gate()
+
     def gates(self) -> list[EditableGate]:
         """The populations whose gates can be moved here, in template order."""
         out = []
@@ -131,8 +151,7 @@ class SampleEditor:
         pandas.DataFrame
             ``population``, ``parent``, ``count``, ``pct_parent`` from the gating engine.
         """
-        if self._prepared is None:
-            self._gate()
+        self.prepare()
         template = self.placed
         if changes:
             trial = [Override(self.sample_id, self.template_name, p, g, "") for p, g in

@@ -109,6 +109,14 @@ def _placed_scores(run: Run, sample_ids: list[str]) -> pd.DataFrame | None:
                          "gate_why": why})
 
 
+def _leave_one_out_median(values: pd.Series) -> np.ndarray:
+    """For each of a patient's visits, the median of the others (NaN for a single visit)."""
+    a = values.to_numpy(float)
+    if a.size < 2:
+        return np.full(a.size, np.nan)
+    return np.array([np.median(np.delete(a, i)) for i in range(a.size)])
+
+
 def _patient_scores(subsets: pd.DataFrame) -> pd.DataFrame:
     """Per sample, the population furthest from the patient's other visits."""
     sub = subsets[subsets["measured"] & (subsets["parent_count"].fillna(0) > 0)].copy()
@@ -117,13 +125,7 @@ def _patient_scores(subsets: pd.DataFrame) -> pd.DataFrame:
     p = ((sub["count"].astype(float) + 0.5) / (sub["parent_count"].astype(float) + 1.0))
     sub["logit"] = np.log(p / (1 - p))
     keys = ["patient_id", "template", "population"]
-    # the median of the other visits needs them one by one: small groups, so a loop is cheap
-    sub["other"] = np.nan
-    for _, idx in sub.groupby(keys, observed=True).groups.items():
-        if len(idx) < 2:
-            continue
-        vals = sub.loc[idx, "logit"]
-        sub.loc[idx, "other"] = [vals.drop(i).median() for i in idx]
+    sub["other"] = sub.groupby(keys, observed=True)["logit"].transform(_leave_one_out_median)
     sub["dev"] = (sub["logit"] - sub["other"]).abs()
     sub["z"] = sub.groupby(["template", "population"], observed=True)["dev"].transform(
         _robust_z)

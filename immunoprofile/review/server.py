@@ -62,6 +62,7 @@ def serve(run_dir: str | Path, *, port: int = 8765, open_browser: bool = False,
     run = Run.open(run_dir)
     check_writable(run)
     context = RunContext.open(run)
+    ranked = context.ranking  # ranked once, before the first tab asks
     if not port:  # any free port, known before the server says which origins it accepts
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -71,7 +72,7 @@ def serve(run_dir: str | Path, *, port: int = 8765, open_browser: bool = False,
                     allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"])
     server.start()
     url = f"http://127.0.0.1:{server.port}/"
-    say(f"review {run.path} at {url} (Ctrl+C to stop)")
+    say(f"review {run.path} ({len(ranked)} samples) at {url} (Ctrl+C to stop)")
     if open_browser:
         server.io_loop.add_callback(server.show, "/")
     server.io_loop.start()
