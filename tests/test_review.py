@@ -254,3 +254,23 @@ def test_quadrant_cuts_move_together_and_a_selection_gets_the_same_gate(planted,
     table = ip.Run(run.path).subsets
     flagged = table[table["override"]]
     assert set(flagged["sample_id"]) >= {"P001_W0_treg", *also}
+
+
+def test_a_moved_polygon_vertex_recounts_with_the_engine(planted) -> None:
+    from bokeh.document import Document
+
+    from immunoprofile.review.app import ReviewApp, SamplePanel
+    from immunoprofile.review.editing import RunContext, SampleEditor
+
+    context = RunContext.open(planted)
+    panel = SamplePanel(ReviewApp(context, Document()),
+                        SampleEditor(context, "P001_W0_treg", "treg"))
+    source = panel.polygons["Treg"]
+    xs, ys = list(source.data["xs"][0]), list(source.data["ys"][0])
+    before = dict(zip(panel.counts_source.data["population"], panel.counts_source.data["now"]))
+    ys = [y - 0.6 if y < 3.5 else y for y in ys]  # the lower CD25 edge dragged down
+    source.data = {"xs": [xs], "ys": [ys]}  # what PolyEditTool sends after a drag
+    assert "Treg" in panel.changes
+    after = dict(zip(panel.counts_source.data["population"], panel.counts_source.data["now"]))
+    assert after["Treg"] > before["Treg"]
+    assert after["Treg"] + after["Conventional CD4"] == after["CD4+ T cells"]
