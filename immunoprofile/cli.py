@@ -397,12 +397,16 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RUN_DIR/report.html].")
-def report(run_dir: Path, out: Path | None) -> None:
-    """Write one self-contained HTML report (images embedded, no network) for a run."""
+@click.option("--self-contained/--files", "self_contained", default=None,
+              help="One file with every image embedded, or the page with its images beside "
+                   "it in REPORT_files/ [default: one file up to 150 gating plots].")
+def report(run_dir: Path, out: Path | None, self_contained: bool | None) -> None:
+    """Write the HTML report for a run (no network): the run summary first, the gating plots
+    of the samples that most need a look, every other plot on demand."""
     # start-up time: each command loads only what it runs
     from immunoprofile.report import write_report
 
-    click.echo(f"wrote {write_report(run_dir, out)}")
+    click.echo(f"wrote {write_report(run_dir, out, self_contained=self_contained)}")
 
 
 @main.command()

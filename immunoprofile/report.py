@@ -1,7 +1,9 @@
-"""One self-contained HTML report for a run: every image embedded, no network.
+"""One HTML report for a run, no network: self-contained for small runs, images beside it
+for large ones, so its size grows with the samples that need a look, not with all samples.
 
 Sections appear when the run holds their outputs: run summary and QC; a gallery of gating
-plots (small thumbnails, full size on click, outliers first); subset trajectories per arm;
+plots (thumbnails of the flagged samples, overrides first, full size on click; every other plot
+listed); subset trajectories per arm;
 differential abundance and state tables; clustering heatmap and UMAPs; cytokine standard curves
 and trajectories; clinical outcomes and their correlations with the subsets.
 """
@@ -9,6 +11,7 @@ and trajectories; clinical outcomes and their correlations with the subsets.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import os
@@ -17,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunoprofile._atomic import atomic_write
 from immunoprofile._version import __version__
 from immunoprofile.run import Run
 
 THUMB_WIDTH = 320
+#: Runs with at most this many gating plots get one self-contained file by default.
+SELF_CONTAINED_UP_TO = 150
 QC_WARN_PCT = 10.0  # a sample losing more events than this to QC is named in the summary
 
 _CSS = """
@@ -36,7 +42,8 @@ padding:4px 8px;text-align:right}th{background:#f0f2f5;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}.sig{font-weight:600;color:#9b1c1c}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:""" + str(THUMB_WIDTH) + """px;
 font-size:12px}.thumb img{width:100%;border:1px solid #d5d9df;border-radius:4px;cursor:zoom-in}
-.flag{color:#b45309;font-weight:600}.fig{max-width:100%;margin:6px 0}
+.flag{color:#b45309;font-weight:600}ul.plots{columns:4;font-size:12px}
+.fig{max-width:100%;margin:6px 0}
 .warn{background:#fff3cd;border-left:4px solid #d39e00;padding:6px 10px}
 .kpi{display:inline-block;margin:0 24px 8px 0}.kpi b{display:block;font-size:20px}
 #lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:9;
@@ -59,25 +66,62 @@ def _data_uri(png: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(png).decode()}"
 
 
-def _thumbnail(path: Path) -> tuple[str, str]:
-    """(thumbnail URI, full-size URI): a small JPEG for the gallery, the PNG on click."""
+def _jpeg(path: Path, *, thumb: bool) -> bytes:
+    """A plot as JPEG (gating plots are dense scatter, where PNG is 3–4× larger)."""
     # start-up time: a heavy library, loaded on first use
     from PIL import Image
 
     with Image.open(path) as img:
         img = img.convert("RGB")
-        # Full size as JPEG too: gating plots are dense scatter, where PNG is 3–4× larger.
-        big = io.BytesIO()
-        img.save(big, format="JPEG", quality=70, optimize=True)
-        img.thumbnail((THUMB_WIDTH * 2, THUMB_WIDTH * 2))
-        small = io.BytesIO()
-        img.save(small, format="JPEG", quality=60, optimize=True)
-    return _data_uri(small.getvalue(), "image/jpeg"), _data_uri(big.getvalue(), "image/jpeg")
+        if thumb:
+            img.thumbnail((THUMB_WIDTH * 2, THUMB_WIDTH * 2))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=60 if thumb else 70, optimize=True)
+    return buf.getvalue()
 
 
-def _img(path: Path, alt: str) -> str:
-    return (f'<img class="fig" alt="{html.escape(alt)}" '
-            f'src="{_data_uri(path.read_bytes())}">')
+class _Images:
+    """Where the page's images live: embedded (one self-contained file) or beside it
+    (``<report>_files/`` thumbnails; full-size plots and figures linked where the run keeps
+    them, loaded only when opened or scrolled to)."""
+
+    def __init__(self, out: Path, embed: bool):
+        self.out, self.embed = out, embed
+        self.folder = out.parent / f"{out.stem}_files"
+        self.written: set[Path] = set()
+
+    def _link(self, path: Path) -> str:
+        return html.escape(os.path.relpath(path, self.out.parent).replace(os.sep, "/"))
+
+    def thumb(self, path: Path) -> str:
+        data = _jpeg(path, thumb=True)
+        if self.embed:
+            return _data_uri(data, "image/jpeg")
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        target = self.folder / f"{path.stem}-{digest}.jpg"
+        if not target.is_file():
+            atomic_write(target, lambda tmp: tmp.write_bytes(data))
+        self.written.add(target)
+        return self._link(target)
+
+    def full(self, path: Path) -> str:
+        return _data_uri(_jpeg(path, thumb=False), "image/jpeg") if self.embed \
+            else self._link(path)
+
+    def figure(self, path: Path) -> str:
+        return _data_uri(path.read_bytes()) if self.embed else self._link(path)
+
+    def tidy(self) -> None:
+        """Thumbnails of earlier reports no page refers to any more."""
+        if self.folder.is_dir():
+            for old in self.folder.glob("*.jpg"):
+                if old not in self.written:
+                    old.unlink(missing_ok=True)
+
+
+def _img(images: _Images, path: Path, alt: str) -> str:
+    return (f'<img class="fig" loading="lazy" alt="{html.escape(alt)}" '
+            f'src="{images.figure(path)}">')
 
 
 def _table(frame: pd.DataFrame, *, max_rows: int = 200, sig: str | None = None) -> str:
@@ -167,26 +211,68 @@ def _outlier_order(run: Run, names: list[Path]) -> list[Path]:
     return sorted(names, key=key)
 
 
-def _gallery(run: Run, limit: int) -> str:
-    plots = _outlier_order(run, run.gating_plots())
+def _needs_a_look(run: Run) -> tuple[list[str], dict[str, str]]:
+    """Samples in review order and why, from the review's ranking (overrides and errors first);
+    the older QC-only order when the run cannot be ranked."""
+    try:
+        # start-up time: the ranking (and its template reading) only for reports with plots
+        from immunoprofile.review.ranking import rank_samples
+
+        ranking = rank_samples(run)
+    except Exception:  # a partial run still gets a report, in the QC-only order
+        return [], {}
+    overridden = set(run.audit.get("sample_id", pd.Series(dtype=str)).astype(str))
+    failed = set(run.errors.get("sample_id", pd.Series(dtype=str)).astype(str))
+    ranking["first"] = ranking["sample_id"].isin(overridden | failed)
+    ranking = ranking.sort_values(["first", "score"], ascending=False, kind="stable")
+    why = {sid: ("gate corrected by hand; " if sid in overridden else "") + reason
+           for sid, reason in zip(ranking["sample_id"], ranking["reasons"])}
+    flagged = [sid for sid in ranking["sample_id"] if why[sid]]
+    return flagged, why
+
+
+def _gallery(run: Run, limit: int, images: _Images) -> str:
+    plots = run.gating_plots()
     if not plots:
         return "<p><em>no gating plots (the run used --no-plots)</em></p>"
+    flagged, why = _needs_a_look(run)
+    by_sample: dict[str, list[Path]] = {}
+    for p in plots:
+        by_sample.setdefault(p.stem.rsplit("_", 1)[0], []).append(p)
+    order = flagged or [p.stem.rsplit("_", 1)[0] for p in _outlier_order(run, plots)]
+    if images.embed:  # a small run: every plot, those that need a look first
+        order = list(dict.fromkeys([*order, *by_sample]))
+    shown = [p for sid in order for p in by_sample.get(sid, [])][:limit]
     items = []
-    for p in plots[:limit]:
-        thumb, full = _thumbnail(p)
-        items.append(f'<div class="thumb"><img alt="{html.escape(p.stem)}" src="{thumb}" '
-                     f'data-full="{full}"><div>{html.escape(p.stem)}</div></div>')
-    more = f"<p>{len(plots) - limit} more in plots/</p>" if len(plots) > limit else ""
-    return f'<p>Click a plot for full size. Outliers first.</p><div class="grid">' \
-           f'{"".join(items)}</div>{more}'
+    for p in shown:
+        sid = p.stem.rsplit("_", 1)[0]
+        reason = f'<div class="flag">{html.escape(why[sid])}</div>' if why.get(sid) else ""
+        items.append(f'<div class="thumb"><img loading="lazy" alt="{html.escape(p.stem)}" '
+                     f'src="{images.thumb(p)}" data-full="{images.full(p)}">'
+                     f"<div>{html.escape(p.stem)}</div>{reason}</div>")
+    rest = [p for p in plots if p not in set(shown)]
+    listing = ""
+    if rest:
+        if images.embed:
+            links = "".join(f"<li>{html.escape(p.stem)}</li>" for p in rest)
+            where = "in the run's plots/ folder"
+        else:
+            links = "".join(f'<li><a href="{images.full(p)}">{html.escape(p.stem)}</a></li>'
+                            for p in rest)
+            where = "each opens on demand"
+        listing = (f"<details><summary>{len(rest)} more gating plots ({where})</summary>"
+                   f'<ul class="plots">{links}</ul></details>')
+    lead = (f"<p>{len(shown)} plots, the samples that most need a look first (the reason "
+            "under each); click one for full size.</p>")
+    return f'{lead}<div class="grid">{"".join(items)}</div>{listing}'
 
 
-def _figures(paths: list[Path]) -> str:
-    return "".join(_img(p, p.stem) for p in paths)
+def _figures(paths: list[Path], images: _Images) -> str:
+    return "".join(_img(images, p, p.stem) for p in paths)
 
 
-def _comparison(run: Run) -> str:
-    body = _figures(run.comparison_plots("trajectory_*.png"))
+def _comparison(run: Run, images: _Images) -> str:
+    body = _figures(run.comparison_plots("trajectory_*.png"), images)
     summary = run.comparison("response_summary")
     if summary is not None:
         body += "<h3>Response per arm (geometric mean fold change from baseline)</h3>" + _table(
@@ -204,14 +290,18 @@ def _comparison(run: Run) -> str:
                 if c in table.columns]
         body += f"<h3>{title} (FDR &lt; 0.05 in red; top 150 by p)</h3>" \
                 + _table(table[cols], max_rows=150, sig="fdr")
-    body += _figures(run.comparison_plots("effects_heatmap*.png"))
-    body += _figures(run.comparison_plots("volcano_*.png"))
+    body += _figures(run.comparison_plots("effects_heatmap*.png"), images)
+    body += _figures(run.comparison_plots("volcano_*.png"), images)
     return body
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
-                 gallery_limit: int = 400) -> Path:
+                 gallery_limit: int = 60, self_contained: bool | None = None) -> Path:
     """Write ``report.html`` for a run folder (``RUN_DIR/report.html`` by default).
+
+    The page grows with the samples that need a look, not with all samples: the run summary
+    first, thumbnails of the flagged samples' gating plots (overrides and failures first, then
+    the review's ranking, the reason under each), every other plot listed and opened on demand.
 
     Parameters
     ----------
@@ -221,31 +311,39 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     out
         The HTML file to write; default ``RUN_DIR/report.html``.
     gallery_limit
-        Most gating plots shown as thumbnails (outliers first); the rest are counted.
+        Most gating plots shown as thumbnails.
+    self_contained
+        One file with every image embedded (full-size plots of the thumbnails included); or
+        the page with its thumbnails beside it in ``<report>_files/`` and the full-size plots
+        and figures linked where the run keeps them. Default: one file for runs of at most
+        :data:`SELF_CONTAINED_UP_TO` gating plots.
 
     Returns
     -------
     pathlib.Path
-        The report written (one self-contained HTML page).
+        The report written.
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     manifest = run.manifest
     target = Path(out) if out else run.report_path
+    if self_contained is None:
+        self_contained = len(run.gating_plots()) <= SELF_CONTAINED_UP_TO
+    images = _Images(target, embed=self_contained)
     sections = [("summary", "Run summary and QC",
                  _overrides(run, target) + _summary(run, manifest)),
-                ("gating", "Gating plots", _gallery(run, gallery_limit))]
+                ("gating", "Gating plots", _gallery(run, gallery_limit, images))]
     if run.compare_dir.is_dir():
-        sections.append(("compare", "Arms over time", _comparison(run)))
-    cluster_plots = _figures(sorted(run.cluster_plots_dir.glob("*.png")))
+        sections.append(("compare", "Arms over time", _comparison(run, images)))
+    cluster_plots = _figures(sorted(run.cluster_plots_dir.glob("*.png")), images)
     if cluster_plots:
         sections.append(("clusters", "Clusters and UMAP", cluster_plots))
-    cytokine_figs = _figures(run.cytokine_plots()
-                             + run.comparison_plots("cytokine_*.png"))
+    cytokine_figs = _figures(run.cytokine_plots() + run.comparison_plots("cytokine_*.png"),
+                             images)
     if cytokine_figs:
         sections.append(("cytokines", "Cytokines (bead array)",
                          cytokine_figs + _extra_tables(run, "cytokines")))
     clinical_figs = _figures(run.comparison_plots("clinical_*.png")
-                             + run.comparison_plots("correlations_*.png"))
+                             + run.comparison_plots("correlations_*.png"), images)
     if clinical_figs:
         sections.append(("clinical", "Clinical response and correlations with the subsets",
                          clinical_figs + _extra_tables(run, "clinical")))
@@ -261,7 +359,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
             f"<nav>{nav}</nav><main>{body}</main>"
             f"<div id=\"lightbox\"><img alt=\"full size\"></div>"
             f"<script>{_JS}</script></body></html>")
-    return run.write_text(Path(out) if out else run.report_path, page)
+    written = run.write_text(target, page)
+    images.tidy()
+    return written
 
 
 def _extra_tables(run: Run, section: str) -> str:

@@ -46,3 +46,28 @@ def test_report_in_headless_chromium(small_run: Path, tmp_path: Path) -> None:
 
     shot = imread(result.screenshot)
     assert shot.shape[0] > 500 and float(shot[..., :3].std()) > 0.05  # not blank
+
+
+def test_a_large_run_report_keeps_its_images_beside_it(small_run: Path, tmp_path: Path) -> None:
+    """The form large runs get by default: thumbnails of the flagged samples beside the page,
+    every other plot listed and linked where the run keeps it, nothing embedded."""
+    import re
+
+    out = small_run / "report_large.html"
+    report = write_report(small_run, out, self_contained=False, gallery_limit=4)
+    text = report.read_text()
+    assert "data:image" not in text
+    thumbs = sorted((small_run / "report_large_files").glob("*.jpg"))
+    assert 0 < len(thumbs) <= 4 and text.count('class="thumb"') == len(thumbs)
+    links = re.findall(r'(?:src|href|data-full)="([^"]+\.(?:png|jpg))"', text)
+    assert links and all((report.parent / link).is_file() for link in links)
+    plots = list((small_run / "plots").glob("*.png"))
+    assert text.count("<li><a href=") == len(plots) - len(thumbs)  # the rest, on demand
+    # the page and what it loads stay small whatever the number of unflagged samples
+    assert report.stat().st_size + sum(t.stat().st_size for t in thumbs) < 1_000_000
+    result = check_page(report, tmp_path / "large.png")
+    assert result.console_errors == [] and result.broken_images == []
+    assert result.failed_requests == []
+    # a rewrite leaves no thumbnail no page refers to
+    write_report(small_run, out, self_contained=False, gallery_limit=2)
+    assert len(list((small_run / "report_large_files").glob("*.jpg"))) <= 2
