@@ -44,6 +44,7 @@ from immunoprofile.template.model import (
     Template,
 )
 from immunoprofile.template.transforms import FlowJoLog, Identity, Logicle, Transform
+from immunoprofile.template.xml_root import root_element
 from immunoprofile.template.yaml_io import ordered_populations
 
 #: Name of the tube's spillover matrix in ``Template.comp_matrices``.
@@ -76,12 +77,8 @@ def is_diva(path: str | Path) -> bool:
         True when the root element is ``bdfacs``; False otherwise (also for unreadable,
         non-XML or entity-declaring files).
     """
-    try:
-        for _, elem in SafeET.iterparse(str(path), events=("start",)):
-            return elem.tag == "bdfacs"
-    except (SafeET.ParseError, DefusedXmlException, OSError, ValueError):
-        return False
-    return False
+    root = root_element(path)
+    return root is not None and root.tag == "bdfacs"
 
 
 def _parse(path: Path) -> tuple[Any, str]:

@@ -45,6 +45,7 @@ from immunoprofile.template.model import (
     Template,
 )
 from immunoprofile.template.transforms import FlowJoBiex, FlowJoLog, Identity, Transform
+from immunoprofile.template.xml_root import root_element
 from immunoprofile.template.yaml_io import ordered_populations
 
 #: FlowJo's display scale: calibration tables map channels 0..4096 to raw values.
@@ -86,15 +87,8 @@ def is_flowjo9(path: str | Path) -> bool:
         True when its root element is ``<Workspace>`` with ``version`` 2.0 or 3.0 (FlowJo 10
         writes 20.0); False for anything else, unreadable files included.
     """
-    try:
-        with open(path, "rb") as fh:
-            # Only the first start event is read: no need to parse a multi-MB workspace.
-            for _, elem in SafeET.iterparse(fh, events=("start",), forbid_dtd=False,
-                                            forbid_entities=True, forbid_external=True):
-                return elem.tag == "Workspace" and elem.get("version") in _DIALECTS
-    except (DefusedXmlException, SafeET.ParseError, OSError, ValueError):
-        return False
-    return False
+    root = root_element(path, allow_dtd=True)  # FlowJo 9 declares a DOCTYPE
+    return root is not None and root.tag == "Workspace" and root.get("version") in _DIALECTS
 
 
 def _root(path: Path) -> Any:
