@@ -1,0 +1,105 @@
+"""A study grown from ~100 to ~1,000 small tubes on 2 cores: does every stage scale linearly?
+
+For each size, simulates the trial (3,000 events per tube, the shipped templates) and runs the
+CLI's stages as a user does: gate → assemble → cluster → compare → report, each in its own
+process. Prints per stage the wall time, the peak memory (largest resident set of the stage's
+process tree) and, from the second size on, the time ratio against the tube ratio (≤ 1 is
+linear or better), plus the report's size (the page and what it loads).
+
+Run: ``python benchmarks/bench_study.py [--tubes 100,300,1000] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ARMS = 4
+TUBES_PER_VISIT = 2
+VISITS = "0,12"
+
+
+def stage(args: list[str], cwd: Path) -> tuple[float, float]:
+    """(seconds, peak MiB) of one CLI call, its worker processes included."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "immunoprofile.cli", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) not in (0, 3):
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def report_size(run: Path) -> float:
+    """MiB of report.html and the images it loads when opened (its thumbnails)."""
+    page = run / "report.html"
+    files = run / "report_files"
+    thumbs = sum(p.stat().st_size for p in files.glob("*")) if files.is_dir() else 0
+    return (page.stat().st_size + thumbs) / 2**20
+
+
+def one_size(tubes: int, workers: int, root: Path) -> list[dict]:
+    per_arm = max(1, round(tubes / (ARMS * TUBES_PER_VISIT * len(VISITS.split(",")))))
+    folder = root / f"study_{tubes}"
+    folder.mkdir()
+    stage(["simulate", "--out", "cohort", "--patients-per-arm", str(per_arm), "--events",
+           "3000", "--visits", VISITS, "--seed", "1"], folder)
+    n = len(pd.read_csv(folder / "cohort" / "samplesheet.csv"))
+    steps = [
+        ("gate", ["gate", "cohort/samplesheet.csv", "-t", "treg", "-t", "bcell", "-t", "plasma",
+                  "--out", "run", "--workers", str(workers), "--no-progress"]),
+        ("assemble", ["assemble", "run"]),
+        ("cluster", ["cluster", "run"]),
+        ("compare", ["compare", "run", "--control", "SOC", "--baseline", "W0"]),
+        ("report", ["report", "run"]),
+    ]
+    rows = []
+    for name, args in steps:
+        seconds, peak = stage(args, folder)
+        rows.append({"tubes": n, "stage": name, "seconds": round(seconds, 1),
+                     "peak_mib": round(peak)})
+    rows.append({"tubes": n, "stage": "report size (MiB)",
+                 "seconds": round(report_size(folder / "run"), 2), "peak_mib": None})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tubes", default="100,300,1000")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench_study_"))
+    rows = []
+    for tubes in (int(t) for t in args.tubes.split(",")):
+        rows += one_size(tubes, args.workers, root)
+        table = pd.DataFrame(rows)
+        print(table[table["tubes"] == table["tubes"].iloc[-1]].to_string(index=False),
+              flush=True)
+    table = pd.DataFrame(rows)
+    first = table[table["tubes"] == table["tubes"].min()].set_index("stage")
+    out = []
+    for (n, name), row in table.set_index(["tubes", "stage"]).iterrows():
+        if n == first.index.name or name not in first.index or name.startswith("report size"):
+            continue
+        base = first.loc[name]
+        n0 = int(table["tubes"].min())
+        if n == n0:
+            continue
+        ratio = (row["seconds"] / base["seconds"]) / (n / n0) if base["seconds"] else None
+        out.append({"tubes": n, "stage": name, "time_ratio_over_tube_ratio":
+                    None if ratio is None else round(ratio, 2)})
+    if out:
+        print("\ntime growth against tube growth (≤ 1: linear or better)")
+        print(pd.DataFrame(out).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
