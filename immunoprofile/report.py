@@ -90,6 +90,11 @@ class _Images:
         self.folder = out.parent / f"{out.stem}_files"
         self.written: set[Path] = set()
 
+    @property
+    def lazy(self) -> str:
+        """Images beside the page load when scrolled to; embedded ones are already there."""
+        return "" if self.embed else ' loading="lazy"'
+
     def _link(self, path: Path) -> str:
         return html.escape(os.path.relpath(path, self.out.parent).replace(os.sep, "/"))
 
@@ -120,7 +125,7 @@ class _Images:
 
 
 def _img(images: _Images, path: Path, alt: str) -> str:
-    return (f'<img class="fig" loading="lazy" alt="{html.escape(alt)}" '
+    return (f'<img class="fig"{images.lazy} alt="{html.escape(alt)}" '
             f'src="{images.figure(path)}">')
 
 
@@ -247,7 +252,7 @@ def _gallery(run: Run, limit: int, images: _Images) -> str:
     for p in shown:
         sid = p.stem.rsplit("_", 1)[0]
         reason = f'<div class="flag">{html.escape(why[sid])}</div>' if why.get(sid) else ""
-        items.append(f'<div class="thumb"><img loading="lazy" alt="{html.escape(p.stem)}" '
+        items.append(f'<div class="thumb"><img{images.lazy} alt="{html.escape(p.stem)}" '
                      f'src="{images.thumb(p)}" data-full="{images.full(p)}">'
                      f"<div>{html.escape(p.stem)}</div>{reason}</div>")
     rest = [p for p in plots if p not in set(shown)]
