@@ -399,7 +399,7 @@ def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
               help="HTML file to write [default: RUN_DIR/report.html].")
 @click.option("--self-contained/--files", "self_contained", default=None,
               help="One file with every image embedded, or the page with its images beside "
-                   "it in REPORT_files/ [default: one file up to 150 gating plots].")
+                   "it in REPORT_files/ [default: one file up to 40 gating plots].")
 def report(run_dir: Path, out: Path | None, self_contained: bool | None) -> None:
     """Write the HTML report for a run (no network): the run summary first, the gating plots
     of the samples that most need a look, every other plot on demand."""

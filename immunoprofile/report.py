@@ -26,7 +26,7 @@ from immunoprofile.run import Run
 
 THUMB_WIDTH = 320
 #: Runs with at most this many gating plots get one self-contained file by default.
-SELF_CONTAINED_UP_TO = 150
+SELF_CONTAINED_UP_TO = 40
 QC_WARN_PCT = 10.0  # a sample losing more events than this to QC is named in the summary
 
 _CSS = """

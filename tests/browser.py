@@ -49,6 +49,14 @@ def check_page(html_file: Path, screenshot: Path) -> PageCheck:
             page.on("requestfailed", lambda r: result.failed_requests.append(r.url))
             page.goto(html_file.resolve().as_uri(), wait_until="load", timeout=120_000)
             result.title = page.title()
+            # Images beside a large report load lazily: scroll through as a reader would.
+            y = 0
+            while y < page.evaluate("document.body.scrollHeight"):  # grows as images load
+                page.evaluate(f"window.scrollTo(0, {y})")
+                page.wait_for_timeout(40)
+                y += 700
+            page.wait_for_load_state("networkidle")
+            page.evaluate("window.scrollTo(0, 0)")
             states = page.eval_on_selector_all(
                 "img[src]", "imgs => imgs.map(i => [i.alt, i.complete && i.naturalWidth > 0])")
             result.n_images = len(states)
