@@ -171,6 +171,7 @@ def compare_run(
     plots: bool = True,
     clinical: str | Path | pd.DataFrame | None = None,
     cytokines: str | Path | pd.DataFrame | None = None,
+    n_jobs: int | None = -1,
 ) -> Comparison:
     """Differential abundance and state, and response tracking, for a run folder.
 
@@ -202,6 +203,9 @@ def compare_run(
         Clinical table (path or validated DataFrame), or None.
     cytokines
         Cytokines table of a CBA run (path or DataFrame), or None.
+    n_jobs
+        Processes fitting the abundance and state models (default every core; the tables
+        are the same whatever the number).
 
     Returns
     -------
@@ -217,22 +221,23 @@ def compare_run(
     references = dict.fromkeys(t.reference_population for t in run.templates().values()
                                if t.reference_population)
     da = differential_abundance(subsets, control=control, baseline=baseline, pairs=pairs,
-                                covariates=covariates, reference=("parent", *references))
+                                covariates=covariates, reference=("parent", *references),
+                                n_jobs=n_jobs)
     da["gate_mode"] = "adaptive"
     locked = run.table(run.baseline_locked_path)
     if locked is not None and len(locked):
         da_locked = differential_abundance(locked, control=control, baseline=baseline,
                                            pairs=pairs, covariates=covariates,
-                                           reference=("parent", *references))
+                                           reference=("parent", *references), n_jobs=n_jobs)
         da = pd.concat([da, da_locked.assign(gate_mode="baseline_locked")],
                        ignore_index=True)
     clusters = _clusters(run)
     if clusters is not None:
         da_clusters = differential_abundance(clusters, control=control, baseline=baseline,
-                                             pairs=pairs, covariates=covariates)
+                                             pairs=pairs, covariates=covariates, n_jobs=n_jobs)
         da = pd.concat([da, da_clusters.assign(gate_mode="")], ignore_index=True)
     ds = differential_state(subsets, control=control, baseline=baseline, pairs=pairs,
-                            covariates=covariates)
+                            covariates=covariates, n_jobs=n_jobs)
     rule = ResponderRule.parse(responder) if responder else None
     if rule is not None and not any(rule.matches(t, p) for t, p in zip(
             subsets["template"].astype(str), subsets["population"].astype(str))):

@@ -102,3 +102,20 @@ def test_rank_tests_are_exact_mid_p() -> None:
                                 np.where(rng.random(8) < 0.15, rng.normal(size=8), -9))
                    for _ in range(800)])
     assert 0.47 < ps.mean() < 0.53 and (ps < 0.05).mean() < 0.05
+
+
+def test_models_fitted_in_parallel_give_the_same_tables() -> None:
+    """compare fits its models on every core; the tables must not depend on it."""
+    import immunoprofile as ip
+
+    bench = _bench()
+    rng = np.random.default_rng(5)
+    counts = bench.simulate(bench.SCENARIOS[1], rng, n_per_arm=4, n_readouts=14)
+    one = ip.tl.differential_abundance(counts, control="SOC", baseline="W0", n_jobs=1)
+    two = ip.tl.differential_abundance(counts, control="SOC", baseline="W0", n_jobs=2)
+    pd.testing.assert_frame_equal(one, two)
+    mfi = bench.simulate(bench.SCENARIOS[5], rng, n_per_arm=4, n_readouts=14)
+    one = ip.tl.differential_state(mfi, control="SOC", baseline="W0", n_jobs=1)
+    two = ip.tl.differential_state(mfi, control="SOC", baseline="W0", n_jobs=-1)
+    pd.testing.assert_frame_equal(one, two)
+    assert len(one) > 14

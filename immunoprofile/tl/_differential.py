@@ -23,10 +23,10 @@ from immunoprofile.tl._models import (
     Design,
     add_fdr,
     check_design,
-    fit_contrasts,
     parse_design,
     subset_table,
 )
+from immunoprofile.tl._parallel import fit_all
 
 ABUNDANCE_MODEL = "lmm_logit: empirical logit, arm×timepoint, patient random intercept"
 STATE_MODEL_LOG = "lmm_log_mfi: log median MFI, arm×timepoint, patient random intercept"
@@ -71,6 +71,7 @@ def differential_abundance(
     covariates: Iterable[str] = (),
     reference: str | Iterable[str] = "parent",
     populations: Iterable[str] | None = None,
+    n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Test every population's abundance across arms and timepoints.
 
@@ -93,6 +94,9 @@ def differential_abundance(
         or a reference it is not part of.
     populations
         Restrict to these populations (all by default).
+    n_jobs
+        Processes fitting the models (``-1``: every core; default one); the table is the
+        same whatever the number.
 
     Returns
     -------
@@ -113,7 +117,7 @@ def differential_abundance(
     references = [reference] if isinstance(reference, str) else list(reference)
     wanted = set(populations) if populations is not None else None
     ancestry = _ancestry(table)
-    results = []
+    jobs, labels = [], []
     for (template, population), rows in table.groupby(["template", "population"], sort=False,
                                                        observed=True):
         if wanted is not None and population not in wanted:
@@ -130,29 +134,34 @@ def differential_abundance(
                 n = n.to_numpy()
                 if ref_name == rows["parent"].iloc[0]:
                     continue  # the parent already gives these rows
-            res = _abundance_rows(rows, n, design)
-            res.insert(0, "population", population)
-            res.insert(0, "template", template)
-            res["reference"] = ref_name
-            results.append(res)
+            frame, note = _abundance_frame(rows, n, design)
+            jobs.append((frame, design, ABUNDANCE_MODEL))
+            labels.append((template, population, ref_name, note))
+    results = []
+    for res, (template, population, ref_name, note) in zip(fit_all(jobs, n_jobs), labels):
+        if note:
+            res["warning"] = [f"{w}; {note}" if w else note for w in res["warning"]]
+        res.insert(0, "population", population)
+        res.insert(0, "template", template)
+        res["reference"] = ref_name
+        results.append(res)
     if not results:
         return pd.DataFrame(columns=[*RESULT_COLUMNS, "reference"])
     out = add_fdr(pd.concat(results, ignore_index=True), extra_keys=["reference"])
     return out[[*RESULT_COLUMNS, "reference"]]
 
 
-def _abundance_rows(rows: pd.DataFrame, n: np.ndarray, design: Design) -> pd.DataFrame:
+def _abundance_frame(rows: pd.DataFrame, n: np.ndarray, design: Design
+                     ) -> tuple[pd.DataFrame, str]:
+    """The model's input (empirical logit of count among ``n``) and the rare-population note."""
     frame = _frame(rows, design)
     count = rows["count"].astype(float).to_numpy()
     ok = np.isfinite(count) & np.isfinite(n) & (n > 0)
     frame["value"] = np.where(ok, np.log((count + 0.5) / (np.maximum(n - count, 0) + 0.5)),
                               np.nan)
-    res = fit_contrasts(frame, design, model_name=ABUNDANCE_MODEL)
     median = float(np.nanmedian(np.where(ok, count, np.nan))) if ok.any() else 0.0
-    if median < RARE_MEDIAN_COUNT:
-        note = f"rare population (median count {median:g})"
-        res["warning"] = [f"{w}; {note}" if w else note for w in res["warning"]]
-    return res
+    note = f"rare population (median count {median:g})" if median < RARE_MEDIAN_COUNT else ""
+    return frame, note
 
 
 def _ancestry(table: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
@@ -180,6 +189,7 @@ def differential_state(
     pairs: Iterable[str | tuple[str, str]] = (),
     covariates: Iterable[str] = (),
     populations: Iterable[str] | None = None,
+    n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Test every population's median marker intensity (``mfi_median_<marker>`` columns).
 
@@ -202,6 +212,8 @@ def differential_state(
         Sample-sheet columns entered in every model.
     populations
         Restrict to these populations (all by default).
+    n_jobs
+        Processes fitting the models (as :func:`differential_abundance`).
 
     Returns
     -------
@@ -217,7 +229,7 @@ def differential_state(
     if markers is not None:
         mfi_cols = [f"mfi_median_{m}" for m in markers if f"mfi_median_{m}" in table.columns]
     wanted = set(populations) if populations is not None else None
-    results = []
+    jobs, labels = [], []
     for (template, population), rows in table.groupby(["template", "population"], sort=False,
                                                        observed=True):
         if wanted is not None and population not in wanted:
@@ -231,11 +243,14 @@ def differential_state(
                 frame["value"], model = np.log(values), STATE_MODEL_LOG
             else:
                 frame["value"], model = np.arcsinh(values / 150.0), STATE_MODEL_ASINH
-            res = fit_contrasts(frame, design, model_name=model)
-            res.insert(0, "marker", col.removeprefix("mfi_median_"))
-            res.insert(0, "population", population)
-            res.insert(0, "template", template)
-            results.append(res)
+            jobs.append((frame, design, model))
+            labels.append((template, population, col.removeprefix("mfi_median_")))
+    results = []
+    for res, (template, population, marker) in zip(fit_all(jobs, n_jobs), labels):
+        res.insert(0, "marker", marker)
+        res.insert(0, "population", population)
+        res.insert(0, "template", template)
+        results.append(res)
     columns = [*RESULT_COLUMNS[:2], "marker", *RESULT_COLUMNS[2:]]
     if not results:
         return pd.DataFrame(columns=columns)
