@@ -72,6 +72,50 @@ def treg_template() -> ip.template.Template:
     return template_from_dict(spec, source="benchmark")
 
 
+def _mix(name: str, populations: list[dict]) -> ip.template.Template:
+    spec = {"name": name, "version": "1", "compensation": "file",
+            "transforms": {"default": LOGICLE, "FSC-A": "linear", "FSC-H": "linear",
+                           "SSC-A": "linear"},
+            "populations": populations}
+    return template_from_dict(spec, source="benchmark")
+
+
+def gate_mixes() -> dict[str, ip.template.Template]:
+    """Gate mixes whose speed differs: ranges only, logicle polygons, ellipses, booleans."""
+    lg = _lg
+    ranges = [{"name": f"{m}+", "gate": {"range": {m: [lg(c), None]}}}
+              for m, c in (("CD3", 2.5), ("CD4", 2.8), ("CD25", 3.0), ("CD127", 2.8),
+                           ("FOXP3", 2.6), ("CD45RA", 2.5))]
+    ranges.append({"name": "Live", "gate": {"range": {"viability": [None, lg(2.0)]}}})
+    polygons = [
+        {"name": "CD3 CD4 polygon", "gate": {"polygon": {"dims": ["CD4", "CD3"], "vertices": [
+            [lg(2.6), lg(2.3)], [lg(5.5), lg(2.3)], [lg(5.5), lg(6.0)], [lg(2.6), lg(6.0)],
+            [lg(2.2), lg(4.0)]]}}},
+        {"name": "CD127 CD25 polygon", "parent": "CD3 CD4 polygon", "gate": {"polygon": {
+            "dims": ["CD127", "CD25"], "vertices": [
+                [0.0, lg(3.3)], [lg(2.2), lg(3.3)], [lg(2.8), lg(5.0)], [lg(2.8), 1.0],
+                [0.0, 1.0]]}}},
+        {"name": "CD45RA FOXP3 polygon", "gate": {"polygon": {
+            "dims": ["CD45RA", "FOXP3"], "vertices": [
+                [0.0, lg(2.6)], [lg(5.0), lg(2.6)], [lg(5.0), 1.0], [0.0, 1.0]]}}},
+    ]
+    ellipses = [
+        {"name": f"{x} {y} ellipse", "gate": {"ellipse": {
+            "dims": [x, y], "center": [cx, cy], "covariance": [[0.004, 0.001], [0.001, 0.004]],
+            "distance_square": 4.0}}}
+        for x, y, cx, cy in (("CD4", "CD3", 0.72, 0.72), ("CD127", "CD25", 0.55, 0.45),
+                             ("CD45RA", "FOXP3", 0.5, 0.5))]
+    booleans = [*ranges[:4],
+                {"name": "CD3 and CD4", "gate": {"and": ["CD3+", "CD4+"]}},
+                {"name": "CD25 or CD127", "gate": {"or": ["CD25+", "CD127+"]}},
+                {"name": "not CD3", "gate": {"not": ["CD3+"]}},
+                {"name": "CD4 not CD25", "gate": {"and": ["CD4+", "!CD25+"]}}]
+    return {"ranges only": _mix("ranges", ranges),
+            "logicle polygons": _mix("polygons", polygons),
+            "ellipses": _mix("ellipses", ellipses),
+            "booleans": _mix("booleans", booleans)}
+
+
 def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
     """Median seconds over ``repeats`` runs and peak traced memory (MiB) of one run."""
     times = []
@@ -118,6 +162,14 @@ def main() -> None:
         t_ours, mem_ours, ours = _timed(lambda: ip.gate_sample(sample, template),
                                         args.repeats)
         t_fk, mem_fk, theirs = _timed(lambda: strategy.gate_sample(fk_sample), args.repeats)
+        mixes = []
+        for mix, mixed in gate_mixes().items():
+            mxml = write_gatingml(mixed, Path(tmp) / f"{mixed.name}.xml", sample=sample)
+            mstrategy = fk.parse_gating_xml(str(mxml))
+            m_ours, _, ours_m = _timed(lambda t=mixed: ip.gate_sample(sample, t), args.repeats)
+            m_fk, _, fk_m = _timed(lambda s=mstrategy: s.gate_sample(fk_sample), args.repeats)
+            _same_counts(mixed, ours_m, fk_m)
+            mixes.append((mix, len(mixed), m_ours, m_fk))
 
     print(f"events: {sample.n_events:,}  channels: {len(sample.channel_names)}  "
           f"gates: {len(template)}  (median of {args.repeats} runs)")
@@ -129,12 +181,24 @@ def main() -> None:
         assert n_ours == n_fk, f"{pop.name}: {n_ours} != {n_fk}"
         print(f"{pop.name:<20}{n_ours:>15,}{n_fk:>12,}")
     print("counts: identical")
+    print(f"\n{'gate mix':<20}{'gates':>6}{'immunoprofile ms':>18}{'FlowKit ms':>12}"
+          f"{'ratio':>8}   (counts identical)")
+    for mix, n, a, b in mixes:
+        print(f"{mix:<20}{n:>6}{a * 1e3:>18.1f}{b * 1e3:>12.1f}{b / a:>7.1f}x")
     print(f"gating  immunoprofile {t_ours * 1e3:8.1f} ms  peak {mem_ours:7.1f} MiB")
     print(f"gating  FlowKit       {t_fk * 1e3:8.1f} ms  peak {mem_fk:7.1f} MiB")
     print(f"gating speed-up (FlowKit / immunoprofile): {t_fk / t_ours:.1f}x")
     for who, secs in (("immunoprofile", t_read), ("FlowKit", t_fk_read)):
         print(f"read    {who:<13} {secs * 1e3:8.1f} ms  ({secs / t_floor:.2f}x numpy.fromfile)")
     print(f"read    numpy.fromfile {t_floor * 1e3:7.1f} ms  (floor)")
+
+
+def _same_counts(template: ip.template.Template, ours, theirs) -> None:
+    for pop in template.populations:
+        gate_path = ("root", *map(gatingml_id, reversed(template.ancestors(pop.name))))
+        n_fk = int(theirs.get_gate_membership(gatingml_id(pop.name), gate_path=gate_path).sum())
+        n_ours = int(ours.membership[pop.name].sum())
+        assert n_ours == n_fk, f"{template.name}/{pop.name}: {n_ours} != {n_fk}"
 
 
 if __name__ == "__main__":
