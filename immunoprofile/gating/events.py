@@ -109,6 +109,7 @@ class EventSpace:
         self._matrices: dict[str, pd.DataFrame | None] = {}
         self._cache: dict[tuple, _Computed] = {}
         self._inverse: dict[tuple[str, str], tuple] = {}
+        self._approx_all: dict[tuple[str, str], np.ndarray] = {}  # float32, every event
         self._max_abs: float | None = None
         self._tops: dict[str, float] | None = None
         # (reference, channel) pairs each population's gate reads. One solve gives every
@@ -271,6 +272,12 @@ class EventSpace:
             bound = 4e-6 * self._max_abs * float(np.abs(weights).sum()) + 1e-6
             self._inverse[key] = (weights.astype(np.float32), bound)
         weights, bound = self._inverse[key]
+        if idx.size * 4 >= self.sample.n_events:
+            # Most events (gates near the root): one product over the contiguous matrix,
+            # kept for the channel's next gates, costs less than gathering the rows.
+            if key not in self._approx_all:
+                self._approx_all[key] = self.sample.events @ weights
+            return self._approx_all[key][idx].astype(np.float64), bound
         # float32 × float32: no float64 copy of the rows; the band absorbs the rounding.
         # In blocks, so the rows gathered never amount to a copy of the event matrix.
         out = np.empty(idx.size)
