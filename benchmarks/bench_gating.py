@@ -185,12 +185,40 @@ def main() -> None:
           f"{'ratio':>8}   (counts identical)")
     for mix, n, a, b in mixes:
         print(f"{mix:<20}{n:>6}{a * 1e3:>18.1f}{b * 1e3:>12.1f}{b / a:>7.1f}x")
+    workspace = _flowjo_workspace_mix(args.repeats)
+    if workspace:
+        print(workspace)
     print(f"gating  immunoprofile {t_ours * 1e3:8.1f} ms  peak {mem_ours:7.1f} MiB")
     print(f"gating  FlowKit       {t_fk * 1e3:8.1f} ms  peak {mem_fk:7.1f} MiB")
     print(f"gating speed-up (FlowKit / immunoprofile): {t_fk / t_ours:.1f}x")
     for who, secs in (("immunoprofile", t_read), ("FlowKit", t_fk_read)):
         print(f"read    {who:<13} {secs * 1e3:8.1f} ms  ({secs / t_floor:.2f}x numpy.fromfile)")
     print(f"read    numpy.fromfile {t_floor * 1e3:7.1f} ms  (floor)")
+
+
+def _flowjo_workspace_mix(repeats: int) -> str:
+    """A real FlowJo 10 workspace (FlowSOM's LSR file, ../shared): FlowKit's Workspace
+    against our gating of the imported template, counts compared; '' when absent."""
+    from immunoprofile.template import read_flowjo
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "real-data"
+    wsp, fcs = shared / "flowsom_68983" / "gating.wsp", shared / "flowsom_68983" / "68983.fcs"
+    if not (wsp.is_file() and fcs.is_file()):
+        return ""
+    template = read_flowjo(wsp)
+    sample = ip.read_fcs(fcs)
+    ours_t, _, ours = _timed(lambda: ip.gate_sample(sample, template), repeats)
+
+    ws = fk.Workspace(str(wsp), fcs_samples=[str(fcs)])
+    theirs_t, _, report = _timed(lambda: (ws.analyze_samples(group_name="All Samples",
+                                                              use_mp=False),
+                                          ws.get_analysis_report())[1], repeats)
+    counts = dict(zip(report["gate_name"], report["count"]))
+    same = sum(int(ours.membership[p.name].sum()) == int(counts.get(p.name.split("/")[-1], -1))
+               for p in template.populations)
+    return (f"{'FlowJo workspace':<20}{len(template):>6}{ours_t * 1e3:>18.1f}"
+            f"{theirs_t * 1e3:>12.1f}{theirs_t / ours_t:>7.1f}x   ({sample.n_events:,} events, "
+            f"real LSR file; {same}/{len(template)} counts equal)")
 
 
 def _same_counts(template: ip.template.Template, ours, theirs) -> None:
