@@ -46,6 +46,29 @@ def report_size(run: Path) -> float:
     return (page.stat().st_size + thumbs) / 2**20
 
 
+def report_open_seconds(page: Path) -> float | None:
+    """Seconds until Chromium has loaded the report (None without Playwright or Chromium)."""
+    import shutil
+
+    browser_path = next((shutil.which(b) for b in ("chromium", "chromium-browser")
+                         if shutil.which(b)), None)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if browser_path is None:
+        return None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page()
+        t0 = time.perf_counter()
+        tab.goto(page.resolve().as_uri(), wait_until="load")
+        seconds = time.perf_counter() - t0
+        browser.close()
+    return seconds
+
+
 def one_size(tubes: int, workers: int, root: Path) -> list[dict]:
     per_arm = max(1, round(tubes / (ARMS * TUBES_PER_VISIT * len(VISITS.split(",")))))
     folder = root / f"study_{tubes}"
@@ -68,6 +91,10 @@ def one_size(tubes: int, workers: int, root: Path) -> list[dict]:
                      "peak_mib": round(peak)})
     rows.append({"tubes": n, "stage": "report size (MiB)",
                  "seconds": round(report_size(folder / "run"), 2), "peak_mib": None})
+    opened = report_open_seconds(folder / "run" / "report.html")
+    if opened is not None:
+        rows.append({"tubes": n, "stage": "report opens in Chromium (s)",
+                     "seconds": round(opened, 2), "peak_mib": None})
     return rows
 
 
@@ -87,7 +114,7 @@ def main() -> None:
     first = table[table["tubes"] == table["tubes"].min()].set_index("stage")
     out = []
     for (n, name), row in table.set_index(["tubes", "stage"]).iterrows():
-        if n == first.index.name or name not in first.index or name.startswith("report size"):
+        if n == first.index.name or name not in first.index or name.startswith("report "):
             continue
         base = first.loc[name]
         n0 = int(table["tubes"].min())
