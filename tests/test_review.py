@@ -198,7 +198,6 @@ def test_an_unwritable_run_is_refused(planted, tmp_path) -> None:
     check_writable(run)  # a writable copy is fine
     with pytest.raises(ImmunoprofileError, match="not a gated run"):
         check_writable(ip.Run(tmp_path))
-    setpriv = shutil.which("setpriv")
     if os.geteuid() != 0:
         run.path.chmod(0o555)
         try:
@@ -207,19 +206,40 @@ def test_an_unwritable_run_is_refused(planted, tmp_path) -> None:
         finally:
             run.path.chmod(0o755)
         return
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot drop write permission")
-    # root writes everywhere: run the verb as 'nobody' on a folder only root may write
+    # root writes through permissions: an immutable folder (chattr +i) stops even root
+    chattr = shutil.which("chattr")
+    if chattr and subprocess.run([chattr, "+i", str(run.path)], capture_output=True,
+                                 check=False).returncode == 0:
+        try:
+            done = subprocess.run([sys.executable, "-m", "immunoprofile.cli", "review",
+                                   str(run.path), "--port", "0"], capture_output=True,
+                                  text=True, timeout=120, check=False)
+        finally:
+            subprocess.run([chattr, "-i", str(run.path)], check=False)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "not writable" in done.stderr, done.stderr
+        return
+    # otherwise run the verb as 'nobody' on a folder only root may write, when it can
+    setpriv = shutil.which("setpriv")
+    as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = {**os.environ, "HOME": "/tmp", "MPLCONFIGDIR": "/tmp"}
+    try:
+        probe = subprocess.run([*as_nobody, sys.executable, "-c", "import immunoprofile"],
+                               capture_output=True, env=env, timeout=60, check=False)
+    except (OSError, TypeError):
+        probe = None
+    if setpriv is None or probe is None or probe.returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i, and 'nobody' cannot "
+                    "run this interpreter: no way to make a folder root cannot write")
     shared = Path(tempfile.mkdtemp(prefix="review-ro-", dir="/tmp"))
     try:
         target = shutil.copytree(run.path, shared / "run")
         for folder in (shared, *(p for p in shared.rglob("*") if p.is_dir())):
             folder.chmod(0o755)
-        done = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                               sys.executable, "-m", "immunoprofile.cli", "review",
-                               str(target), "--port", "0"],
+        done = subprocess.run([*as_nobody, sys.executable, "-m", "immunoprofile.cli",
+                               "review", str(target), "--port", "0"],
                               capture_output=True, text=True, timeout=120, check=False,
-                              env={**os.environ, "HOME": "/tmp", "MPLCONFIGDIR": "/tmp"})
+                              env=env)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     assert done.returncode == 1, done.stdout + done.stderr
