@@ -31,6 +31,7 @@ from immunoprofile.batch._settings import (
     resolve_templates,
 )
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.gating.rows import stack_rows
 from immunoprofile.io.samplesheet import SampleSheet, read_samplesheet
 from immunoprofile.overrides import for_sample, read_overrides
 from immunoprofile.run import Run
@@ -203,7 +204,7 @@ def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
     parts, qcs = read_parts(run, [o.sample_id for o in outcomes])
     errors = [e for o in outcomes for e in o.errors]
     meta = sheet.metadata_columns
-    subsets = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=meta)
+    subsets = stack_rows(parts) if parts else pd.DataFrame(columns=meta)
     subsets = restore_types(subsets, sheet)
     qc_table = pd.DataFrame(qcs)
     error_table = pd.DataFrame(errors, columns=["sample_id", "path", "template", "stage",

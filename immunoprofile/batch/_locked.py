@@ -23,6 +23,7 @@ from immunoprofile.batch._parts import done_record
 from immunoprofile.batch._settings import BatchSettings, resolve_templates
 from immunoprofile.batch._task import gate_row
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.gating.rows import stack_rows
 from immunoprofile.io.samplesheet import SampleSheet, read_samplesheet
 from immunoprofile.run import Run
 from immunoprofile.tables import SUBSETS, Column, register, write_parquet
@@ -142,7 +143,7 @@ def gate_baseline_locked(
             parts += rows_of(row, gate_row(row, locked, frozen).results)
     if not parts:
         return pd.DataFrame()
-    out_table = pd.concat(parts, ignore_index=True)
+    out_table = stack_rows(parts)
     wanted = [keep.get(t, set()) for t in out_table["template"]]
     out_table = out_table[[p in w for p, w in zip(out_table["population"], wanted)]]
     out_table = out_table.reset_index(drop=True)

@@ -136,3 +136,26 @@ def subset_rows(result: GatingResult, metadata: Mapping[str, Any] | None = None,
     table["override"] = table["population"].isin(result.overridden).to_numpy(dtype=bool)
     table["file_sha256"] = file_sha256
     return table
+
+
+def stack_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Samples' subset rows as one table, columns in order of first appearance.
+
+    A column a sample has no value in (a reference only another template declares, absolute
+    counts without a lymphocyte count) is left out of that sample's part before stacking, so
+    the other samples' values decide its type, as they always have (pandas is changing what
+    all-empty columns do to a concatenation).
+
+    Parameters
+    ----------
+    parts
+        Per-sample subset tables.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every part, in order.
+    """
+    columns = list(dict.fromkeys(c for part in parts for c in part.columns))
+    kept = [part.dropna(axis=1, how="all") for part in parts]
+    return pd.concat(kept, ignore_index=True).reindex(columns=columns)
