@@ -78,43 +78,33 @@ def _number(v: float) -> str:
     return repr(float(v))
 
 
-def _transform_element(parent: Any, channel: str, xform: Any) -> None:
+def _transform_spec(xform: Any) -> tuple[str, dict[str, float | str]]:
+    """FlowJo's element name for a FlowKit transform and its attributes."""
     # start-up time: FlowKit is needed only when a workspace is written
     from flowkit import transforms as tr
     from flowkit._models.transforms._wsp_transforms import WSPBiexTransform, WSPLogTransform
 
     if isinstance(xform, WSPBiexTransform):
-        el = etree.SubElement(parent, _q("transforms", "biex"))
-        el.set(_q("transforms", "length"), "256")
-        el.set(_q("transforms", "maxRange"), _number(xform.max_value))
-        el.set(_q("transforms", "neg"), _number(xform.negative))
-        el.set(_q("transforms", "width"), _number(xform.width))
-        el.set(_q("transforms", "pos"), _number(xform.positive))
-    elif isinstance(xform, WSPLogTransform):
-        el = etree.SubElement(parent, _q("transforms", "log"))
-        el.set(_q("transforms", "offset"), _number(xform.offset))
-        el.set(_q("transforms", "decades"), _number(xform.decades))
-    elif isinstance(xform, tr.AsinhTransform):
-        el = etree.SubElement(parent, _q("transforms", "fasinh"))
-        el.set(_q("transforms", "length"), "256")
-        el.set(_q("transforms", "maxRange"), _number(xform.param_t))
-        el.set(_q("transforms", "T"), _number(xform.param_t))
-        el.set(_q("transforms", "M"), _number(xform.param_m))
-        el.set(_q("transforms", "A"), _number(xform.param_a))
-        el.set(_q("transforms", "W"), "1")
-    elif isinstance(xform, tr.LogicleTransform):
-        el = etree.SubElement(parent, _q("transforms", "logicle"))
-        el.set(_q("transforms", "length"), "256")
-        for key, v in (("T", xform.param_t), ("W", xform.param_w), ("M", xform.param_m),
-                       ("A", xform.param_a)):
-            el.set(_q("transforms", key), _number(v))
-    elif isinstance(xform, tr.LinearTransform):
-        el = etree.SubElement(parent, _q("transforms", "linear"))
-        el.set(_q("transforms", "minRange"), _number(xform.param_a))  # FlowKit reads it as A
-        el.set(_q("transforms", "maxRange"), _number(xform.param_t))
-        el.set(_q("transforms", "gain"), "1")
-    else:
-        raise ValueError(f"{type(xform).__name__} has no FlowJo workspace form")
+        return "biex", {"length": "256", "maxRange": xform.max_value, "neg": xform.negative,
+                        "width": xform.width, "pos": xform.positive}
+    if isinstance(xform, WSPLogTransform):
+        return "log", {"offset": xform.offset, "decades": xform.decades}
+    if isinstance(xform, tr.AsinhTransform):
+        return "fasinh", {"length": "256", "maxRange": xform.param_t, "T": xform.param_t,
+                          "M": xform.param_m, "A": xform.param_a, "W": "1"}
+    if isinstance(xform, tr.LogicleTransform):
+        return "logicle", {"length": "256", "T": xform.param_t, "W": xform.param_w,
+                           "M": xform.param_m, "A": xform.param_a}
+    if isinstance(xform, tr.LinearTransform):  # FlowKit reads minRange as A
+        return "linear", {"minRange": xform.param_a, "maxRange": xform.param_t, "gain": "1"}
+    raise ValueError(f"{type(xform).__name__} has no FlowJo workspace form")
+
+
+def _transform_element(parent: Any, channel: str, xform: Any) -> None:
+    tag, attrs = _transform_spec(xform)
+    el = etree.SubElement(parent, _q("transforms", tag))
+    for key, value in attrs.items():
+        el.set(_q("transforms", key), value if isinstance(value, str) else _number(value))
     param = etree.SubElement(el, _q("data-type", "parameter"))
     param.set(_q("data-type", "name"), channel)
 
