@@ -193,61 +193,35 @@ def _overrides(run: Run, out: Path) -> str:
             + _table(audit[cols].iloc[::-1]))
 
 
-def _outlier_order(run: Run, names: list[Path]) -> list[Path]:
-    """Gating plots of overridden samples first, then QC removals, adaptive fallbacks or rare
-    populations."""
-    score: dict[str, float] = {}
-    qc = run.qc
-    if not qc.empty:
-        fallback = qc.filter(like="/fallback").fillna(0).sum(axis=1) if len(qc) else 0
-        qc["score"] = qc.get("pct_removed", 0) + 10 * fallback
-        score = dict(zip(qc["sample_id"].astype(str), qc["score"]))
-    errors = run.errors
-    if "sample_id" in errors.columns:
-        for sid in errors["sample_id"].astype(str):
-            score[sid] = score.get(sid, 0) + 100
-    for sid in set(run.audit.get("sample_id", [])):
-        score[str(sid)] = score.get(str(sid), 0) + 1000
-
-    def key(p: Path) -> tuple:
-        sid = p.stem.rsplit("_", 1)[0]
-        return (-score.get(sid, 0.0), p.name)
-
-    return sorted(names, key=key)
-
-
 def _needs_a_look(run: Run) -> tuple[list[str], dict[str, str]]:
-    """Samples in review order and why, from the review's ranking (overrides and errors first);
-    the older QC-only order when the run cannot be ranked."""
-    try:
-        # start-up time: the ranking (and its template reading) only for reports with plots
-        from immunoprofile.review.ranking import rank_samples
-
-        ranking = rank_samples(run)
-    except Exception:  # a partial run still gets a report, in the QC-only order
+    """The gated samples in review order (overrides and failures first, then the review's
+    ranking) and why each needs a look ('' when nothing flags it)."""
+    if run.subsets.empty:
         return [], {}
+    # start-up time: the ranking (and its template reading) only for reports with plots
+    from immunoprofile.review.ranking import rank_samples
+
+    ranking = rank_samples(run)
     overridden = set(run.audit.get("sample_id", pd.Series(dtype=str)).astype(str))
     failed = set(run.errors.get("sample_id", pd.Series(dtype=str)).astype(str))
     ranking["first"] = ranking["sample_id"].isin(overridden | failed)
     ranking = ranking.sort_values(["first", "score"], ascending=False, kind="stable")
     why = {sid: ("gate corrected by hand; " if sid in overridden else "") + reason
            for sid, reason in zip(ranking["sample_id"], ranking["reasons"])}
-    flagged = [sid for sid in ranking["sample_id"] if why[sid]]
-    return flagged, why
+    return list(ranking["sample_id"]), why
 
 
 def _gallery(run: Run, limit: int, images: _Images) -> str:
     plots = run.gating_plots()
     if not plots:
         return "<p><em>no gating plots (the run used --no-plots)</em></p>"
-    flagged, why = _needs_a_look(run)
+    ranked, why = _needs_a_look(run)
     by_sample: dict[str, list[Path]] = {}
     for p in plots:
         by_sample.setdefault(p.stem.rsplit("_", 1)[0], []).append(p)
-    order = flagged or [p.stem.rsplit("_", 1)[0] for p in _outlier_order(run, plots)]
-    if images.embed:  # a small run: every plot, those that need a look first
-        order = list(dict.fromkeys([*order, *by_sample]))
-    shown = [p for sid in order for p in by_sample.get(sid, [])][:limit]
+    # a small run shows every plot, those that need a look first; a large one only those
+    order = [*ranked, *by_sample] if images.embed else [s for s in ranked if why[s]]
+    shown = [p for sid in dict.fromkeys(order) for p in by_sample.get(sid, [])][:limit]
     items = []
     for p in shown:
         sid = p.stem.rsplit("_", 1)[0]
@@ -255,7 +229,8 @@ def _gallery(run: Run, limit: int, images: _Images) -> str:
         items.append(f'<div class="thumb"><img{images.lazy} alt="{html.escape(p.stem)}" '
                      f'src="{images.thumb(p)}" data-full="{images.full(p)}">'
                      f"<div>{html.escape(p.stem)}</div>{reason}</div>")
-    rest = [p for p in plots if p not in set(shown)]
+    on_show = set(shown)
+    rest = [p for p in plots if p not in on_show]
     listing = ""
     if rest:
         if images.embed:

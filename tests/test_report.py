@@ -71,3 +71,23 @@ def test_a_large_run_report_keeps_its_images_beside_it(small_run: Path, tmp_path
     # a rewrite leaves no thumbnail no page refers to
     write_report(small_run, out, self_contained=False, gallery_limit=2)
     assert len(list((small_run / "report_large_files").glob("*.jpg"))) <= 2
+
+
+def test_hand_corrected_samples_come_first_in_the_gallery(small_run: Path, tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    from immunoprofile.batch import apply_overrides
+    from immunoprofile.run import Run
+
+    run = Path(shutil.copytree(small_run, tmp_path / "run"))
+    last = sorted(Run(run).subsets["sample_id"].astype(str).unique())[-1]
+    template = str(Run(run).subsets.query("sample_id == @last")["template"].iloc[0])
+    pop = "Live lymphocytes"
+    apply_overrides(run, [{"sample_id": last, "template": template, "population": pop,
+                           "gate": {"range": {"viability": [None, 1.5]}}}],
+                    by="tester", reason="dead cells in the gate", workers=1)
+    text = write_report(run, self_contained=False).read_text()
+    shown = re.findall(r'<div class="thumb"><img[^>]* alt="([^"]+)"', text)
+    assert shown and shown[0].startswith(last)
+    assert "gate corrected by hand" in text
