@@ -272,3 +272,30 @@ def test_the_cli_round_trip_rebuilds_anndata_and_report(gated, tmp_path) -> None
     page = run.report_path.read_text()
     assert "Gates corrected by hand (1 change(s)" in page and 'href="audit.csv"' in page
     assert str(row["sample_id"]) in page and "J. Doe" in page
+
+
+def _apply_one(run: str, sid: str) -> None:
+    apply_overrides(run, [{"sample_id": sid, "template": "treg", "population": "T cells",
+                           "gate": {"range": {"CD3": [3.0, None]}}}],
+                    by=f"user-{sid}", reason="concurrent", workers=1, plotter=None)
+
+
+def test_two_processes_applying_at_once_keep_both_changes(gated, tmp_path) -> None:
+    """Two reviewers (two processes) save at the same moment: neither change is lost and
+    neither save fails on the other's regating."""
+    import multiprocessing as mp
+
+    run = ip.Run(shutil.copytree(gated.path, tmp_path / "run"))
+    sids = sorted(s for s in run.subsets["sample_id"].unique() if s.endswith("treg"))[:2]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_apply_one, args=(str(run.path), sid)) for sid in sids]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(300)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert {o.sample_id for o in read_overrides(run.overrides_path)} == set(sids)
+    audit = pd.read_csv(run.audit_path)
+    assert sorted(audit["sample_id"]) == sids
+    flagged = ip.Run(run.path).subsets.query("override")
+    assert set(flagged["sample_id"]) == set(sids)
