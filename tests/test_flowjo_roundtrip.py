@@ -274,28 +274,51 @@ def test_the_cli_round_trip_rebuilds_anndata_and_report(gated, tmp_path) -> None
     assert str(row["sample_id"]) in page and "J. Doe" in page
 
 
-def _apply_one(run: str, sid: str) -> None:
-    apply_overrides(run, [{"sample_id": sid, "template": "treg", "population": "T cells",
-                           "gate": {"range": {"CD3": [3.0, None]}}}],
-                    by=f"user-{sid}", reason="concurrent", workers=1, plotter=None)
+_APPLY_ONE = """
+import sys
+from immunoprofile.batch import apply_overrides
+run, sid = sys.argv[1:3]
+apply_overrides(run, [{"sample_id": sid, "template": "treg", "population": "T cells",
+                       "gate": {"range": {"CD3": [3.0, None]}}}],
+                by=f"user-{sid}", reason="concurrent", workers=1, plotter=None)
+"""
 
 
 def test_two_processes_applying_at_once_keep_both_changes(gated, tmp_path) -> None:
     """Two reviewers (two processes) save at the same moment: neither change is lost and
     neither save fails on the other's regating."""
-    import multiprocessing as mp
+    import subprocess
+    import sys
 
     run = ip.Run(shutil.copytree(gated.path, tmp_path / "run"))
     sids = sorted(s for s in run.subsets["sample_id"].unique() if s.endswith("treg"))[:2]
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_apply_one, args=(str(run.path), sid)) for sid in sids]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(300)
-    assert [proc.exitcode for proc in procs] == [0, 0]
+    procs = [subprocess.Popen([sys.executable, "-c", _APPLY_ONE, str(run.path), sid],
+                              stderr=subprocess.PIPE, text=True) for sid in sids]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
     assert {o.sample_id for o in read_overrides(run.overrides_path)} == set(sids)
     audit = pd.read_csv(run.audit_path)
     assert sorted(audit["sample_id"]) == sids
     flagged = ip.Run(run.path).subsets.query("override")
     assert set(flagged["sample_id"]) == set(sids)
+
+
+def test_an_edited_gate_keeps_each_axis_own_scale_whatever_the_axis_order() -> None:
+    """Edited coordinates come back through their own axis's factor (arcsinh axes are scaled
+    by 1/(4.5·ln10) in GatingML), on the placed gate's own dimensions."""
+    import flowkit as fk
+
+    from immunoprofile.flowjo.apply import to_template_gate
+    from immunoprofile.template.model import Dimension
+
+    cd25, cd127 = Dimension(marker="CD25"), Dimension(marker="CD127")
+    axes = {"PE-A": (cd25, 0.1), "BV421-A": (cd127, 1.0)}
+    swapped = fk.gates.PolygonGate("Treg", [fk.Dimension("BV421-A"), fk.Dimension("PE-A")],
+                                   [[1.0, 0.3], [2.0, 0.5], [1.5, 0.9]])
+    gate = to_template_gate(swapped, axes)
+    assert gate.dims == (cd127, cd25)
+    assert gate.vertices[0] == pytest.approx((1.0, 3.0))
+    with pytest.raises(ip.errors.ImmunoprofileError, match="exported axes"):
+        to_template_gate(fk.gates.PolygonGate(
+            "Treg", [fk.Dimension("FITC-A"), fk.Dimension("PE-A")], [[0, 0], [1, 1], [1, 0]]),
+            axes)

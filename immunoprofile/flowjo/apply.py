@@ -8,8 +8,9 @@ run applies, and turns each moved gate into an override
 
 Gates are compared and converted in GatingML coordinates (FlowKit reads the workspace and
 applies each sample's transforms); a change smaller than :data:`TOLERANCE` of the gate's span
-is FlowJo's rounding, not an edit. The QC gates and boolean gates are not editable this way
-(a change to them is reported, not applied).
+is FlowJo's rounding, not an edit. The QC gates stand for the run's QC and are ignored;
+boolean gates have no shape to move; a gate added in FlowJo is listed in the notes, not
+applied (new populations belong in the template).
 """
 
 from __future__ import annotations
@@ -71,48 +72,47 @@ def moved(original: Any, edited: Any) -> bool:
     return bool(np.any(np.abs(a[finite] - b[finite]) > TOLERANCE * scale))
 
 
-def to_template_gate(edited: Any, channels: dict[str, str], factors: list[float]) -> Gate:
-    """An edited FlowKit gate as a template gate: markers for channels, template coordinates.
+def to_template_gate(edited: Any, axes: dict[str, tuple[Dimension, float]]) -> Gate:
+    """An edited FlowKit gate as a template gate: the placed gate's axes, template coordinates.
 
     Parameters
     ----------
     edited
         The FlowKit gate (GatingML coordinates on ``$PnN`` channels).
-    channels
-        ``{marker: $PnN}`` of the sample.
-    factors
-        Per dimension, template → GatingML factor (the exported gate's).
+    axes
+        ``{$PnN: (the placed gate's dimension on it, template → GatingML factor)}``: an
+        axis keeps its marker, transform and compensation, and each coordinate is rescaled
+        by its own axis's factor, whatever order the edited gate lists them in.
 
     Returns
     -------
     Gate
-        A rectangle or polygon in marker names.
+        A rectangle or polygon on the placed gate's dimensions.
 
     Raises
     ------
     ImmunoprofileError
-        A dimension is a channel the template does not gate on, or the gate type has no
+        The gate is drawn on a channel the placed gate does not use, or its type has no
         template form.
     """
-    marker_of = {pnn: m for m, pnn in channels.items()}
-    dims = []
     for d in edited.dimensions:
-        if d.id not in marker_of:
-            raise ImmunoprofileError(f"gate {edited.gate_name!r} is drawn on {d.id}, which the "
-                                     "template does not gate on; draw it on the exported axes")
-        dims.append(Dimension(marker=marker_of[d.id]))
-    f = list(factors) if len(factors) == len(dims) else [1.0] * len(dims)
+        if d.id not in axes:
+            raise ImmunoprofileError(
+                f"gate {edited.gate_name!r} is drawn on {d.id}, not on the axes it was "
+                f"exported on ({', '.join(axes)}): draw it on the exported axes")
+    dims = tuple(axes[d.id][0] for d in edited.dimensions)
+    f = [axes[d.id][1] for d in edited.dimensions]
     kind = type(edited).__name__
     if kind == "RectangleGate":
         return RectangleGate(
-            dims=tuple(dims),
+            dims=dims,
             mins=tuple(None if d.min is None else float(d.min) / k
                        for d, k in zip(edited.dimensions, f)),
             maxs=tuple(None if d.max is None else float(d.max) / k
                        for d, k in zip(edited.dimensions, f)),
             complement=bool(edited.use_complement))
     if kind == "PolygonGate":
-        return PolygonGate(dims=tuple(dims),
+        return PolygonGate(dims=dims,
                            vertices=tuple((float(x) / f[0], float(y) / f[1])
                                           for x, y in edited.vertices),
                            complement=bool(getattr(edited, "use_complement", False)))
@@ -151,8 +151,8 @@ def edited_overrides(run: str | Path | Run, workspace: str | Path, *,
     -------
     (overrides, notes)
         Override mappings (``sample_id``, ``template``, ``population``, ``gate``) for each
-        moved gate, and what was found but not applied (QC or boolean gates moved, samples
-        not in the run).
+        moved gate, and what was found but not applied (gates added in FlowJo, samples not
+        in the run or not gated with the template).
     """
     # start-up time: FlowKit reads the workspace only here
     from flowkit import parse_wsp
@@ -197,15 +197,21 @@ def edited_overrides(run: str | Path | Run, workspace: str | Path, *,
             edited = strategy.get_gate(gate_name, gate_path)
             if gate_name in QC_NODES:
                 continue  # QC is the run's: its gates stand for a mask, not for an edit
-            if gate_name not in gates:
+            if gate_name not in gates:  # a boolean has no shape to move
                 if gate_name not in result.template:
                     notes.append(f"{name}: gate {gate_name!r} is not in template {template}; "
                                  "skipped (new populations belong in the template)")
                 continue
             if moved(gates[gate_name], edited):
+                placed = result.template[gate_name].gate
+                axes = {channels[d.marker]: (d, k)
+                        for d, k in zip(placed.dims, factors[gate_name])}
+                try:
+                    gate = to_template_gate(edited, axes)
+                except ImmunoprofileError as exc:
+                    raise ImmunoprofileError(f"{path.name}, sample {name}: {exc}") from exc
                 found.append({"sample_id": sid, "template": template,
-                              "population": gate_name,
-                              "gate": to_template_gate(edited, channels, factors[gate_name])})
+                              "population": gate_name, "gate": gate})
     return found, notes
 
 
