@@ -93,11 +93,13 @@ register("compare/cytokines.parquet (one row per analyte × contrast)", (
            "`rank_detectable`, the difference in the share of values in range (percentage "
            "points)."),
     *_CONTRAST_COLUMNS[8:11],
-    Column("model", "string", "`tobit_re` (censored likelihood at LLOQ/ULOQ, patient random "
-           "intercept, small-sample corrected standard errors), `lmm_log_lloq2` (LLOQ/2 "
-           "imputed), `lmm_log` (nothing censored) or `rank_detectable` (more than 80% below "
-           "the LLOQ, or contrasts the Tobit cannot estimate: rank tests with censored values "
-           "tied at the bottom; the warning says 'tested on ranks')."),
+    Column("model", "string", "`tobit_re` (censored likelihood at the LoD, the LLOQ where no "
+           "LoD is known, and the ULOQ; patient random intercept, small-sample corrected "
+           "standard errors), `lmm_log_lloq2` (LLOQ/2 imputed), `lmm_log` (nothing censored) "
+           "or `rank_detectable` (more than 80% censored, or contrasts the Tobit cannot "
+           "estimate: exact permutation mid-p rank tests with censored values tied at the "
+           "bottom, the normal approximation above 200 values; the warning says 'tested on "
+           "ranks')."),
     *_CONTRAST_COLUMNS[12:-1],
     Column("n_below_lloq / n_above_uloq", "int64", "Values of the analyte below the LLOQ "
            "(reported down to the LoD) and above the ULOQ (censored)."),

@@ -55,10 +55,10 @@ AUDIT_COLUMNS = ("timestamp_utc", "user", "sample_id", "template", "population",
 
 _FIELDS = ("sample_id", "template", "population", "file_sha256", "gate")
 
-register("audit.csv (RUN/audit.csv: one row per gate change made with `flowjo apply` or "
-         "`ip.batch.apply_overrides`, appended, never rewritten)", (
+register("audit.csv (RUN/audit.csv: one row per gate change made with `flowjo apply`, "
+         "`immunoprofile review` or `ip.batch.apply_overrides`; rows are only ever added)", (
              Column("timestamp_utc", "string", "When the change was made (ISO 8601, UTC)."),
-             Column("user", "string", "Who made it (--by)."),
+             Column("user", "string", "Who made it (--by, or the review's reviewer field)."),
              Column("sample_id", "string", "The sample whose gate changed."),
              Column("template", "string", "Its template."),
              Column("population", "string", "The population whose gate was replaced."),

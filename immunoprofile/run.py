@@ -9,13 +9,17 @@ A run is the folder ``immunoprofile gate`` writes and the later verbs add to::
       templates/<name>.yaml         the templates as run
       events/<sample_id>.parquet    each sample's kept events (values + gate membership)
       plots/<sample_id>_<template>.png
-      .parts/<sample_id>.*          per-sample parts (resume)
+      .parts/<sample_id>.*          per-sample parts (resume; .gates.json: the gates as placed)
+      subsets_baseline_locked.parquet  gates locked at baseline (gate --baseline-locked)
+      overrides.yaml, audit.csv     per-sample gate corrections and their audit trail
+                                    (flowjo apply, review)
+      .lock, .overrides.lock        one writer at a time; one correction at a time
       anndata/<timepoint>[_<panel>].h5ad, samples.h5ad          (assemble)
       clusters/<h5ad stem>.parquet  per-event FlowSOM labels   (cluster)
       clusters.parquet, cluster_annotation.csv, cluster_agreement.csv, cluster_plots/
       cytokines/                    a bead-array run (cba)
       compare/                      comparison tables and plots (compare)
-      report.html
+      report.html, report_files/    the report (and its thumbnails, for large runs)
 
 :class:`Run` is the only place that names these files (as FlowKit's ``Session`` owns a
 workspace and AnnData its ``.h5ad``): every verb and the report read and write through it, and

@@ -3,7 +3,8 @@
 When more than :data:`RANK_ABOVE` of an analyte's values are below the LLOQ (or a visit of an
 arm has no value in range, where a censored-likelihood model has no estimable cell mean), a
 likelihood model has too little to work with. Every censored value is then tied at the bottom
-and the trial contrasts are tested on ranks, which need no distribution and no value in range:
+and the trial contrasts are tested on ranks, which need no distribution and no value in range
+(exact permutation distributions with the mid-p, see :func:`_mannwhitney`):
 
 - ``arm_vs_control`` at a visit: Mann–Whitney between the two arms' values;
 - ``change_from_baseline``: Wilcoxon signed-rank of each patient's change (tied censored
