@@ -51,7 +51,7 @@ def flowjo_apply(run_dir: Path, workspace: Path, by: str, reason: str, template:
     from immunoprofile.flowjo import apply_workspace
 
     added, notes = apply_workspace(run_dir, workspace, by=by, reason=reason,
-                                   template=template, workers=workers, refresh=refresh_outputs)
+                                   template=template, workers=workers)
     for note in notes:
         click.echo(f"  {note}", err=True)
     if added.empty:
@@ -61,18 +61,6 @@ def flowjo_apply(run_dir: Path, workspace: Path, by: str, reason: str, template:
         click.echo(f"{row['sample_id']} {row['template']}/{row['population']}: "
                    f"{row['old_count']} → {row['new_count']} events")
     click.echo(f"{len(added)} override(s) applied; audit in {Path(run_dir) / 'audit.csv'}")
-
-
-def refresh_outputs(run) -> None:
-    """Rebuild the AnnData and the report a run already has, after its tables changed."""
-    # start-up time: each command loads only what it runs
-    from immunoprofile.assemble import assemble_run
-    from immunoprofile.report import write_report
-
-    if run.timepoint_files():
-        assemble_run(run.path)
-    if run.report_path.is_file():
-        write_report(run.path)
 
 
 @click.command()

@@ -251,10 +251,12 @@ def test_quadrant_cuts_move_together_and_a_selection_gets_the_same_gate(planted,
     """No browser: the app's own objects in a Bokeh document, as a session holds them."""
     from bokeh.document import Document
 
+    from immunoprofile.report import write_report
     from immunoprofile.review.app import ReviewApp, SamplePanel
     from immunoprofile.review.editing import RunContext, SampleEditor
 
     run = ip.Run(shutil.copytree(planted.path, tmp_path / "run"))
+    write_report(run)
     context = RunContext.open(run)
     app = ReviewApp(context, Document())
     panel = SamplePanel(app, SampleEditor(context, "P001_W0_treg", "treg"))
@@ -271,6 +273,7 @@ def test_quadrant_cuts_move_together_and_a_selection_gets_the_same_gate(planted,
     added = panel.editor.save(panel.changes, by="asmith", reason="CD45RA divider", also=also)
     assert sorted(set(added["sample_id"])) == sorted(["P001_W0_treg", *also])
     assert len(added) == 6  # two populations × three samples, one audit row each
+    assert "CD45RA divider" in run.report_path.read_text()  # the report follows the save
     table = ip.Run(run.path).subsets
     flagged = table[table["override"]]
     assert set(flagged["sample_id"]) >= {"P001_W0_treg", *also}

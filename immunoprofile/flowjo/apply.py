@@ -27,6 +27,7 @@ from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.flowjo._qc_gates import QC_NODES
 from immunoprofile.flowjo.export import SAMPLE_ID_KEYWORD, export_sample
 from immunoprofile.overrides import for_sample, read_overrides
+from immunoprofile.refresh import refresh_outputs
 from immunoprofile.run import Run
 from immunoprofile.template.model import Dimension, Gate, PolygonGate, RectangleGate
 
@@ -217,7 +218,8 @@ def edited_overrides(run: str | Path | Run, workspace: str | Path, *,
 
 def apply_workspace(run: str | Path | Run, workspace: str | Path, *, by: str, reason: str,
                     template: str | None = None, workers: int | None = None,
-                    refresh: Callable[[Run], Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
+                    refresh: Callable[[Run], Any] | None = refresh_outputs,
+                    ) -> tuple[pd.DataFrame, list[str]]:
     """Apply the gates moved in an edited workspace as per-sample overrides.
 
     Parameters
@@ -233,7 +235,8 @@ def apply_workspace(run: str | Path | Run, workspace: str | Path, *, by: str, re
     workers
         Processes for regating the changed samples.
     refresh
-        Called with the run after regating (the CLI rebuilds AnnData and the report).
+        Called with the run after regating; by default the AnnData and report the run
+        already has are rebuilt (:func:`immunoprofile.refresh.refresh_outputs`; None: not).
 
     Returns
     -------

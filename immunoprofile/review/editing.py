@@ -19,6 +19,7 @@ from immunoprofile.batch import apply_overrides, gate_row, run_inputs
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.gating.engine import gate_sample
 from immunoprofile.overrides import Override, apply_to_template, for_sample, read_overrides
+from immunoprofile.refresh import refresh_outputs
 from immunoprofile.review.ranking import rank_samples
 from immunoprofile.run import Run
 from immunoprofile.template.model import Gate, PolygonGate, RectangleGate, Template
@@ -164,7 +165,8 @@ class SampleEditor:
 
     def save(self, changes: dict[str, Gate], *, by: str, reason: str,
              also: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-        """Write the changed gates as overrides (this sample and ``also``), audit, regate.
+        """Write the changed gates as overrides (this sample and ``also``), audit, regate,
+        and rebuild the AnnData and report the run has.
 
         Parameters
         ----------
@@ -187,7 +189,8 @@ class SampleEditor:
         entries = [{"sample_id": sid, "template": self.template_name, "population": pop,
                     "gate": gate} for sid in samples for pop, gate in changes.items()]
         added = apply_overrides(self.context.run, entries, by=by, reason=reason, workers=1)
+        refresh_outputs(self.context.run)
+        # the file, its QC and its preparation do not change with the gates: only `placed`
         placed = self.context.run.placed_templates(self.sample_id).get(self.template_name)
         self.placed = placed if placed is not None else self._gate().template
-        self._prepared = None
         return added
