@@ -297,3 +297,16 @@ def test_a_moved_polygon_vertex_recounts_with_the_engine(planted) -> None:
     after = dict(zip(panel.counts_source.data["population"], panel.counts_source.data["now"]))
     assert after["Treg"] > before["Treg"]
     assert after["Treg"] + after["Conventional CD4"] == after["CD4+ T cells"]
+
+
+def test_the_ranking_without_qc_table_or_recorded_gates(planted, tmp_path) -> None:
+    run = ip.Run(shutil.copytree(planted.path, tmp_path / "run"))
+    run.qc_path.unlink()  # no qc.csv: the recorded gates still rank
+    ranking = rank_samples(ip.Run(run.path))
+    assert BAD in list(ranking["sample_id"].head(3))
+    older = ip.Run(shutil.copytree(planted.path, tmp_path / "older"))
+    for part in older.parts_dir.glob("*.gates.json"):
+        part.unlink()  # a run gated before gates were recorded: qc.csv's positions
+    ranking = rank_samples(older)
+    assert len(ranking) == len(rank_samples(planted))
+    assert ranking["reasons"].str.contains("robust SD from the run's median").any()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from immunoprofile.gating.landmarks import MAD_TO_SD
+from immunoprofile.gating.rows import RARE_THRESHOLD
 from immunoprofile.run import Run
 from immunoprofile.template.model import EllipseGate, PolygonGate, RectangleGate, Template
 
@@ -35,7 +37,7 @@ _DIAGNOSTIC_PREFIXES = ("peak_", "sd_", "ref_", "fit_", "range_", "fraction_", "
 def _robust_z(values: pd.Series) -> pd.Series:
     x = pd.to_numeric(values, errors="coerce")
     med = x.median()
-    mad = 1.4826 * (x - med).abs().median()
+    mad = MAD_TO_SD * (x - med).abs().median()
     scale = mad if mad and np.isfinite(mad) and mad > 0 else np.nan
     if not np.isfinite(scale):
         spread = x.std()
@@ -143,7 +145,7 @@ def _rare_scores(subsets: pd.DataFrame) -> pd.DataFrame:
     sub = subsets[subsets["measured"]].copy()
     typical = sub.groupby(["template", "population"], observed=True)["count"].transform(
         "median")
-    unusual = sub["flag_rare"] & (typical >= 500)
+    unusual = sub["flag_rare"] & (typical >= 10 * RARE_THRESHOLD)
     hits = sub[unusual]
     rows = []
     for sid, g in hits.groupby("sample_id"):
@@ -180,13 +182,18 @@ def rank_samples(run: str | Run) -> pd.DataFrame:
     samples["sample_id"] = samples["sample_id"].astype(str)
     qc = run.qc.copy()
     parts = pd.DataFrame({"sample_id": samples["sample_id"]})
+    # the gates themselves, overrides included; runs gated before they were recorded: the
+    # adaptive positions in qc.csv
     placed = _placed_scores(run, list(samples["sample_id"]))
+    if placed is not None:
+        parts = parts.merge(placed, on="sample_id", how="left")
     if not qc.empty:
         qc["sample_id"] = qc["sample_id"].astype(str)
-        gate_score, gate_why = _gate_scores(qc)
-        if placed is not None:  # the gates themselves: overrides included
-            gate_score = qc["sample_id"].map(placed.set_index("sample_id")["gate_score"])
-            gate_why = qc["sample_id"].map(placed.set_index("sample_id")["gate_why"])
+        if placed is None:
+            gate_score, gate_why = _gate_scores(qc)
+            parts = parts.merge(pd.DataFrame({"sample_id": qc["sample_id"],
+                                              "gate_score": gate_score, "gate_why": gate_why}),
+                                on="sample_id", how="left")
         fallbacks = qc.filter(like="/fallback")
         # a fallback most samples share is the template's norm on these data, not a sign
         weight = 1.0 - fallbacks.mean(axis=0, skipna=True).fillna(0.0)
@@ -195,7 +202,7 @@ def rank_samples(run: str | Run) -> pd.DataFrame:
                           if row[c] and weight[c] >= 0.5) for _, row in fallbacks.iterrows()]
         pct = pd.to_numeric(qc.get("pct_removed", 0), errors="coerce").fillna(0.0)
         part = pd.DataFrame({
-            "sample_id": qc["sample_id"], "gate_score": gate_score, "gate_why": gate_why,
+            "sample_id": qc["sample_id"],
             "fallback_score": 3.0 * (fallbacks * weight).sum(axis=1).clip(upper=3),
             "fallback_why": [f"adaptive gate fell back: {f}" if f else "" for f in fell],
             "qc_score": (pct / 5.0).clip(upper=CAP),
