@@ -6,18 +6,15 @@ executors yield the outcomes as tasks finish (the run assembles tables in sheet 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from typing import Any
 from urllib.parse import urlsplit
 
+from immunoprofile._pool import pool_context, worker_init
 from immunoprofile.batch._parts import process_sample
 from immunoprofile.batch._settings import BatchSettings, SampleOutcome
 from immunoprofile.errors import ImmunoprofileError
@@ -26,34 +23,6 @@ from immunoprofile.template.model import Template
 # Parallelism is across samples. Inside one sample the linear algebra is on tiny matrices
 # (2-D mixtures, a ~20×20 spillover), where extra BLAS/OpenMP threads only spin against the
 # other workers: with the libraries' default threads a sample took 2-3× longer on 2 cores.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def worker_init(parent: int | None = None) -> None:
-    """Pool-worker start: libraries loaded from now on (SciPy's OpenBLAS, OpenMP) get one
-    thread (dask's nanny does the same for its workers), and on Linux the worker dies with
-    the run that started it (a killed ``gate`` must not leave workers writing parts).
-
-    Parameters
-    ----------
-    parent
-        The starting process's pid: a worker whose parent is already gone exits at once.
-    """
-    for var in _THREAD_VARS:
-        os.environ[var] = "1"
-    if parent is not None and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # no prctl: the pool's own shutdown still applies
-            return
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 # One task: (row, templates, run folder, settings, resume, plotter).
 Task = tuple[dict, list[Template], str, BatchSettings, bool, Any, tuple]
 
@@ -83,11 +52,7 @@ def run_local(tasks: list[Task], workers: int) -> Iterator[SampleOutcome]:
     # gating code, so they start at once instead of each re-importing it (about 1.3 s, a
     # large share of a short batch); `worker_init` then limits each to one BLAS thread.
     # Elsewhere, spawn (fork is unsafe on macOS and absent on Windows).
-    if sys.platform.startswith("linux"):
-        ctx = get_context("fork")
-    else:
-        ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
                              initializer=worker_init, initargs=(os.getpid(),)) as pool:
         pending = set()
         queue = iter(tasks)

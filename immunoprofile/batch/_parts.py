@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from immunoprofile._atomic import file_name_problem
+from immunoprofile._pool import one_thread
 from immunoprofile._version import __version__
 from immunoprofile.batch._settings import BatchSettings, SampleOutcome, error_row
 from immunoprofile.batch._task import SampleWork, gate_row
@@ -211,18 +211,6 @@ def done_record(run: Run, sample_id: str) -> dict:
         return {}
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One BLAS/OpenMP thread for the libraries already loaded, restored afterwards."""
-    try:
-        from threadpoolctl import threadpool_limits  # optional: scikit-learn brings it
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
-
-
 def process_sample(row: dict, templates: list[Template], out: str | Path,
                    settings: BatchSettings, resume: bool = False,
                    plotter: Plotter | str | None = DEFAULT_PLOTTER,
@@ -292,7 +280,7 @@ def process_sample(row: dict, templates: list[Template], out: str | Path,
     # not keep its old rows in the tables.
     forget_sample(run, sid, templates)
     try:
-        with _one_thread():
+        with one_thread():
             work = gate_row(row, templates, settings, overrides)
             errors = list(work.errors)
             n_events = work.sample.n_events if work.sample is not None else 0

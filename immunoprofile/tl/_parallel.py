@@ -9,13 +9,12 @@ readouts were given, so tables are identical whatever ``n_jobs`` is.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import pandas as pd
 
+from immunoprofile._pool import one_thread, pool_context, worker_init
 from immunoprofile.tl._models import Design, fit_contrasts
 
 #: Below this many models a pool costs more than it saves.
@@ -33,17 +32,10 @@ def resolve_jobs(n_jobs: int | None) -> int:
     return int(n_jobs)
 
 
-def _one_thread() -> None:
-    try:
-        from threadpoolctl import threadpool_limits  # optional: scikit-learn brings it
-    except ImportError:
-        return
-    threadpool_limits(limits=1)
-
-
 def _fit(job: Job) -> pd.DataFrame:
     frame, design, model_name = job
-    return fit_contrasts(frame, design, model_name=model_name)
+    with one_thread():
+        return fit_contrasts(frame, design, model_name=model_name)
 
 
 def fit_all(jobs: Sequence[Job], n_jobs: int | None = None) -> list[pd.DataFrame]:
@@ -64,9 +56,7 @@ def fit_all(jobs: Sequence[Job], n_jobs: int | None = None) -> list[pd.DataFrame
     workers = min(resolve_jobs(n_jobs), len(jobs))
     if workers <= 1 or len(jobs) < MIN_PARALLEL:
         return [_fit(job) for job in jobs]
-    # fork on Linux: workers start with the models' libraries already imported
-    ctx = get_context("fork" if sys.platform.startswith("linux") else "spawn")
     chunk = max(1, len(jobs) // (4 * workers))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(),
+                             initializer=worker_init, initargs=(os.getpid(),)) as pool:
         return list(pool.map(_fit, jobs, chunksize=chunk))

@@ -1,0 +1,63 @@
+"""Worker processes of local pools (the batch's samples, the comparison's models).
+
+On Linux workers are forked from a process that has already imported the code they run, so
+they start at once instead of each re-importing it; elsewhere they are spawned (fork is unsafe
+on macOS and absent on Windows). Each worker uses one BLAS/OpenMP thread (a pool of processes
+each using every core only fights over them) and dies with the process that started it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import get_context
+from multiprocessing.context import BaseContext
+
+
+def pool_context() -> BaseContext:
+    """fork on Linux, spawn elsewhere."""
+    return get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_init(parent: int | None = None) -> None:
+    """Pool-worker start: libraries loaded from now on (SciPy's OpenBLAS, OpenMP) get one
+    thread (dask's nanny does the same for its workers), and on Linux the worker dies with
+    the run that started it (a killed ``gate`` must not leave workers writing parts).
+
+    Parameters
+    ----------
+    parent
+        The starting process's pid: a worker whose parent is already gone exits at once.
+    """
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    if parent is not None and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the pool's own shutdown still applies
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One BLAS/OpenMP thread for the libraries already loaded, restored afterwards."""
+    try:
+        from threadpoolctl import threadpool_limits  # optional: scikit-learn brings it
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
