@@ -154,7 +154,7 @@ def edited(gated, tmp_path_factory):
     return run, sid, before, edited_wsp, added, notes
 
 
-def test_an_edited_gate_becomes_an_override_with_one_audit_row(edited) -> None:
+def test_an_edited_gate_becomes_an_override_with_one_audit_row(edited, gated) -> None:
     run, sid, before, edited_wsp, added, notes = edited
     assert notes == []
     assert list(added.columns) == list(AUDIT_COLUMNS)
@@ -163,6 +163,10 @@ def test_an_edited_gate_becomes_an_override_with_one_audit_row(edited) -> None:
     assert (row["sample_id"], row["template"], row["population"]) == (sid, "treg", "Treg")
     assert row["user"] == "jdoe" and row["reason"] == "CD25 tail cut"
     assert int(row["new_count"]) > int(row["old_count"])  # the lower edge went down
+    # the old gate is the one the run placed (the template's default would be another)
+    placed = gated.placed_templates(sid)["treg"]["Treg"].gate
+    assert row["old_gate"].startswith("{polygon:") and row["old_gate"] != row["new_gate"]
+    assert f"{placed.vertices[0][1]}" in row["old_gate"]
     audit = pd.read_csv(run.audit_path)
     assert len(audit) == 1 and list(audit.columns) == list(AUDIT_COLUMNS)
     overrides = read_overrides(run.overrides_path)

@@ -154,7 +154,10 @@ def _apply(run: Run, overrides: list, *, by: str, reason: str, workers: int | No
            plotter: Plotter | str | None) -> pd.DataFrame:
     rows, templates, settings, sheet = run_inputs(run)
     by_id = {str(r["sample_id"]): r for r in rows}
-    digests = {sid: done_record(run, sid).get("key", {}).get("sha256", "") for sid in by_id}
+    named = {str(o.sample_id if isinstance(o, Override) else o.get("sample_id"))
+             for o in overrides}
+    digests = {sid: done_record(run, sid).get("key", {}).get("sha256", "")
+               for sid in named if sid in by_id}
     stamp = now_utc()
     new = [_as_override(o, digests, by, reason, stamp, f"override {i + 1}")
            for i, o in enumerate(overrides)]
@@ -173,12 +176,18 @@ def _apply(run: Run, overrides: list, *, by: str, reason: str, workers: int | No
         row = by_id[sid]
         path = Path(str(row["path"]))
         check_file(for_sample(merged, sid), sha256(path), path)
-        before = gate_row(row, list(templates.values()), settings, for_sample(existing, sid))
+        # the gates as the run placed them (adaptive positions, earlier overrides); placed
+        # again only for a run gated before they were recorded
+        old = run.placed_templates(sid) or {
+            r.template.name: r.template
+            for r in gate_row(row, list(templates.values()), settings,
+                              for_sample(existing, sid)).results}
+        # gated with the change in memory first: an override that does not gate is refused
+        # before anything is written
         after = gate_row(row, list(templates.values()), settings, for_sample(merged, sid))
         failed = [e["error"] for e in after.errors if e.get("stage") in ("override", "gate")]
         if failed:
             raise OverrideError(f"sample {sid}: the override does not gate: {failed[0]}")
-        old = {r.template.name: r for r in before.results}
         new_res = {r.template.name: r for r in after.results}
         for o in (o for o in new if o.sample_id == sid):
             if o.template not in new_res:
@@ -188,7 +197,7 @@ def _apply(run: Run, overrides: list, *, by: str, reason: str, workers: int | No
             changes.append({
                 "timestamp_utc": o.timestamp_utc, "user": o.by, "sample_id": sid,
                 "template": o.template, "population": o.population,
-                "old_gate": gate_text(prev.template[o.population].gate if prev else None),
+                "old_gate": gate_text(prev[o.population].gate if prev else None),
                 "new_gate": gate_text(o.gate),
                 "old_count": _count(subsets, sid, o.template, o.population),
                 "new_count": _count(res.counts.assign(sample_id=sid, template=o.template),
