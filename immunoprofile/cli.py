@@ -86,7 +86,7 @@ def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: i
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo_out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patients-per-arm", type=click.IntRange(3, 50), default=4, show_default=True)
+@click.option("--patients-per-arm", type=click.IntRange(3, 50), default=8, show_default=True)
 @click.option("--events", type=click.IntRange(5_000, 1_000_000), default=20_000,
               show_default=True, help="Events per FCS file.")
 @click.option("--workers", type=click.IntRange(1, 512), default=None,
@@ -100,7 +100,8 @@ def demo(out: Path, seed: int, patients_per_arm: int, events: int, workers: int 
                       workers=workers, say=click.echo)
     click.echo("")
     click.echo(f"Report: {result.report.resolve()}")
-    click.echo("Headline findings (changes from W0 at FDR < 0.05, from the comparison tables):")
+    click.echo("Headline findings on the trial's endpoints (changes from W0 at FDR < 0.05, "
+               "from the comparison tables):")
     for arm, lines in result.headlines.items():
         click.echo(f"  {arm}:")
         for line in lines:
@@ -372,16 +373,22 @@ def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, seed:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="cytokines.parquet of a CBA run: compared across arms (censored at "
                    "LLOQ/ULOQ: Tobit) and correlated with subsets.")
+@click.option("--model", "model", type=click.Choice(["glmm_binomial", "lmm_logit"]),
+              default="glmm_binomial", show_default=True,
+              help="Abundance model: binomial GLMM on counts (patient and observation-level "
+                   "random intercepts) or Gaussian mixed model on the empirical logit.")
 def compare(run_dir: Path, control: str, baseline: str, out: Path | None,
             covariates: tuple[str, ...], pairs: tuple[str, ...], responder: str,
-            no_plots: bool, clinical: Path | None, cytokines: Path | None) -> None:
+            no_plots: bool, clinical: Path | None, cytokines: Path | None,
+            model: str) -> None:
     """Compare arms over time: differential abundance and state, response tracking."""
     # start-up time: each command loads only what it runs
     from immunoprofile.compare import compare_run
 
     result = compare_run(run_dir, control=control, baseline=baseline, out=out, pairs=pairs,
                          covariates=covariates, responder=responder or None,
-                         plots=not no_plots, clinical=clinical, cytokines=cytokines)
+                         plots=not no_plots, clinical=clinical, cytokines=cytokines,
+                         model=model)
     da = result.abundance
     n_sig = int((da["fdr"] < 0.05).sum()) if len(da) else 0
     click.echo(f"{len(da)} abundance and {len(result.state)} state tests "

@@ -38,21 +38,30 @@ _CONTRAST_COLUMNS = (
     Column("reference_arm", "string", "The arm it is compared with ('' for within-arm)."),
     Column("timepoint", "string", "The visit tested."),
     Column("baseline", "string", "Baseline visit for change contrasts ('' otherwise)."),
-    Column("estimate", "float64", "Abundance: log odds ratio of count vs parent; state: log "
+    Column("estimate", "float64", "Abundance: log odds ratio of count vs parent (or the "
+           "reference); for reference 'absolute' the log fold change of cells/µL; state: log "
            "fold change of the median MFI (natural log)."),
     Column("ci_low / ci_high", "float64", "95% confidence interval (t, n_patients − n_arms df)."),
     Column("pvalue", "float64", "Two-sided p-value."),
-    Column("fdr", "float64", "Benjamini–Hochberg within each contrast (across populations "
-           "and markers)."),
-    Column("model", "string", "The model that produced the row."),
+    Column("fdr", "float64", "Benjamini–Hochberg within each family: one template, one "
+           "contrast type (and, for abundance, one reference), across populations, markers, "
+           "arms and visits. Null for complement rows (see `complement_of`)."),
+    Column("model", "string", "The model that produced the row: `glmm_binomial` (default "
+           "for abundance: binomial GLMM, patient and observation-level random intercepts), "
+           "`lmm_logit` (empirical logit), `lmm_log_abs` (log cells/µL), `lmm_log_mfi` / "
+           "`lmm_asinh_mfi` (state)."),
     Column("n_samples", "int64", "Samples in the cells the contrast uses."),
     Column("n_patients", "int64", "Patients in those cells."),
     Column("warning", "string", "Non-convergence, boundary fits, rare populations; '' if none."),
-    Column("reference", "string", "Abundance: what counts are tested against: 'parent' or a "
-           "population (`Live lymphocytes`: frequency among lymphocytes)."),
+    Column("reference", "string", "Abundance: what counts are tested against: 'parent', a "
+           "population (`Live lymphocytes`: frequency among lymphocytes) or 'absolute' "
+           "(cells/µL, where the sheet gives lymphocyte or bead counts)."),
 )
 register("compare/differential_abundance.parquet (one row per population × contrast)", (
     *_CONTRAST_COLUMNS,
+    Column("complement_of", "string", "Abundance: the population whose test this row mirrors "
+           "(their counts add up to the parent's in every sample, e.g. conventional CD4 and "
+           "Treg): not a separate finding, no FDR; '' otherwise."),
     Column("gate_mode", "string", "'adaptive': the run's gates, placed on each sample; "
            "'baseline_locked': each patient's gates frozen where they were placed on the "
            "baseline sample (the sensitivity readout for gates whose marker a treatment may "
@@ -173,6 +182,7 @@ def compare_run(
     plots: bool = True,
     clinical: str | Path | pd.DataFrame | None = None,
     cytokines: str | Path | pd.DataFrame | None = None,
+    model: str = "glmm_binomial",
     n_jobs: int | None = -1,
 ) -> Comparison:
     """Differential abundance and state, and response tracking, for a run folder.
@@ -205,6 +215,9 @@ def compare_run(
         Clinical table (path or validated DataFrame), or None.
     cytokines
         Cytokines table of a CBA run (path or DataFrame), or None.
+    model
+        Abundance model: ``"glmm_binomial"`` (default, count-aware) or ``"lmm_logit"`` (see
+        :func:`~immunoprofile.tl.differential_abundance`).
     n_jobs
         Processes fitting the abundance and state models (default every core; the tables
         are the same whatever the number).
@@ -222,21 +235,25 @@ def compare_run(
     # frequencies among each template's declared lymphocyte reference, besides the parent
     references = dict.fromkeys(t.reference_population for t in run.templates().values()
                                if t.reference_population)
+    if "abs_per_ul" in subsets.columns and subsets["abs_per_ul"].notna().any():
+        references["absolute"] = None  # cells/µL: not compositional
     da = differential_abundance(subsets, control=control, baseline=baseline, pairs=pairs,
                                 covariates=covariates, reference=("parent", *references),
-                                n_jobs=n_jobs)
+                                model=model, n_jobs=n_jobs)
     da["gate_mode"] = "adaptive"
     locked = run.table(run.baseline_locked_path)
     if locked is not None and len(locked):
         da_locked = differential_abundance(locked, control=control, baseline=baseline,
                                            pairs=pairs, covariates=covariates,
-                                           reference=("parent", *references), n_jobs=n_jobs)
+                                           reference=("parent", *references), model=model,
+                                           n_jobs=n_jobs)
         da = pd.concat([da, da_locked.assign(gate_mode="baseline_locked")],
                        ignore_index=True)
     clusters = _clusters(run)
     if clusters is not None:
         da_clusters = differential_abundance(clusters, control=control, baseline=baseline,
-                                             pairs=pairs, covariates=covariates, n_jobs=n_jobs)
+                                             pairs=pairs, covariates=covariates, model=model,
+                                             n_jobs=n_jobs)
         da = pd.concat([da, da_clusters.assign(gate_mode="")], ignore_index=True)
     ds = differential_state(subsets, control=control, baseline=baseline, pairs=pairs,
                             covariates=covariates, n_jobs=n_jobs)

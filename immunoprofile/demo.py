@@ -8,7 +8,7 @@ is and the headline findings per arm, computed from the comparison tables.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,10 @@ from immunoprofile.run import CytokineRun, Run
 
 # Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
 UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes"})
+#: The simulated trial's pre-specified endpoints: what IL-2 (Treg) and telitacicept (B cells,
+#: plasmablasts, plasma cells) are expected to move. The headlines report these; findings in
+#: other populations are exploratory and counted, as a trial report would.
+TRIAL_ENDPOINTS = ("Treg", "B cells", "Plasmablasts", "Plasma cells")
 
 
 @dataclass
@@ -41,57 +45,87 @@ class DemoResult:
 
 
 def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
-                      per_arm: int = 6) -> dict[str, list[str]]:
+                      per_arm: int = 6, endpoints: Iterable[str] | None = None
+                      ) -> dict[str, list[str]]:
     """Per arm, the strongest population changes at FDR < ``fdr``, from the tables.
 
-    First changes from baseline beyond the control arm's (``change_vs_control``); for an arm
-    with none, its own changes from baseline (``change_from_baseline``), said so. Each
-    population is reported once, at its most significant visit, as an odds ratio, preferring
-    frequency among lymphocytes where that was tested.
+    For a treated arm, first its changes from baseline beyond the control arm's
+    (``change_vs_control``); for an arm with none, its own changes from baseline
+    (``change_from_baseline``), said so. For the control arm, its own changes from baseline
+    (a trial's control should have none). Each population is reported once, at its most
+    significant visit, preferring cells/µL (``reference`` ``absolute``: not compositional),
+    then frequency among lymphocytes, then within its parent. Complement rows (the mirror of
+    another population's test), cluster rows, the baseline-locked sensitivity rows and the
+    upstream gates are left out.
 
     Parameters
     ----------
     abundance
-        The differential abundance table (:func:`~immunoprofile.tl.differential_abundance`);
-        cluster rows and the upstream gates are left out.
+        The differential abundance table (:func:`~immunoprofile.tl.differential_abundance`).
     fdr
         FDR threshold.
     per_arm
         Most findings listed per arm.
+    endpoints
+        Pre-specified endpoint populations: only these are listed, followed by one sentence
+        counting the other (exploratory) populations at FDR < ``fdr``; None lists any
+        population.
 
     Returns
     -------
     dict
-        ``{arm: [sentences]}`` for every arm with a ``change_vs_control`` contrast; an arm
-        with no finding gets one sentence saying so.
+        ``{arm: [sentences]}`` for every arm with a ``change_vs_control`` contrast and for
+        the control arm; an arm with no finding gets one sentence saying so.
     """
     table = abundance[abundance["fdr"].notna()
                       & ~abundance["template"].astype(str).str.startswith("clusters:")
                       & ~abundance["population"].isin(UPSTREAM_GATES)].copy()
+    if "gate_mode" in table.columns:
+        table = table[table["gate_mode"].astype(str) != "baseline_locked"]
+    if "complement_of" in table.columns:
+        table = table[table["complement_of"].fillna("").astype(str) == ""]
     ref_col = table["reference"] if "reference" in table.columns else pd.Series(
         "parent", index=table.index)
-    table["_among_lymphocytes"] = ref_col != "parent"
+    table["_rank"] = np.select([ref_col == "absolute", ref_col != "parent"], [0, 1], 2)
     out: dict[str, list[str]] = {}
-    arms = sorted(set(table.loc[table["contrast_type"] == "change_vs_control", "arm"]))
-    for arm in arms:
+    treated = set(table.loc[table["contrast_type"] == "change_vs_control", "arm"])
+    controls = set(table.loc[table["contrast_type"] == "change_vs_control", "reference_arm"])
+    for arm in [*sorted(treated), *sorted(controls - treated)]:
+        kinds = ((("change_vs_control", "beyond {ref}"),
+                  ("change_from_baseline", "within the arm, not beyond control"))
+                 if arm in treated else (("change_from_baseline", "control arm"),))
         lines: list[str] = []
-        for kind, against in (("change_vs_control", "beyond {ref}"),
-                              ("change_from_baseline", "within the arm, not beyond control")):
+        others: set[str] = set()
+        for kind, against in kinds:
             rows = table[(table["contrast_type"] == kind) & (table["arm"] == arm)
                          & (table["fdr"] < fdr)]
-            rows = rows.sort_values(["_among_lymphocytes", "fdr"], ascending=[False, True])
+            if endpoints is not None:
+                others = set(rows["population"].astype(str)) - set(endpoints)
+                rows = rows[rows["population"].isin(list(endpoints))]
+            rows = rows.sort_values(["_rank", "fdr"])
             for _, r in rows.drop_duplicates("population").sort_values("fdr").head(
                     per_arm).iterrows():
-                arrow = "up" if r["estimate"] > 0 else "down"
-                where = "among lymphocytes" if r["_among_lymphocytes"] else "within its parent"
-                note = against.format(ref=r["reference_arm"])
-                lines.append(f"{r['population']} {arrow} from {r['baseline']} to "
-                             f"{r['timepoint']} {where} (odds ratio "
-                             f"{np.exp(r['estimate']):.2f}, {note}, FDR {r['fdr']:.2g})")
+                lines.append(_headline(r, against.format(ref=r["reference_arm"])))
             if lines:
                 break
-        out[str(arm)] = lines or [f"no population change at FDR < {fdr}"]
+        what = "endpoint" if endpoints is not None else "population"
+        lines = lines or [f"no {what} change at FDR < {fdr}"]
+        if others:
+            lines.append(f"{len(others)} other population(s) at FDR < {fdr}, exploratory "
+                         "(not pre-specified): see the report")
+        out[str(arm)] = lines
     return out
+
+
+def _headline(r: pd.Series, note: str) -> str:
+    arrow = "up" if r["estimate"] > 0 else "down"
+    if r["_rank"] == 0:
+        where, measure = "in cells/µL", "fold change"
+    else:
+        where = "among lymphocytes" if r["_rank"] == 1 else "within its parent"
+        measure = "odds ratio"
+    return (f"{r['population']} {arrow} from {r['baseline']} to {r['timepoint']} {where} "
+            f"({measure} {np.exp(r['estimate']):.2f}, {note}, FDR {r['fdr']:.2g})")
 
 
 def censoring_summary(cytokines: pd.DataFrame) -> list[str]:
@@ -165,7 +199,7 @@ def cluster_figures(run: Path | Run, *, random_state: int = 0, max_events: int =
     return written
 
 
-def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
+def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 8,
              n_events: int = 20_000, visits: tuple[float, ...] = (0, 2, 12),
              workers: int | None = None,
              say: Callable[[str], None] = print) -> DemoResult:
@@ -255,4 +289,6 @@ def run_demo(out: str | Path, *, seed: int = 0, patients_per_arm: int = 4,
     report = write_report(run)
     done("HTML report")
     return DemoResult(out=out, run=run, report=report,
-                      headlines=headline_findings(comparison.abundance), seconds=timings)
+                      headlines=headline_findings(comparison.abundance,
+                                                  endpoints=TRIAL_ENDPOINTS),
+                      seconds=timings)

@@ -3,13 +3,15 @@ and headline findings computed from the comparison tables."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from browser import check_page
 
-from immunoprofile.demo import headline_findings
+from immunoprofile.demo import TRIAL_ENDPOINTS, headline_findings
 
 
 @pytest.mark.slow
@@ -32,12 +34,55 @@ def test_every_stage_wrote_its_outputs(demo_run) -> None:
 @pytest.mark.slow
 def test_headlines_come_from_the_tables(demo_run) -> None:
     da = pd.read_parquet(demo_run.run / "compare" / "differential_abundance.parquet")
-    assert demo_run.headlines == headline_findings(da)
-    assert set(demo_run.headlines) == {"COMBO", "IL2", "TEL"}
+    assert demo_run.headlines == headline_findings(da, endpoints=TRIAL_ENDPOINTS)
+    assert set(demo_run.headlines) == {"COMBO", "IL2", "TEL", "SOC"}
     for arm, lines in demo_run.headlines.items():
         assert lines, arm
         for line in lines:
             assert "FDR" in line
+
+
+_HEADLINE = re.compile(r"^(?P<pop>.+?) (?P<dir>up|down) from (?P<base>\S+) to (?P<tp>\S+) "
+                       r"(?P<where>in cells/µL|among lymphocytes|within its parent) ")
+PARENT = {"Treg": "CD4+ T cells", "B cells": "Live lymphocytes",
+          "Plasmablasts": "B cells", "Plasma cells": "Plasmablasts"}
+
+
+@pytest.mark.slow
+def test_the_demo_tells_the_trials_story(demo_run) -> None:
+    """#16: IL-2 (alone or combined) raises Treg, telitacicept (alone or combined) lowers B
+    cells and plasmablasts, beyond standard of care at FDR < 0.05; standard of care shows no
+    endpoint change; every headline is a change the simulation planted, in its direction."""
+    found = {}
+    for arm, lines in demo_run.headlines.items():
+        for line in lines:
+            m = _HEADLINE.match(line)
+            if m:
+                found[(arm, m["pop"])] = m
+    assert found[("IL2", "Treg")]["dir"] == "up" and found[("COMBO", "Treg")]["dir"] == "up"
+    for arm in ("TEL", "COMBO"):
+        for pop in ("B cells", "Plasmablasts"):
+            assert found[(arm, pop)]["dir"] == "down", (arm, pop)
+    assert not [k for k in found if k[0] == "SOC"]
+    assert demo_run.headlines["SOC"][0].startswith("no endpoint change")
+    # each headline against the planted fold changes (effects.csv: cells/µL per population)
+    effects = pd.read_csv(demo_run.out / "cohort" / "effects.csv")
+    planted = effects[effects["readout"] == "count"].drop_duplicates(
+        ["population", "arm", "week"]).set_index(["population", "arm", "week"])
+    planted = planted["expected_fold_change"]
+    for (arm, pop), m in found.items():
+        week = float(m["tp"].lstrip("W"))
+        against = {"in cells/µL": None, "among lymphocytes": "Live lymphocytes",
+                   "within its parent": PARENT[pop]}[m["where"]]
+        folds = [planted[(pop, a, week)] / (planted[(against, a, week)] if against else 1.0)
+                 for a in (arm, "SOC")]
+        truth = math.log(folds[0] / folds[1])
+        assert abs(truth) > math.log(1.1), (arm, pop, m.group(0), truth)
+        assert (truth > 0) == (m["dir"] == "up"), (arm, pop, m.group(0), truth)
+    # no mirror duplicates: a complement row never headlines
+    da = pd.read_parquet(demo_run.run / "compare" / "differential_abundance.parquet")
+    mirrored = set(da.loc[da["complement_of"] != "", "population"])
+    assert not mirrored & {pop for _, pop in found}
 
 
 @pytest.mark.slow
@@ -57,7 +102,8 @@ def test_headline_findings_say_when_nothing_is_found() -> None:
                           "contrast_type": ["change_vs_control"], "arm": ["IL2"],
                           "reference_arm": ["SOC"], "timepoint": ["W2"], "baseline": ["W0"],
                           "estimate": [0.1], "fdr": [0.4], "reference": ["parent"]})
-    assert headline_findings(table) == {"IL2": ["no population change at FDR < 0.05"]}
+    assert headline_findings(table) == {"IL2": ["no population change at FDR < 0.05"],
+                                        "SOC": ["no population change at FDR < 0.05"]}
 
 
 def test_headlines_leave_out_quality_gates() -> None:

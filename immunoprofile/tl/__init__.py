@@ -12,7 +12,11 @@ from immunoprofile.tl._annotate import (
     cluster_f1,
     marker_thresholds,
 )
-from immunoprofile.tl._differential import differential_abundance, differential_state
+from immunoprofile.tl._differential import (
+    complements,
+    differential_abundance,
+    differential_state,
+)
 from immunoprofile.tl._flowsom import SOM_GRID, flowsom, flowsom_map, fluorescence_markers
 from immunoprofile.tl._leiden import leiden
 from immunoprofile.tl._response import ResponderRule, response
@@ -26,6 +30,7 @@ __all__ = [
     "cluster_abundance",
     "cluster_agreement",
     "cluster_f1",
+    "complements",
     "differential_abundance",
     "differential_state",
     "flowsom",

@@ -1,12 +1,25 @@
 """Differential abundance and differential state across arms over time.
 
 Abundance: for every gated population (and every cluster), its count against its parent (or a
-named reference population) per sample, on the empirical logit scale
-``log((count + ½) / (n − count + ½))``, in the arm × timepoint mixed model of
-:mod:`immunoprofile.tl._models` (patient random intercept; the residual variance carries the
-overdispersion beyond binomial sampling, as a logit-normal GLMM does). Estimates are log odds
-ratios. State: the median MFI of a marker in a population, on the log scale (arcsinh(x/150)
-when some medians are not positive), in the same model; estimates are log fold changes.
+named reference population) per sample, in the arm × timepoint design of
+:mod:`immunoprofile.tl._models`. The default model (``glmm_binomial``) is a binomial GLMM:
+the count out of the parent's, logit link, a patient random intercept and an observation-level
+random intercept for overdispersion (:mod:`immunoprofile.tl._glmm`), so that each sample
+weighs what its counts support. ``lmm_logit`` (a Gaussian mixed model on the empirical logit
+``log((count + ½) / (n − count + ½))``) stays available. Estimates are log odds ratios.
+Where the table has cells per µL (``abs_per_ul``), the ``absolute`` reference models their log
+(``log((count + ½) × cells/µL per event)``) in the Gaussian mixed model: estimates are log fold
+changes of cells/µL, which are not compositional.
+
+Within one parent, a population that is the complement of another (their counts add up to
+the parent's in every sample) gives the mirror image of its test: only the rarer one is
+tested against the parent, the other's rows are kept but marked (``complement_of``) and carry
+no FDR. FDR (Benjamini–Hochberg) is controlled within each family of one template, contrast
+type and reference.
+
+State: the median MFI of a marker in a population, on the log scale (arcsinh(x/150)
+when some medians are not positive), in the Gaussian mixed model; estimates are log fold
+changes.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tl._glmm import binomial_glmm_fitter
 from immunoprofile.tl._models import (
     RESULT_COLUMNS,
     Design,
@@ -29,6 +43,11 @@ from immunoprofile.tl._models import (
 from immunoprofile.tl._parallel import fit_all
 
 ABUNDANCE_MODEL = "lmm_logit: empirical logit, arm×timepoint, patient random intercept"
+GLMM_MODEL = ("glmm_binomial: binomial GLMM, logit link, arm×timepoint, patient and "
+              "observation-level random intercepts (Laplace)")
+ABSOLUTE_MODEL = "lmm_log_abs: log cells/µL, arm×timepoint, patient random intercept"
+#: ``model=`` values of :func:`differential_abundance`.
+ABUNDANCE_MODELS = ("glmm_binomial", "lmm_logit")
 STATE_MODEL_LOG = "lmm_log_mfi: log median MFI, arm×timepoint, patient random intercept"
 STATE_MODEL_ASINH = "lmm_asinh_mfi: arcsinh(MFI/150), arm×timepoint, patient random intercept"
 RARE_MEDIAN_COUNT = 20
@@ -71,6 +90,7 @@ def differential_abundance(
     covariates: Iterable[str] = (),
     reference: str | Iterable[str] = "parent",
     populations: Iterable[str] | None = None,
+    model: str = "glmm_binomial",
     n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Test every population's abundance across arms and timepoints.
@@ -87,13 +107,19 @@ def differential_abundance(
     covariates
         Sample-sheet columns entered in every model (``batch``, ``days_since_last_il2_dose``).
     reference
-        What counts are tested against: ``"parent"`` and/or population names of the same
-        template (e.g. ``("parent", "Live lymphocytes")``: frequency among lymphocytes follows
-        absolute counts, which the parent does not when the parent moves too). Each reference
-        gives its own rows (column ``reference``); a population is not tested against itself
-        or a reference it is not part of.
+        What counts are tested against: ``"parent"``, population names of the same template
+        (e.g. ``("parent", "Live lymphocytes")``: frequency among lymphocytes follows absolute
+        counts, which the parent does not when the parent moves too), and ``"absolute"``
+        (cells/µL, where the table has ``abs_per_ul``; skipped where it has none). Each
+        reference gives its own rows (column ``reference``); a population is not tested
+        against itself or a reference it is not part of.
     populations
         Restrict to these populations (all by default).
+    model
+        ``"glmm_binomial"`` (default: counts out of the reference's, binomial GLMM with
+        patient and observation random intercepts) or ``"lmm_logit"`` (Gaussian mixed model
+        on the empirical logit). The ``absolute`` reference always uses the log-scale
+        Gaussian mixed model.
     n_jobs
         Processes fitting the models (``-1``: every core; default one); the table is the
         same whatever the number.
@@ -102,10 +128,16 @@ def differential_abundance(
     -------
     pandas.DataFrame
         One row per population × contrast with the columns ``template, population,
-        contrast_type, arm, reference_arm, timepoint, baseline, estimate`` (log odds ratio),
-        ``ci_low, ci_high, pvalue, fdr`` (Benjamini–Hochberg within each contrast and
-        reference), ``model, n_samples, n_patients, warning``, and ``reference``.
+        contrast_type, arm, reference_arm, timepoint, baseline, estimate`` (log odds ratio;
+        log fold change for ``absolute``), ``ci_low, ci_high, pvalue, fdr``
+        (Benjamini–Hochberg within each template × contrast type × reference), ``model,
+        n_samples, n_patients, warning``, ``reference`` and ``complement_of`` (the
+        population this one's test mirrors within their parent, '' otherwise; those rows
+        have no FDR).
     """
+    if model not in ABUNDANCE_MODELS:
+        raise ImmunoprofileError(f"model {model!r} is not one of "
+                                 f"{', '.join(ABUNDANCE_MODELS)}")
     table = subset_table(data)
     _check(table, ["sample_id", "patient_id", "arm", "timepoint", "template", "population",
                    "count", "parent_count"])
@@ -117,12 +149,21 @@ def differential_abundance(
     references = [reference] if isinstance(reference, str) else list(reference)
     wanted = set(populations) if populations is not None else None
     ancestry = _ancestry(table)
+    mirrors = complements(table)
+    per_event = _cells_per_event(table) if "absolute" in references else None
     jobs, labels = [], []
     for (template, population), rows in table.groupby(["template", "population"], sort=False,
                                                        observed=True):
         if wanted is not None and population not in wanted:
             continue
         for ref_name in references:
+            if ref_name == "absolute":
+                frame = _absolute_frame(rows, per_event, design)
+                if frame is None:
+                    continue
+                jobs.append((frame, design, ABSOLUTE_MODEL))
+                labels.append((template, population, ref_name, ""))
+                continue
             if ref_name == "parent":
                 n = rows["parent_count"].astype(float).to_numpy()
             elif ref_name == population or ref_name not in ancestry.get((template, population),
@@ -135,7 +176,12 @@ def differential_abundance(
                 if ref_name == rows["parent"].iloc[0]:
                     continue  # the parent already gives these rows
             frame, note = _abundance_frame(rows, n, design)
-            jobs.append((frame, design, ABUNDANCE_MODEL))
+            if model == "glmm_binomial":
+                jobs.append((frame, design, GLMM_MODEL, {
+                    "fit": binomial_glmm_fitter,
+                    "columns": {"successes": "count", "trials": "trials"}}))
+            else:
+                jobs.append((frame, design, ABUNDANCE_MODEL))
             labels.append((template, population, ref_name, note))
     results = []
     for res, (template, population, ref_name, note) in zip(fit_all(jobs, n_jobs), labels):
@@ -144,11 +190,92 @@ def differential_abundance(
         res.insert(0, "population", population)
         res.insert(0, "template", template)
         res["reference"] = ref_name
+        mirrored = mirrors.get((template, population), "") if ref_name == "parent" else ""
+        res["complement_of"] = mirrored
+        if mirrored:
+            note = f"complement of {mirrored} within their parent: the mirror of its test"
+            res["warning"] = [f"{w}; {note}" if w else note for w in res["warning"]]
         results.append(res)
+    columns = [*RESULT_COLUMNS, "reference", "complement_of"]
     if not results:
-        return pd.DataFrame(columns=[*RESULT_COLUMNS, "reference"])
-    out = add_fdr(pd.concat(results, ignore_index=True), extra_keys=["reference"])
-    return out[[*RESULT_COLUMNS, "reference"]]
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(results, ignore_index=True)
+    tested = out["complement_of"] == ""
+    out = pd.concat([add_fdr(out[tested], extra_keys=["reference"]),
+                     out[~tested].assign(fdr=np.nan)]).sort_index()
+    return out[columns]
+
+
+def complements(table: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """Populations whose counts and another's add up to their common parent's in every sample.
+
+    Parameters
+    ----------
+    table
+        The long subset table (``template``, ``population``, ``parent``, ``sample_id``,
+        ``count``, ``parent_count``).
+
+    Returns
+    -------
+    dict
+        ``{(template, population): the population it complements}`` for the more abundant
+        of each such pair (the rarer one, e.g. Treg against conventional CD4, is the one
+        tested); empty when the table has no ``parent`` column.
+    """
+    if "parent" not in table.columns or table.empty:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for (template, _), kids in table.groupby(["template", "parent"], sort=False,
+                                             observed=True):
+        by_pop = {p: rows.set_index("sample_id")
+                  for p, rows in kids.groupby("population", sort=False, observed=True)}
+        names = list(by_pop)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if (template, a) in out or (template, b) in out:
+                    continue
+                ca, cb = by_pop[a]["count"], by_pop[b]["count"].reindex(by_pop[a].index)
+                total = by_pop[a]["parent_count"]
+                if cb.isna().any() or not np.array_equal((ca + cb).to_numpy(float),
+                                                         total.to_numpy(float)):
+                    continue
+                rarer, other = sorted((a, b), key=lambda p: (float(by_pop[p]["count"].median()),
+                                                             names.index(p)))
+                out[(template, other)] = rarer
+    return out
+
+
+def _cells_per_event(table: pd.DataFrame) -> pd.Series:
+    """Cells/µL one event stands for, per (sample, template): the median of ``abs_per_ul /
+    count`` (for populations at 0, whose own ratio is undefined)."""
+    if "abs_per_ul" not in table.columns:
+        return pd.Series(dtype=float)
+    abs_ = pd.to_numeric(table["abs_per_ul"], errors="coerce")
+    count = pd.to_numeric(table["count"], errors="coerce")
+    ok = abs_.notna() & (count > 0)
+    return (abs_[ok] / count[ok]).groupby([table.loc[ok, "sample_id"],
+                                           table.loc[ok, "template"]]).median()
+
+
+def _absolute_frame(rows: pd.DataFrame, per_event: pd.Series | None, design: Design
+                    ) -> pd.DataFrame | None:
+    """Log cells/µL of a population, ``log((count + ½) × cells/µL per event)`` (a count of 0
+    stays finite, as in the empirical logit), or None when the table gives no absolute
+    counts for it."""
+    if per_event is None or per_event.empty or "abs_per_ul" not in rows.columns:
+        return None
+    count = rows["count"].astype(float).to_numpy()
+    own = pd.to_numeric(rows["abs_per_ul"], errors="coerce").to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(count > 0, own / count, np.nan)
+    keys = pd.MultiIndex.from_arrays([rows["sample_id"], rows["template"]])
+    factor = np.where(np.isfinite(factor), factor, per_event.reindex(keys).to_numpy(float))
+    factor = np.where(np.isfinite(own), factor, np.nan)
+    if not np.isfinite(factor).any():
+        return None
+    frame = _frame(rows, design)
+    frame["value"] = np.log((count + 0.5) * factor)
+    return frame
 
 
 def _abundance_frame(rows: pd.DataFrame, n: np.ndarray, design: Design
@@ -159,6 +286,8 @@ def _abundance_frame(rows: pd.DataFrame, n: np.ndarray, design: Design
     ok = np.isfinite(count) & np.isfinite(n) & (n > 0)
     frame["value"] = np.where(ok, np.log((count + 0.5) / (np.maximum(n - count, 0) + 0.5)),
                               np.nan)
+    frame["count"] = count
+    frame["trials"] = n
     median = float(np.nanmedian(np.where(ok, count, np.nan))) if ok.any() else 0.0
     note = f"rare population (median count {median:g})" if median < RARE_MEDIAN_COUNT else ""
     return frame, note

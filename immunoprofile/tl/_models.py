@@ -60,7 +60,8 @@ def _cell(arm: str, tp: str) -> str:
 
 
 def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
-                  fit: Fitter | None = None, censored: str | None = None) -> pd.DataFrame:
+                  fit: Fitter | None = None, censored: str | None = None,
+                  columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Fit the mixed model to one readout and evaluate every contrast.
 
     Parameters
@@ -81,13 +82,16 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
         right-censored). A cell with no observed value has no estimable mean: it is left out of
         the fit and its contrasts carry NaN and a warning; the fit needs at least two more
         values in range than cells.
+    columns
+        ``{keyword: column}``: further per-row inputs of ``fit`` (the binomial model's
+        ``successes`` and ``trials``), given as float arrays of the rows it fits.
 
     Returns
     -------
     pandas.DataFrame
         One row per contrast (without ``template``/``population``/``fdr``).
     """
-    fit = _fit if fit is None else fit
+    fit = fit_lmm if fit is None else fit
     data = data.dropna(subset=["value"]).copy()
     arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
     tps = _ordered_timepoints(data)
@@ -97,7 +101,7 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
         note = (f"control {design.control!r} or baseline {design.baseline!r} absent, or too "
                 "few patients") if censored is None else \
             "control or baseline absent, or too few patients"
-        return pd.DataFrame([_empty_row(model_name, len(data), n_patients, note)])
+        return _failed(data, design, arms, tps, model_name, note)
     data["cell"] = [_cell(a, t) for a, t in zip(data["arm"].astype(str),
                                                 data["timepoint"].astype(str))]
     blind: list[str] = []
@@ -112,9 +116,9 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
     if censored is not None:
         n_in_range = int((fitted[censored] == 0).sum())
         if n_in_range < len(cells) + 2:
-            return pd.DataFrame([_empty_row(
-                model_name, len(data), n_patients,
-                f"too few values in range ({n_in_range} of {len(data)}) for a censored model")])
+            return _failed(data, design, arms, tps, model_name,
+                           f"too few values in range ({n_in_range} of {len(data)}) for a "
+                           "censored model")
     X = pd.get_dummies(fitted["cell"]).reindex(columns=cells, fill_value=0).astype(float)
     for cov in design.covariates:
         if cov not in fitted.columns:
@@ -126,13 +130,15 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
             dummies = pd.get_dummies(col.astype(str), prefix=cov, drop_first=True, dtype=float)
             X = pd.concat([X, dummies], axis=1)
     X, dropped = _drop_confounded(X, cells)
+    for keyword, col in (columns or {}).items():
+        extra[keyword] = fitted[col].to_numpy(float)
     beta, cov_beta, warning = fit(fitted["value"].to_numpy(float), X.to_numpy(float),
                                   fitted["patient_id"].astype(str).to_numpy(), **extra)
     if dropped:
         note = f"covariate(s) {', '.join(dropped)} confounded with arm×timepoint: dropped"
         warning = f"{warning}; {note}" if warning else note
     if beta is None:
-        return pd.DataFrame([_empty_row(model_name, len(data), n_patients, warning)])
+        return _failed(data, design, arms, tps, model_name, warning)
     index = {c: i for i, c in enumerate(X.columns)}
     present = set(data["cell"])
     # Split-plot degrees of freedom: a contrast whose weights cancel within every arm is
@@ -230,8 +236,10 @@ def _did(arm: str, ref: str, tp: str, base: str) -> list[tuple[str, float]]:
             (_cell(ref, base), 1)]
 
 
-def _fit(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
-    """REML fit; returns (β, Cov(β), warning text) or (None, None, reason).
+def fit_lmm(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
+    """The Gaussian mixed model (patient random intercept) by REML.
+
+    Returns (β, Cov(β), warning text) or (None, None, reason).
 
     A fit is accepted only when it converged with a finite log-likelihood, a positive-definite
     covariance of the fixed effects and a non-negative patient variance; otherwise the next
@@ -308,6 +316,9 @@ def _ols(y: np.ndarray, X: np.ndarray, note: str):
         return None, None, "model failed: the design is singular"
     resid = y - X @ beta
     s2 = float(resid @ resid) / (n - k)
+    if s2 <= 1e-20 * max(float(y @ y), 1.0):
+        # e.g. a population absent from every sample: identical values, no error to estimate
+        return None, None, "model failed: no variation within the cells"
     cov = s2 * np.linalg.inv(X.T @ X)
     return beta, cov, note
 
@@ -320,22 +331,40 @@ def _ordered_timepoints(data: pd.DataFrame) -> list[str]:
     return [str(t) for t in pd.unique(col.astype(str))]
 
 
-def _empty_row(model: str, n: int, n_patients: int, note: str) -> dict:
-    return {"contrast_type": "", "arm": "", "reference_arm": "", "timepoint": "",
-            "baseline": "", "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-            "pvalue": np.nan, "model": model, "n_samples": n, "n_patients": n_patients,
-            "warning": note}
+def _failed(data: pd.DataFrame, design: Design, arms: list[str], tps: list[str],
+            model: str, note: str) -> pd.DataFrame:
+    """One row per contrast the data could ask for, without estimates, saying why: a failed
+    model still names its contrasts (an empty ``contrast_type`` broke every filter on it)."""
+    cell = data["arm"].astype(str) + "@" + data["timepoint"].astype(str)
+    present = set(cell)
+    rows = []
+    for kind, arm, ref, tp, base, terms in contrast_terms(
+            design, sorted({*arms, design.control}), tps):
+        here = cell.isin([c for c, _ in terms]).to_numpy()
+        if present and not here.any():
+            continue
+        rows.append({"contrast_type": kind, "arm": arm, "reference_arm": ref,
+                     "timepoint": tp, "baseline": base, "estimate": np.nan, "ci_low": np.nan,
+                     "ci_high": np.nan, "pvalue": np.nan, "model": model,
+                     "n_samples": int(here.sum()),
+                     "n_patients": int(data.loc[here, "patient_id"].nunique()),
+                     "warning": note})
+    return pd.DataFrame(rows, columns=[c for c in RESULT_COLUMNS
+                                       if c not in ("template", "population", "fdr")])
 
 
 def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
-    """Benjamini–Hochberg within each contrast (type, arm, reference arm, timepoint,
-    baseline, and ``extra_keys``); for state tables a family spans every population × marker
-    of one contrast.
+    """Benjamini–Hochberg within each family: one template (a gating template, ``clusters:…``,
+    ``cytokines``, ``clinical``), one contrast type, and ``extra_keys``.
+
+    A family holds every population (× marker) of the template, every arm and every
+    timepoint of one kind of contrast: the questions a reader of one table section asks
+    together. Rows without a ``template`` column form one template.
 
     Parameters
     ----------
     table
-        Contrast rows with ``pvalue`` and the columns of the contrast's key.
+        Contrast rows with ``pvalue``, ``contrast_type`` and (usually) ``template``.
     extra_keys
         Further columns that split families (``reference``: one family per reference).
 
@@ -346,8 +375,10 @@ def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
     """
     table = table.copy()
     table["fdr"] = np.nan
-    keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline", *extra_keys]
-    for _, idx in table.groupby(keys, sort=False).groups.items():
+    keys = [k for k in ("template", "contrast_type") if k in table.columns] + list(extra_keys)
+    if table.empty:
+        return table
+    for _, idx in table.groupby(keys, sort=False, dropna=False).groups.items():
         p = table.loc[idx, "pvalue"]
         ok = p.notna()
         if ok.any():

@@ -15,12 +15,13 @@ from concurrent.futures import ProcessPoolExecutor
 import pandas as pd
 
 from immunoprofile._pool import one_thread, pool_context, worker_init
-from immunoprofile.tl._models import Design, fit_contrasts
+from immunoprofile.tl._models import fit_contrasts
 
 #: Below this many models a pool costs more than it saves.
 MIN_PARALLEL = 12
 
-Job = tuple[pd.DataFrame, Design, str]
+#: ``(frame, design, model_name[, fit_contrasts keyword arguments])``
+Job = tuple
 
 
 def resolve_jobs(n_jobs: int | None) -> int:
@@ -33,9 +34,9 @@ def resolve_jobs(n_jobs: int | None) -> int:
 
 
 def _fit(job: Job) -> pd.DataFrame:
-    frame, design, model_name = job
+    frame, design, model_name, *rest = job
     with one_thread():
-        return fit_contrasts(frame, design, model_name=model_name)
+        return fit_contrasts(frame, design, model_name=model_name, **(rest[0] if rest else {}))
 
 
 def fit_all(jobs: Sequence[Job], n_jobs: int | None = None) -> list[pd.DataFrame]:
@@ -44,7 +45,8 @@ def fit_all(jobs: Sequence[Job], n_jobs: int | None = None) -> list[pd.DataFrame
     Parameters
     ----------
     jobs
-        ``(frame, design, model_name)`` per readout.
+        ``(frame, design, model_name)`` per readout, optionally with a dict of further
+        :func:`~immunoprofile.tl._models.fit_contrasts` arguments (``fit``, ``columns``).
     n_jobs
         Processes (see :func:`resolve_jobs`).
 

@@ -1,0 +1,120 @@
+"""Count-aware abundance: the binomial GLMM, absolute counts, complements and FDR families."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunoprofile as ip
+from immunoprofile.datasets import simulate_counts
+from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tl._glmm import fit_binomial_glmm
+
+
+def test_glmm_recovers_the_simulated_model() -> None:
+    """On data drawn from the model itself the fit gives back its parameters."""
+    rng = np.random.default_rng(3)
+    n_patients, n_cells = 40, 4
+    patient = np.repeat(np.arange(n_patients), n_cells)
+    cell = np.tile(np.arange(n_cells), n_patients)
+    X = np.eye(n_cells)[cell]
+    beta = np.array([-3.0, -2.5, -3.5, -1.0])
+    eta = X @ beta + rng.normal(0, 0.5, n_patients)[patient] + rng.normal(0, 0.3, len(cell))
+    trials = rng.integers(500, 3000, len(cell)).astype(float)
+    successes = rng.binomial(trials.astype(int), 1 / (1 + np.exp(-eta))).astype(float)
+    est, cov, warning, info = fit_binomial_glmm(successes, trials, X, patient)
+    se = np.sqrt(np.diag(cov))
+    assert warning == ""
+    assert np.all(np.abs(est - beta) < 3 * se + 0.05)
+    assert 0.3 < info["sd_patient"] < 0.7 and 0.2 < info["sd_sample"] < 0.4
+
+
+def test_glmm_is_the_default_and_lmm_logit_stays_available() -> None:
+    sim = simulate_counts(seed=2, effects={("Treg", "IL2", "W12"): np.log(1.5)})
+    glmm = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0")
+    lmm = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0",
+                                       model="lmm_logit")
+    assert glmm["model"].str.startswith("glmm_binomial").all()
+    assert lmm["model"].str.startswith("lmm_logit").all()
+    key = ["population", "contrast_type", "arm", "timepoint"]
+    both = glmm.merge(lmm, on=key, suffixes=("", "_lmm"))
+    # Same question, two models: the estimates agree closely on well-populated counts.
+    assert np.corrcoef(both["estimate"], both["estimate_lmm"])[0, 1] > 0.95
+    with pytest.raises(ImmunoprofileError, match="lmm_logit"):
+        ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0", model="glm")
+
+
+def test_rare_counts_weigh_what_they_support() -> None:
+    """A population at a handful of events per sample: the GLMM's interval is honest about
+    it (wider than a well-counted population's), and zeros are counts, not log(½/n)."""
+    sim = simulate_counts(seed=4, populations={"Plasma cells": 0.2, "B cells": 9.0},
+                          parent_count=(1000, 3000))
+    da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0")
+    width = (da["ci_high"] - da["ci_low"]).groupby(da["population"]).median()
+    assert width["Plasma cells"] > 2 * width["B cells"]
+    assert (sim.subsets["count"] == 0).any() or (sim.subsets["count"] < 5).any()
+    assert da["pvalue"].notna().all()
+
+
+def test_absolute_counts_are_modelled_where_given() -> None:
+    sim = simulate_counts(seed=5, lymphocytes_per_ul=1500.0,
+                          effects={("B cells", "TEL", "W12"): np.log(0.5)})
+    da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0",
+                                      reference=("parent", "absolute"))
+    absolute = da[da["reference"] == "absolute"]
+    assert len(absolute) and absolute["model"].str.startswith("lmm_log_abs").all()
+    row = absolute[(absolute["population"] == "B cells") & (absolute["arm"] == "TEL")
+                   & (absolute["contrast_type"] == "change_vs_control")
+                   & (absolute["timepoint"] == "W12")].iloc[0]
+    # log OR −0.69 at 9% is a log fold change of about −0.64 in cells/µL
+    assert row["ci_low"] < -0.64 < row["ci_high"] and row["estimate"] < -0.3
+    # no absolute rows where the table has no absolute counts
+    plain = ip.tl.differential_abundance(simulate_counts(seed=5).subsets, control="SOC",
+                                         baseline="W0", reference=("parent", "absolute"))
+    assert set(plain["reference"]) == {"parent"}
+
+
+def _with_complement(subsets: pd.DataFrame) -> pd.DataFrame:
+    """Treg and its complement within a parent (conventional CD4 = parent − Treg)."""
+    treg = subsets[subsets["population"] == "Treg"].copy()
+    treg["parent"] = "CD4+ T cells"
+    conv = treg.copy()
+    conv["population"] = "Conventional CD4"
+    conv["count"] = treg["parent_count"] - treg["count"]
+    conv["pct_parent"] = 100 * conv["count"] / conv["parent_count"]
+    return pd.concat([treg, conv], ignore_index=True)
+
+
+def test_complements_are_reported_once() -> None:
+    sim = simulate_counts(seed=6, effects={("Treg", "IL2", "W12"): np.log(1.6)})
+    table = _with_complement(sim.subsets)
+    assert ip.tl.complements(table) == {("sim", "Conventional CD4"): "Treg"}
+    da = ip.tl.differential_abundance(table, control="SOC", baseline="W0")
+    treg, conv = (da[da["population"] == p].reset_index(drop=True)
+                  for p in ("Treg", "Conventional CD4"))
+    assert (treg["complement_of"] == "").all() and (conv["complement_of"] == "Treg").all()
+    assert conv["fdr"].isna().all() and treg["fdr"].notna().all()
+    assert conv["warning"].str.contains("complement of Treg").all()
+    # the mirror image: same test, opposite sign
+    np.testing.assert_allclose(conv["estimate"], -treg["estimate"], atol=1e-3)
+    np.testing.assert_allclose(conv["pvalue"], treg["pvalue"], rtol=1e-2, atol=1e-4)
+
+
+def test_fdr_families_are_template_by_contrast_type() -> None:
+    sim = simulate_counts(seed=7)
+    da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0")
+    from statsmodels.stats.multitest import multipletests
+
+    for _, rows in da.groupby(["template", "contrast_type", "reference"]):
+        np.testing.assert_allclose(rows["fdr"], multipletests(rows["pvalue"],
+                                                              method="fdr_bh")[1])
+
+
+def test_a_failed_model_still_names_its_contrasts() -> None:
+    """Too few patients for a model: rows per contrast with the reason, never an empty
+    contrast_type (issue #16)."""
+    sim = simulate_counts(seed=8, patients_per_arm=1)
+    da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0")
+    assert len(da) and (da["contrast_type"] != "").all()
+    assert da["pvalue"].isna().all() and da["warning"].str.contains("too few").all()
