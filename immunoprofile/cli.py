@@ -451,6 +451,50 @@ def cytokines(sheet: Path, kit: str, out: Path, no_plots: bool) -> None:
 
 
 @main.command()
+@click.option("--effect", "effects", multiple=True, required=True,
+              help="ARM:POPULATION=FOLD (repeatable): the fold change of the population's odds "
+                   "among its parent at the last visit, e.g. IL2:Treg=1.5, "
+                   "'TEL:B cells=0.7'.")
+@click.option("--patients", "patients", type=click.IntRange(3, 500), multiple=True,
+              help="Patients per arm (repeatable) [default: 8 and 12].")
+@click.option("--timepoints", default="W0,W12", show_default=True,
+              help="Visits, comma-separated, baseline first; the effect is at the last.")
+@click.option("--control", default="SOC", show_default=True, help="The control arm's name.")
+@click.option("--run", "run_dir", default=None,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A gated run whose subset table gives the baseline shares, parent counts "
+                   "and between-patient and visit-to-visit SDs [default: DOMAIN.md's SLE "
+                   "figures].")
+@click.option("--model", type=click.Choice(["glmm_binomial", "lmm_logit"]),
+              default="glmm_binomial", show_default=True, help="The abundance model.")
+@click.option("--trials", type=click.IntRange(10, 100_000), default=200, show_default=True,
+              help="Simulated trials per size.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=int, default=-1, show_default=True,
+              help="Processes (-1: every core).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as CSV.")
+def power(effects: tuple[str, ...], patients: tuple[int, ...], timepoints: str, control: str,
+          run_dir: Path | None, model: str, trials: int, seed: int, jobs: int,
+          out: Path | None) -> None:
+    """Power and sample size for a trial: simulate it with the comparison's own models."""
+    # start-up time: each command loads only what it runs
+    from immunoprofile.tables import write_csv
+    from immunoprofile.tl import power as simulate_power
+
+    table = simulate_power(list(effects), patients_per_arm=list(patients) or [8, 12],
+                           control=control, timepoints=[t.strip() for t in
+                                                        timepoints.split(",") if t.strip()],
+                           variability=run_dir, model=model, n_trials=trials, seed=seed,
+                           n_jobs=jobs)
+    shown = table[["arm", "population", "fold_change", "patients_per_arm", "power",
+                   "power_ci_low", "power_ci_high", "coverage"]]
+    click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if out is not None:
+        click.echo(f"wrote {write_csv(table, out)}")
+
+
+@main.command()
 def schema() -> None:
     """Print the documented, versioned columns of every output table."""
     # stdlib, needed only here

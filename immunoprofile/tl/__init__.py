@@ -19,10 +19,12 @@ from immunoprofile.tl._differential import (
 )
 from immunoprofile.tl._flowsom import SOM_GRID, flowsom, flowsom_map, fluorescence_markers
 from immunoprofile.tl._leiden import leiden
+from immunoprofile.tl._power import DEFAULT_VARIABILITY, estimate_variability, power
 from immunoprofile.tl._response import ResponderRule, response
 from immunoprofile.tl._umap import umap
 
 __all__ = [
+    "DEFAULT_VARIABILITY",
     "SOM_GRID",
     "ResponderRule",
     "agreement_table",
@@ -33,11 +35,13 @@ __all__ = [
     "complements",
     "differential_abundance",
     "differential_state",
+    "estimate_variability",
     "flowsom",
     "flowsom_map",
     "fluorescence_markers",
     "leiden",
     "marker_thresholds",
+    "power",
     "response",
     "umap",
 ]

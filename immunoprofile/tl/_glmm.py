@@ -93,7 +93,8 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
     return params, u_o, value, W, Xp
 
 
-def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, const, cache):
+def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, const, cache,
+             reml=True):
     """Minus the restricted Laplace log likelihood at log-SDs ``(log σ_p, log σ_o)``: the
     fixed effects are integrated out with the random ones (flat prior), the GLMM analogue of
     REML (glmmTMB's ``REML = TRUE``). Maximum likelihood underestimates both variances by
@@ -106,14 +107,19 @@ def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, cons
     prec_o = 1.0 / sd_o**2
     d = W + prec_o
     shrink = W - W * W / d
-    k = X.shape[1]
-    # log|H| over (β, u): the sample block (diagonal d) and the Schur complement on (β, u_p)
-    Xp = np.hstack([X, np.eye(n_patients)[patient]])
-    A = (Xp * shrink[:, None]).T @ Xp
-    A[k:, k:] += np.eye(n_patients) / sd_p**2
-    sign, log_det_a = np.linalg.slogdet(A)
-    if sign <= 0:
-        return np.inf
+    if reml:
+        # log|H| over (β, u): the sample block (diagonal d), then the Schur complement on
+        # (β, u_p)
+        k = X.shape[1]
+        Xp = np.hstack([X, np.eye(n_patients)[patient]])
+        A = (Xp * shrink[:, None]).T @ Xp
+        A[k:, k:] += np.eye(n_patients) / sd_p**2
+        sign, log_det_a = np.linalg.slogdet(A)
+        if sign <= 0:
+            return np.inf
+    else:  # over u only: the patient block after eliminating the samples is diagonal too
+        log_det_a = np.log(np.bincount(patient, weights=shrink, minlength=n_patients)
+                           + 1 / sd_p**2).sum()
     log_det = np.log(d).sum() + log_det_a
     value = (pen + const - n_patients * np.log(sd_p) - len(successes) * np.log(sd_o)
              - 0.5 * log_det)
@@ -121,8 +127,8 @@ def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, cons
 
 
 def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
-                      groups: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, str,
-                                                   dict]:
+                      groups: np.ndarray, *, reml: bool = True
+                      ) -> tuple[np.ndarray | None, np.ndarray | None, str, dict]:
     """Fit the binomial GLMM (patient + observation random intercepts, logit link).
 
     Parameters
@@ -135,6 +141,9 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
         Fixed-effects design (cell means and covariates), one row per sample.
     groups
         Patient of each sample.
+    reml
+        Restricted likelihood for the variances (default); False for maximum likelihood
+        (lme4's ``glmer(nAGQ = 0)``, for comparison).
 
     Returns
     -------
@@ -159,7 +168,7 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     cache = {"start": np.concatenate([beta0, np.zeros(n_patients + len(successes))])}
     const = float(np.sum(special.gammaln(trials + 1) - special.gammaln(successes + 1)
                          - special.gammaln(trials - successes + 1)))
-    args = (successes, trials, X, patient, n_patients, const, cache)
+    args = (successes, trials, X, patient, n_patients, const, cache, reml)
     # A coarse grid first: the Laplace surface can have a ridge at σ → 0, and a
     # local search from one start can stop there.
     grid = [(a, b) for a in (-3.0, -1.0, 0.0) for b in (-3.0, -1.5, -0.5)]
