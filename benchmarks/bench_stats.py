@@ -7,14 +7,19 @@ binomial GLMM against R's lme4 / glmmTMB on the same data.
    plasmablasts ×0.6 at W12), share of 95% intervals holding the true value of every
    contrast (goal 93–97%).
 3. Power: ``ip.tl.power`` for the same effects at 8 and 12 patients per arm, both models.
-4. R: the binomial GLMM of ``immunoprofile.tl._glmm`` and ``lme4::glmer`` (maximum likelihood,
+4. Realistic simulator (``--realistic``): null event-level cohorts in the realistic mode (PBO
+   vs SOC, neither treated; 8 patients per arm, 3 visits, shipped templates) gated and
+   compared with both models: share of p < 0.05 per model and contrast type; the variability
+   measured on them (``ip.tl.estimate_variability``) then sets the power simulation.
+5. R: the binomial GLMM of ``immunoprofile.tl._glmm`` and ``lme4::glmer`` (maximum likelihood,
    ``nAGQ = 0``, the same approximation) and ``glmmTMB(REML = TRUE)`` (the restricted form the
    package uses by default) on the same simulated data sets: cell means, standard errors,
    variance components and contrast p-values. Skipped with a note when Rscript or the R
    packages are missing (Debian: ``apt-get install r-cran-lme4 r-cran-glmmtmb``); R is never a
    runtime dependency.
 
-Run: ``python benchmarks/bench_stats.py [--trials 40] [--power-trials 200] [--r-sets 20]``
+Run: ``python benchmarks/bench_stats.py [--trials 40] [--power-trials 200] [--r-sets 20]
+[--realistic 2]``
 """
 
 from __future__ import annotations
@@ -83,12 +88,45 @@ def coverage(trials: int) -> pd.DataFrame:
             .agg(intervals="count", coverage="mean").reset_index())
 
 
-def power(trials: int) -> pd.DataFrame:
+def realistic_null(cohorts: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration on gated realistic cohorts, and the variability they show."""
+    from immunoprofile.batch import BatchSettings, gate_samples
+    from immunoprofile.datasets import simulate_cohort
+
+    rows, tables = [], []
+    for k in range(cohorts):
+        tmp = Path(tempfile.mkdtemp())
+        cohort = simulate_cohort(tmp / "null", arms=("PBO", "SOC"), patients_per_arm=8,
+                                 n_events=20_000, visits=(0, 2, 12), seed=100 + k,
+                                 realistic=True)
+        run = gate_samples(cohort.out / "samplesheet.csv", ["treg", "bcell", "plasma"],
+                           tmp / "run", settings=BatchSettings(plots=False))
+        subsets = run.subsets
+        tables.append(subsets.assign(patient_id=subsets["patient_id"].astype(str) + f"-{k}"))
+        for model in MODELS:
+            da = ip.tl.differential_abundance(
+                subsets, control="SOC", baseline="W0", model=model,
+                reference=("parent", "Live lymphocytes", "absolute"))
+            da["model"] = np.where(da["reference"] == "absolute", "lmm_log_abs", model)
+            if model != MODELS[0]:
+                da = da[da["reference"] != "absolute"]
+            rows.append(da[["model", "contrast_type", "pvalue"]])
+        shutil.rmtree(tmp, ignore_errors=True)
+    table = pd.concat(rows)
+    calib = (table.groupby(["model", "contrast_type"])["pvalue"]
+             .agg(tests="count", p_below_005=lambda p: float((p < 0.05).mean()),
+                  mean_p="mean").reset_index())
+    variability = ip.tl.estimate_variability(pd.concat(tables), baseline="W0")
+    return calib, variability
+
+
+def power(trials: int, variability: pd.DataFrame | None = None) -> pd.DataFrame:
     effects = {f"{arm}:{pop}": float(np.exp(v)) for (pop, arm, _), v in PLANTED.items()}
-    variability = pd.DataFrame(
-        [(p, POPULATIONS[p], 3500.0, SD_PATIENT[p], 0.19) for p in POPULATIONS],
-        columns=["population", "baseline_pct", "parent_count", "sd_patient", "sd_visit"]
-    ).set_index("population")
+    if variability is None:
+        variability = pd.DataFrame(
+            [(p, POPULATIONS[p], 3500.0, SD_PATIENT[p], 0.19) for p in POPULATIONS],
+            columns=["population", "baseline_pct", "parent_count", "sd_patient", "sd_visit"]
+        ).set_index("population")
     out = []
     for model in MODELS:
         out.append(ip.tl.power(effects, patients_per_arm=(8, 12), variability=variability,
@@ -220,26 +258,50 @@ def against_r(sets: int) -> tuple[pd.DataFrame | None, str]:
     return pd.DataFrame(rows), note
 
 
+def _md(table: pd.DataFrame, fmt: str) -> str:
+    """A Markdown table (pandas' own needs the optional tabulate package)."""
+    def cell(v) -> str:
+        return format(v, fmt) if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40, help="null and coverage trials")
     parser.add_argument("--power-trials", type=int, default=200)
     parser.add_argument("--r-sets", type=int, default=20)
+    parser.add_argument("--realistic", type=int, default=0,
+                        help="null realistic event-level cohorts to gate (0: skip)")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    measured = None
+    if args.realistic:
+        calib, measured = realistic_null(args.realistic)
+        print("## Realistic simulator: gated null cohorts (PBO vs SOC), share of p < 0.05\n")
+        print(_md(calib, ".3f"))
+        print("\nvariability measured on them (logit scale):\n")
+        print(_md(measured.loc[[p for p in POPULATIONS if p in measured.index]]
+              .reset_index(), ".3g"))
+        print()
     print("## Calibration under the null (share of p < 0.05; goal 3–7%)\n")
-    print(calibration(args.trials).to_markdown(index=False, floatfmt=".3f"))
+    print(_md(calibration(args.trials), ".3f"))
     print("\n## Coverage of 95% intervals (goal 93–97%)\n")
-    print(coverage(args.trials).to_markdown(index=False, floatfmt=".3f"))
+    print(_md(coverage(args.trials), ".3f"))
     print("\n## Power (change vs control at W12, p < 0.05 in the planted direction)\n")
-    pw = power(args.power_trials)
-    print(pw[["model", "arm", "population", "fold_change", "patients_per_arm", "power",
-              "power_ci_low", "power_ci_high", "coverage"]].to_markdown(index=False,
-                                                                     floatfmt=".3f"))
+    if measured is not None:
+        print("(variability as measured on the realistic cohorts)\n")
+    pw = power(args.power_trials, measured)
+    print(_md(pw[["model", "arm", "population", "fold_change", "patients_per_arm", "power",
+                  "power_ci_low", "power_ci_high", "coverage"]], ".3f"))
     print("\n## The binomial GLMM against R\n")
     table, note = against_r(args.r_sets)
     if table is not None:
-        print(table.to_markdown(index=False, floatfmt=".4f"))
+        print(_md(table, ".4f"))
     print(f"\n{note}\n\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -118,3 +118,16 @@ def test_a_failed_model_still_names_its_contrasts() -> None:
     da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0")
     assert len(da) and (da["contrast_type"] != "").all()
     assert da["pvalue"].isna().all() and da["warning"].str.contains("too few").all()
+
+
+def test_plots_draw_a_complement_once() -> None:
+    """The effects heatmap shows Treg, not its mirror image as a second row."""
+    import immunoprofile.pl  # noqa: F401  (plots load matplotlib only when asked for)
+
+    sim = simulate_counts(seed=6, effects={("Treg", "IL2", "W12"): np.log(1.6)})
+    da = ip.tl.differential_abundance(_with_complement(sim.subsets), control="SOC",
+                                      baseline="W0")
+    fig = ip.pl.effects_heatmap(da)
+    rows = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+    assert any("Treg" in r for r in rows)
+    assert not any("Conventional CD4" in r for r in rows)

@@ -82,7 +82,9 @@ def test_the_demo_tells_the_trials_story(demo_run) -> None:
     # no mirror duplicates: a complement row never headlines
     da = pd.read_parquet(demo_run.run / "compare" / "differential_abundance.parquet")
     mirrored = set(da.loc[da["complement_of"] != "", "population"])
+    assert "Conventional CD4" in mirrored  # Treg's complement within CD4+ T cells
     assert not mirrored & {pop for _, pop in found}
+    assert (da["contrast_type"].astype(str) != "").all()  # every row names its contrast
 
 
 @pytest.mark.slow

@@ -185,7 +185,8 @@ def volcano(results: pd.DataFrame, *, contrast_type: str, arm: str | None = None
     results
         A differential abundance or state table
         (:func:`~immunoprofile.tl.differential_abundance`,
-        :func:`~immunoprofile.tl.differential_state`).
+        :func:`~immunoprofile.tl.differential_state`); complement rows (``complement_of``,
+        the mirror of a sibling's test) are left out.
     contrast_type
         The contrast to plot (``change_vs_control``, ``arm_vs_control``, ``change_vs_arm``,
         ``change_from_baseline``).
@@ -251,7 +252,8 @@ def effects_heatmap(results: pd.DataFrame, *, contrast_type: str = "change_vs_co
     Parameters
     ----------
     results
-        A differential abundance or state table.
+        A differential abundance or state table (complement rows left out, as in
+        :func:`volcano`).
     contrast_type
         The contrast to show (``change_vs_control`` by default).
     reference
@@ -349,6 +351,9 @@ def _contrast_rows(results, contrast_type, reference, what) -> pd.DataFrame:
     rows = results[results["contrast_type"] == contrast_type]
     if reference is not None and "reference" in rows.columns:
         rows = rows[rows["reference"].astype(str) == str(reference)]
+    if what != "boxplots" and "complement_of" in rows.columns:
+        # a complement is its sibling's test mirrored: drawn once, as the sibling
+        rows = rows[rows["complement_of"].fillna("").astype(str) == ""]
     if rows.empty:
         kinds = sorted(set(results["contrast_type"].astype(str)) - {""})
         refs = sorted(set(results.get("reference", pd.Series(dtype=str)).astype(str)))
