@@ -242,15 +242,15 @@ def against_r(sets: int) -> tuple[pd.DataFrame | None, str]:
         ratio = cellwise["ours_se"] / cellwise["se"]
         rows.append({
             "R fit": fit, "cell means": len(cellwise),
-            "max |Δ cell mean|": float((cellwise["estimate"] - cellwise["ours"]).abs().max()),
-            "max |Δ contrast|": float((did["estimate"] - did["ours"]).abs().max()),
+            "max abs Δ cell mean": float((cellwise["estimate"] - cellwise["ours"]).abs().max()),
+            "max abs Δ contrast": float((did["estimate"] - did["ours"]).abs().max()),
             "SE ratio ours/R (median, 5–95%)": "{:.3f} ({:.3f}–{:.3f})".format(
                 ratio.median(), *np.quantile(ratio, [0.05, 0.95])),
-            "max |Δ SD patient|": float((per_set["sd_patient"]
+            "max abs Δ SD patient": float((per_set["sd_patient"]
                                          - per_set["ours_sd_patient"]).abs().max()),
-            "max |Δ SD sample|": float((per_set["sd_sample"]
+            "max abs Δ SD sample": float((per_set["sd_sample"]
                                         - per_set["ours_sd_sample"]).abs().max()),
-            "contrast p: max |Δ|": float(np.max(np.abs(p_r - p_o))),
+            "contrast p: max abs Δ": float(np.max(np.abs(p_r - p_o))),
             "same call at 0.05": f"{int(((p_r < 0.05) == (p_o < 0.05)).sum())}/{len(p_r)}",
         })
     note = (f"{sets} data sets (alternately Treg-like and plasmablast-like counts); R "
