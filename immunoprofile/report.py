@@ -262,13 +262,22 @@ def _comparison(run: Run, images: _Images) -> str:
         table = run.comparison(name)
         if table is None:
             continue
+        note = ""
+        if "complement_of" in table.columns:
+            mirror = table["complement_of"].fillna("").astype(str) != ""
+            if mirror.any():
+                pairs = sorted({f"{p} (of {c})" for p, c in zip(
+                    table.loc[mirror, "population"], table.loc[mirror, "complement_of"])})
+                note = ("<p>Not repeated: complements whose test mirrors a sibling's within "
+                        f"their parent: {html.escape(', '.join(pairs))}.</p>")
+                table = table[~mirror]
         table = table.sort_values("pvalue")
         cols = [c for c in ("template", "population", "gate_mode", "marker", "reference",
                             "contrast_type",
                             "arm", "reference_arm", "timepoint", "baseline", "estimate",
                             "ci_low", "ci_high", "pvalue", "fdr", "warning")
                 if c in table.columns]
-        body += f"<h3>{title} (FDR &lt; 0.05 in red; top 150 by p)</h3>" \
+        body += f"<h3>{title} (FDR &lt; 0.05 in red; top 150 by p)</h3>" + note \
                 + _table(table[cols], max_rows=150, sig="fdr")
     body += _figures(run.comparison_plots("effects_heatmap*.png"), images)
     body += _figures(run.comparison_plots("volcano_*.png"), images)

@@ -85,6 +85,8 @@ def test_the_demo_tells_the_trials_story(demo_run) -> None:
     assert "Conventional CD4" in mirrored  # Treg's complement within CD4+ T cells
     assert not mirrored & {pop for _, pop in found}
     assert (da["contrast_type"].astype(str) != "").all()  # every row names its contrast
+    # the report lists complements once, saying so
+    assert "Conventional CD4 (of Treg)" in demo_run.report.read_text()
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ overlapping shapes, instrument scales (:data:`INSTRUMENTS`) and gated exports of
 """
 
 from immunoprofile.datasets._cohort import POPULATIONS, population_members, simulate_cohort
-from immunoprofile.datasets._counts import SimulatedCounts, simulate_counts
 from immunoprofile.datasets._events import (
     SimulatedTube,
     TubeParams,
@@ -20,6 +19,7 @@ from immunoprofile.datasets._events import (
 from immunoprofile.datasets._instruments import INSTRUMENTS, Instrument
 from immunoprofile.datasets._realistic import REALISTIC_DEFAULT
 from immunoprofile.datasets._trial import SimulatedCohort, days_since_last_il2_dose
+from immunoprofile.datasets.counts import SimulatedCounts, simulate_counts
 
 __all__ = [
     "INSTRUMENTS",

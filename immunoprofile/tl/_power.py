@@ -27,7 +27,10 @@ from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 
 from immunoprofile._pool import one_thread, pool_context, worker_init
-from immunoprofile.datasets import simulate_counts
+
+# the module, not the package: the package also holds the event simulator, which draws
+# plots (pl), and pl draws on tl
+from immunoprofile.datasets.counts import simulate_counts
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.tl._differential import differential_abundance
 from immunoprofile.tl._models import subset_table
