@@ -6,7 +6,12 @@ process. Prints per stage the wall time, the peak memory (largest resident set o
 process tree) and, from the second size on, the time ratio against the tube ratio (≤ 1 is
 linear or better), plus the report's size (the page and what it loads).
 
-Run: ``python benchmarks/bench_study.py [--tubes 100,300,1000] [--workers 2]``.
+With ``--dask`` the smallest study is gated a second time on a dask ``LocalCluster`` (2 worker
+processes on loopback TCP, ``gate --scheduler``), its later stages rerun on that run, and every
+table compared with the local pool's: subsets, QC, AnnData (events and obs), clusters, and the
+comparison tables.
+
+Run: ``python benchmarks/bench_study.py [--tubes 100,300,1000] [--workers 2] [--dask]``.
 """
 
 from __future__ import annotations
@@ -98,15 +103,61 @@ def one_size(tubes: int, workers: int, root: Path) -> list[dict]:
     return rows
 
 
+def dask_identity(folder: Path, workers: int) -> list[dict]:
+    """Gate the study on a LocalCluster, rerun the later stages, compare every table."""
+    import anndata as ad
+    import numpy as np
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        stage(["gate", "cohort/samplesheet.csv", "-t", "treg", "-t", "bcell", "-t", "plasma",
+               "--out", "run_dask", "--scheduler", cluster.scheduler_address,
+               "--no-progress"], folder)
+    for args in (["assemble", "run_dask"], ["cluster", "run_dask"],
+                 ["compare", "run_dask", "--control", "SOC", "--baseline", "W0"]):
+        stage(args, folder)
+    local, remote = folder / "run", folder / "run_dask"
+    rows = []
+    tables = ["subsets.parquet", "clusters.parquet",
+              *(f"compare/{p.name}" for p in sorted((local / "compare").glob("*.parquet")))]
+    for name in tables:
+        a, b = pd.read_parquet(local / name), pd.read_parquet(remote / name)
+        try:
+            pd.testing.assert_frame_equal(a, b)
+            same = "identical"
+        except AssertionError as exc:
+            same = f"DIFFERENT: {str(exc).splitlines()[0]}"
+        rows.append({"table": name, "rows": len(a), "local vs dask": same})
+    qc_a, qc_b = (pd.read_csv(r / "qc.csv").sort_values("sample_id").reset_index(drop=True)
+                  for r in (local, remote))
+    rows.append({"table": "qc.csv", "rows": len(qc_a),
+                 "local vs dask": "identical" if qc_a.equals(qc_b) else "DIFFERENT"})
+    for path in sorted((local / "anndata").glob("*.h5ad")):
+        a, b = ad.read_h5ad(path), ad.read_h5ad(remote / "anndata" / path.name)
+        same = (np.array_equal(np.asarray(a.X), np.asarray(b.X), equal_nan=True)
+                and a.obs.drop(columns=[], errors="ignore").equals(b.obs)
+                and list(a.var_names) == list(b.var_names))
+        rows.append({"table": f"anndata/{path.name}", "rows": a.n_obs,
+                     "local vs dask": "identical" if same else "DIFFERENT"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tubes", default="100,300,1000")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dask", action="store_true",
+                        help="also gate the smallest study on a LocalCluster and compare tables")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_study_"))
     rows = []
-    for tubes in (int(t) for t in args.tubes.split(",")):
+    for k, tubes in enumerate(int(t) for t in args.tubes.split(",")):
         rows += one_size(tubes, args.workers, root)
+        if args.dask and k == 0:
+            same = pd.DataFrame(dask_identity(root / f"study_{tubes}", args.workers))
+            print("\nthe same study on a dask LocalCluster:\n" + same.to_string(index=False),
+                  flush=True)
         table = pd.DataFrame(rows)
         print(table[table["tubes"] == table["tubes"].iloc[-1]].to_string(index=False),
               flush=True)
