@@ -86,6 +86,8 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
         table = table[table["complement_of"].fillna("").astype(str) == ""]
     ref_col = table["reference"] if "reference" in table.columns else pd.Series(
         "parent", index=table.index)
+    if "pvalue" not in table.columns:
+        table["pvalue"] = np.nan
     table["_rank"] = np.select([ref_col == "absolute", ref_col != "parent"], [0, 1], 2)
     out: dict[str, list[str]] = {}
     treated = set(table.loc[table["contrast_type"] == "change_vs_control", "arm"])
@@ -96,15 +98,17 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
                  if arm in treated else (("change_from_baseline", "control arm"),))
         lines: list[str] = []
         others: set[str] = set()
-        for kind, against in kinds:
+        for k, (kind, against) in enumerate(kinds):
             rows = table[(table["contrast_type"] == kind) & (table["arm"] == arm)
                          & (table["fdr"] < fdr)]
             if endpoints is not None:
-                others = set(rows["population"].astype(str)) - set(endpoints)
+                if k == 0:  # exploratory findings are counted on the arm's main question
+                    others = set(rows["population"].astype(str)) - set(endpoints)
                 rows = rows[rows["population"].isin(list(endpoints))]
-            rows = rows.sort_values(["_rank", "fdr"])
-            for _, r in rows.drop_duplicates("population").sort_values("fdr").head(
-                    per_arm).iterrows():
+            # BH gives tied FDRs: p breaks the ties, stably
+            rows = rows.sort_values(["_rank", "fdr", "pvalue"], kind="stable")
+            for _, r in rows.drop_duplicates("population").sort_values(
+                    ["fdr", "pvalue"], kind="stable").head(per_arm).iterrows():
                 lines.append(_headline(r, against.format(ref=r["reference_arm"])))
             if lines:
                 break

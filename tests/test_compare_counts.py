@@ -131,3 +131,45 @@ def test_plots_draw_a_complement_once() -> None:
     rows = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
     assert any("Treg" in r for r in rows)
     assert not any("Conventional CD4" in r for r in rows)
+
+
+def test_complements_need_the_same_samples_and_a_partner_in_the_table() -> None:
+    sim = simulate_counts(seed=6)
+    table = _with_complement(sim.subsets)
+    # Treg missing at W12: conventional CD4 has samples Treg lacks, so it mirrors nothing
+    partial = table[~((table["population"] == "Treg") & (table["timepoint"] == "W12"))]
+    assert ip.tl.complements(partial) == {}
+    # asked for conventional CD4 alone, it is the population reported, not a mirror
+    alone = ip.tl.differential_abundance(table, control="SOC", baseline="W0",
+                                         populations=["Conventional CD4"])
+    assert (alone["complement_of"] == "").all() and alone["fdr"].notna().all()
+    # a population at 0 everywhere beside one equal to the parent: nothing hidden
+    empty = table[table["population"] == "Treg"].assign(population="Empty", count=0)
+    whole = empty.assign(population="Whole", count=empty["parent_count"])
+    assert ip.tl.complements(pd.concat([empty, whole])) == {}
+
+
+def test_glmm_falls_back_when_a_covariate_separates() -> None:
+    """A batch whose counts are all 0 has no finite log odds: the readout is still tested
+    (empirical-logit LMM), said in the warning."""
+    sim = simulate_counts(seed=9, populations={"Plasma cells": 0.3},
+                          parent_count=(300, 600)).subsets
+    sim["batch"] = np.where(sim.index % 7 == 0, "B2", "B1")
+    sim.loc[sim["batch"] == "B2", "count"] = 0
+    da = ip.tl.differential_abundance(sim, control="SOC", baseline="W0", covariates=["batch"])
+    assert da["pvalue"].notna().all()
+    assert da["warning"].str.contains("binomial GLMM failed").all()
+    assert da["warning"].str.contains("fitted as the empirical-logit LMM").all()
+
+
+def test_headlines_count_exploratory_findings_on_the_main_question() -> None:
+    from immunoprofile.demo import headline_findings
+
+    rows = [("NK cells", "change_vs_control", 0.001), ("Treg", "change_from_baseline", 0.01)]
+    table = pd.DataFrame([{"template": "t", "population": p, "contrast_type": k, "arm": "IL2",
+                           "reference_arm": "SOC" if k == "change_vs_control" else "",
+                           "timepoint": "W2", "baseline": "W0", "estimate": 0.3, "fdr": q,
+                           "pvalue": q / 2, "reference": "parent"} for p, k, q in rows])
+    lines = headline_findings(table, endpoints=["Treg"])["IL2"]
+    assert lines[0].startswith("Treg up") and "within the arm" in lines[0]
+    assert lines[-1].startswith("1 other population")

@@ -72,3 +72,16 @@ def test_power_cli(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "immunoprofile.cli", "power", "--effect", "x"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "ARM:POPULATION=FOLD" in bad.stderr
+
+
+def test_rare_population_variability_is_not_zeroed() -> None:
+    """Tens of events per sample: the visit SD beyond binomial sampling is still seen."""
+    sim = simulate_counts(patients_per_arm=10, sd_patient=0.6, sd_visit=0.3,
+                          populations={"Plasmablasts": 4.0}, parent_count=(300, 600), seed=4)
+    row = ip.tl.estimate_variability(sim.subsets, baseline="W0").loc["Plasmablasts"]
+    assert 0.12 < row["sd_visit"] < 0.5 and 0.35 < row["sd_patient"] < 0.9
+
+
+def test_no_effect_gives_the_false_positive_rate() -> None:
+    table = ip.tl.power({"TEL:B cells": 1.0}, patients_per_arm=6, n_trials=60, seed=3)
+    assert 0.0 < table["power"].iloc[0] <= 0.15

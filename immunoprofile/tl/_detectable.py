@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from immunoprofile.tl._models import Design, contrast_terms
+from immunoprofile.tl._models import Design, contrast_terms, model_failed
 
 RANK_ABOVE = 0.8
 #: Exact permutation distributions up to this many values per test (a few ms each); larger
@@ -59,17 +59,17 @@ def fill_by_ranks(res: pd.DataFrame, data: pd.DataFrame, design: Design) -> pd.D
     pandas.DataFrame
         ``res`` as it is when every contrast has a p-value. Otherwise each contrast without
         one takes the rank test's row of the same key, its ``warning`` ending in "tested
-        on ranks"; when the fit gave no contrast, the rank contrasts with the fit's warning
+        on ranks"; when the model failed (no estimate at all), the rank contrasts with its warning
         (``res`` when there are none either).
     """
     keys = ["contrast_type", "arm", "reference_arm", "timepoint", "baseline"]
-    empty = len(res) == 1 and not str(res["contrast_type"].iloc[0])
+    empty = res.empty or model_failed(res)
     if not empty and not res["pvalue"].isna().any():
         return res
     ranks = rank_contrasts(data, design)
     if empty or ranks.empty:
         if not ranks.empty:
-            note = str(res["warning"].iloc[0])
+            note = str(res["warning"].iloc[0]) if len(res) else ""
             ranks["warning"] = [f"{note}; tested on ranks" if note else "tested on ranks"
                                 for _ in range(len(ranks))]
             return ranks

@@ -191,6 +191,8 @@ def differential_abundance(
         res.insert(0, "template", template)
         res["reference"] = ref_name
         mirrored = mirrors.get((template, population), "") if ref_name == "parent" else ""
+        if mirrored and wanted is not None and mirrored not in wanted:
+            mirrored = ""  # its partner is not in this table: this is the one reported
         res["complement_of"] = mirrored
         if mirrored:
             note = f"complement of {mirrored} within their parent: the mirror of its test"
@@ -234,10 +236,14 @@ def complements(table: pd.DataFrame) -> dict[tuple[str, str], str]:
             for b in names[i + 1:]:
                 if (template, a) in out or (template, b) in out:
                     continue
-                ca, cb = by_pop[a]["count"], by_pop[b]["count"].reindex(by_pop[a].index)
-                total = by_pop[a]["parent_count"]
-                if cb.isna().any() or not np.array_equal((ca + cb).to_numpy(float),
-                                                         total.to_numpy(float)):
+                # the same samples on both sides (a sample one of them lacks is no mirror)
+                pair = pd.concat([by_pop[a]["count"], by_pop[b]["count"],
+                                  by_pop[a]["parent_count"]], axis=1, join="outer")
+                if pair.isna().any().any():
+                    continue
+                ca, cb, total = (pair.iloc[:, j].to_numpy(float) for j in range(3))
+                # a population empty (or full) everywhere mirrors nothing worth hiding
+                if not np.array_equal(ca + cb, total) or np.all(ca == 0) or np.all(cb == 0):
                     continue
                 rarer, other = sorted((a, b), key=lambda p: (float(by_pop[p]["count"].median()),
                                                              names.index(p)))

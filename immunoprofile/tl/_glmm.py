@@ -39,7 +39,8 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
           n_patients: int, sd_p: float, sd_o: float, start: np.ndarray):
     """Joint mode of (β, u_patient, u_sample) for given SDs by damped Newton.
 
-    Returns ``(params, u_o, penalised log-likelihood, W)``; ``params`` = ``[β, u_patient]``.
+    Returns ``(params, u_o, penalised log-likelihood, W, [X | Z_patient], converged)``;
+    ``params`` = ``[β, u_patient]``.
     """
     k = X.shape[1]
     prec_p, prec_o = 1.0 / sd_p**2, 1.0 / sd_o**2
@@ -52,6 +53,7 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
         return ll - 0.5 * prec_p * params[k:] @ params[k:] - 0.5 * prec_o * u_o @ u_o
 
     value = penalised(params, u_o)
+    converged = False
     for _ in range(_NEWTON_STEPS):
         eta = Xp @ params + u_o
         mu = special.expit(eta)
@@ -79,18 +81,17 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
                 break
             t /= 2
         else:
+            converged = np.max(np.abs(step_r)) < 1e-6  # no ascent left along the step
             break
         params, u_o = trial_r, trial_o
         gain, value = new - value, new
-        if gain < 1e-10 * max(1.0, abs(value)) and t == 1.0 and \
-                np.max(np.abs(step_r)) < 1e-8:
-            break
-        if abs(gain) < 1e-12 * max(1.0, abs(value)):
+        if abs(gain) < 1e-12 * max(1.0, abs(value)) or np.max(np.abs(t * step_r)) < 1e-10:
+            converged = True
             break
     eta = Xp @ params + u_o
     mu = special.expit(eta)
     W = trials * mu * (1 - mu)
-    return params, u_o, value, W, Xp
+    return params, u_o, value, W, Xp, converged
 
 
 def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, const, cache,
@@ -101,7 +102,7 @@ def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, cons
     about the share of parameters in the data (12 cell means among ~100 samples), which
     made ~8% of null contrasts significant at 5%."""
     sd_p, sd_o = np.exp(log_sd)
-    params, u_o, pen, W, _ = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
+    params, u_o, pen, W, _, _ = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
                                    cache["start"])
     cache["start"] = np.concatenate([params, u_o])
     prec_o = 1.0 / sd_o**2
@@ -148,9 +149,10 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     Returns
     -------
     (beta, cov_beta, warning, info)
-        Fixed effects (log odds), their covariance, a warning ('' when none) and
-        ``{"sd_patient", "sd_sample", "loglik"}``; ``(None, None, reason, {})`` when the
-        model cannot be fitted.
+        Fixed effects (log odds), their covariance, a warning ('' when none: also says when
+        a search stopped before converging) and ``{"sd_patient", "sd_sample", "criterion"}``
+        (the maximised restricted Laplace criterion, up to a constant; the likelihood with
+        ``reml=False``); ``(None, None, reason, {})`` when the model cannot be fitted.
     """
     successes = np.asarray(successes, float)
     trials = np.asarray(trials, float)
@@ -175,9 +177,10 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     best = min(grid, key=lambda s: _laplace(np.array(s), *args))
     res = optimize.minimize(_laplace, np.array(best), args=args, method="L-BFGS-B",
                             bounds=[_LOG_SD, _LOG_SD])
+    notes = [] if res.success else [f"variance search stopped early ({res.message})"]
     log_sd = res.x
     sd_p, sd_o = np.exp(log_sd)
-    params, _, _, W, Xp = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
+    params, _, _, W, Xp, converged = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
                                   cache["start"])
     beta = params[:k]
     prec_o = 1.0 / sd_o**2
@@ -190,11 +193,13 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
         return None, None, "model failed: singular information matrix", {}
     if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(cov))):
         return None, None, "model failed: non-finite estimates", {}
-    warning = ""
     if sd_p <= np.exp(_LOG_SD[0]) * 1.01:
-        warning = "patient variance at the boundary (0)"
-    info = {"sd_patient": float(sd_p), "sd_sample": float(sd_o), "loglik": float(-res.fun)}
-    return beta, (cov + cov.T) / 2, warning, info
+        notes.append("patient variance at the boundary (0)")
+    if not converged:
+        notes.append("the mode search did not converge")
+    info = {"sd_patient": float(sd_p), "sd_sample": float(sd_o),
+            "criterion": float(-res.fun)}
+    return beta, (cov + cov.T) / 2, "; ".join(notes), info
 
 
 def binomial_glmm_fitter(y: np.ndarray, X: np.ndarray, groups: np.ndarray, *,
@@ -202,8 +207,9 @@ def binomial_glmm_fitter(y: np.ndarray, X: np.ndarray, groups: np.ndarray, *,
     """The :data:`~immunoprofile.tl._models.Fitter` form of :func:`fit_binomial_glmm`.
 
     A cell whose every count is 0 (or equals its parent) has its log odds at ∓∞ and no
-    finite maximum likelihood: such readouts fall back to the empirical-logit LMM (``y``),
-    said in the warning.
+    finite maximum likelihood: such readouts, and any the GLMM cannot fit, fall back to the
+    empirical-logit LMM (``y``), said in the warning (the ``model`` column keeps the name
+    asked for).
     """
     cells = X[:, : _n_cells(X)] > 0.5
     for j in range(cells.shape[1]):
@@ -215,6 +221,10 @@ def binomial_glmm_fitter(y: np.ndarray, X: np.ndarray, groups: np.ndarray, *,
                    "log odds; fitted as the empirical-logit LMM")
             return beta, cov, f"{note}; {why}" if note else why
     beta, cov, warning, _ = fit_binomial_glmm(successes, trials, X, groups)
+    if beta is None:  # e.g. a covariate level whose counts are all 0 (separation)
+        beta, cov, note = fit_lmm(y, X, groups)
+        why = f"binomial GLMM failed ({warning}): fitted as the empirical-logit LMM"
+        return beta, cov, f"{note}; {why}" if note else why
     return beta, cov, warning
 
 

@@ -42,6 +42,7 @@ from immunoprofile.tl._models import (
     add_fdr,
     check_design,
     fit_contrasts,
+    model_failed,
     parse_design,
 )
 
@@ -291,10 +292,10 @@ def _fit_lmm(frame: pd.DataFrame, design: Design, model_name: str) -> pd.DataFra
     tied values), the same model by maximum likelihood through :func:`tobit_fit` with nothing
     censored (it equals MixedLM's ML fit)."""
     res = fit_contrasts(frame, design, model_name=model_name)
-    if len(res) == 1 and str(res["warning"].iloc[0]).startswith("model failed"):
+    if model_failed(res):
         retry = tobit_contrasts(frame.assign(censored=0), design,
                                 model_name=f"{model_name} (ML: the REML fit failed)")
-        if not (len(retry) == 1 and np.isnan(retry["estimate"].iloc[0])):
+        if retry["estimate"].notna().any():
             return retry
     return res
 
@@ -338,11 +339,11 @@ def tobit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str) -> p
     -------
     pandas.DataFrame
         One row per contrast, as :func:`~immunoprofile.tl._models.fit_contrasts` gives them
-        but with ``estimate, ci_low, ci_high, pvalue`` last; or a single row with an empty
-        ``contrast_type`` and the reason in ``warning`` when no model could be fitted.
+        but with ``estimate, ci_low, ci_high, pvalue`` last (without estimates, the reason in
+        ``warning``, when no model could be fitted).
     """
     res = fit_contrasts(data, design, model_name=model_name, fit=_tobit, censored="censored")
-    if len(res) and res["contrast_type"].iloc[0]:  # contrast rows: estimates last, as ever
+    if len(res):  # estimates last, as ever
         estimates = ["estimate", "ci_low", "ci_high", "pvalue"]
         res = res[[*[c for c in res.columns if c not in estimates], *estimates]]
     return res

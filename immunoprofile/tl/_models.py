@@ -92,9 +92,15 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
         One row per contrast (without ``template``/``population``/``fdr``).
     """
     fit = fit_lmm if fit is None else fit
+    everything = data
     data = data.dropna(subset=["value"]).copy()
     arms = [str(a) for a in pd.unique(data["arm"].astype(str))]
     tps = _ordered_timepoints(data)
+    if data.empty:  # no value at all: the contrasts the rows would have given, all failed
+        return _failed(everything, design,
+                       [str(a) for a in pd.unique(everything["arm"].astype(str))],
+                       _ordered_timepoints(everything), model_name,
+                       "model failed: no value to fit")
     rows: list[dict] = []
     n_patients = data["patient_id"].nunique()
     if design.control not in arms or design.baseline not in tps or n_patients <= len(arms):
@@ -334,15 +340,17 @@ def _ordered_timepoints(data: pd.DataFrame) -> list[str]:
 def _failed(data: pd.DataFrame, design: Design, arms: list[str], tps: list[str],
             model: str, note: str) -> pd.DataFrame:
     """One row per contrast the data could ask for, without estimates, saying why: a failed
-    model still names its contrasts (an empty ``contrast_type`` broke every filter on it)."""
+    model still names its contrasts (an empty ``contrast_type`` broke every filter on it).
+    With values, the contrasts whose cells all have some (as a fitted model gives them);
+    without any, every contrast of the arms and visits the rows name."""
     cell = data["arm"].astype(str) + "@" + data["timepoint"].astype(str)
-    present = set(cell)
+    present = set(cell[data["value"].notna()]) if "value" in data.columns else set(cell)
     rows = []
-    for kind, arm, ref, tp, base, terms in contrast_terms(
-            design, sorted({*arms, design.control}), tps):
-        here = cell.isin([c for c, _ in terms]).to_numpy()
-        if present and not here.any():
+    arms = arms if design.control in arms else [*arms, design.control]
+    for kind, arm, ref, tp, base, terms in contrast_terms(design, arms, tps):
+        if present and any(c not in present for c, _ in terms):
             continue
+        here = cell.isin([c for c, _ in terms]).to_numpy()
         rows.append({"contrast_type": kind, "arm": arm, "reference_arm": ref,
                      "timepoint": tp, "baseline": base, "estimate": np.nan, "ci_low": np.nan,
                      "ci_high": np.nan, "pvalue": np.nan, "model": model,
@@ -351,6 +359,24 @@ def _failed(data: pd.DataFrame, design: Design, arms: list[str], tps: list[str],
                      "warning": note})
     return pd.DataFrame(rows, columns=[c for c in RESULT_COLUMNS
                                        if c not in ("template", "population", "fdr")])
+
+
+def model_failed(res: pd.DataFrame) -> bool:
+    """Whether :func:`fit_contrasts` gave no estimate because the model failed (every row
+    without a p-value and its warning saying so).
+
+    Parameters
+    ----------
+    res
+        The contrast rows of one readout.
+
+    Returns
+    -------
+    bool
+        True when there are rows and none has a p-value for that reason.
+    """
+    return bool(len(res)) and bool(res["pvalue"].isna().all()) and bool(
+        res["warning"].astype(str).str.contains("model failed|too few").all())
 
 
 def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:

@@ -16,7 +16,6 @@ DOMAIN.md's SLE figures (:data:`DEFAULT_VARIABILITY`).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.regression.mixed_linear_model import MixedLM
 
 from immunoprofile._pool import one_thread, pool_context, worker_init
 
@@ -33,6 +31,7 @@ from immunoprofile._pool import one_thread, pool_context, worker_init
 from immunoprofile.datasets.counts import simulate_counts
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.tl._differential import differential_abundance
+from immunoprofile.tl._glmm import fit_binomial_glmm
 from immunoprofile.tl._models import subset_table
 from immunoprofile.tl._parallel import resolve_jobs
 
@@ -49,11 +48,10 @@ DEFAULT_VARIABILITY = pd.DataFrame(
 def estimate_variability(data: pd.DataFrame | str | Path, *, baseline: str) -> pd.DataFrame:
     """Per population: baseline share, parent count and SDs, from a run's subset table.
 
-    The between-patient SD and the visit-to-visit SD come from a Gaussian mixed model of the
-    empirical logit with one mean per arm × timepoint (so treatment effects do not inflate
-    them) and a patient random intercept; the binomial sampling variance (``1 / (n p (1 −
-    p))`` on the logit scale) is taken out of the residual, since the simulation adds it back
-    by drawing counts.
+    The between-patient SD and the visit-to-visit SD are the binomial GLMM's (one mean per
+    arm × timepoint, so treatment effects do not inflate them; patient and sample random
+    intercepts): the variation beyond binomial sampling, which the simulation adds back by
+    drawing counts.
 
     Parameters
     ----------
@@ -78,27 +76,28 @@ def estimate_variability(data: pd.DataFrame | str | Path, *, baseline: str) -> p
         g = g[(g["parent_count"] > 0) & g["count"].notna()]
         if g["patient_id"].nunique() < 3:
             continue
+        cell = g["arm"].astype(str) + "@" + g["timepoint"].astype(str)
+        # a cell at 0 (or 100%) everywhere has no finite log odds: not informative on SDs
+        share = g.groupby(cell)["count"].transform("sum") / g.groupby(cell)[
+            "parent_count"].transform("sum")
+        g = g[(share > 0) & (share < 1)]
+        if g["patient_id"].nunique() < 3:
+            continue
         count, n = g["count"].astype(float), g["parent_count"].astype(float)
-        y = np.log((count + 0.5) / (n - count + 0.5)).to_numpy()
         cells = pd.get_dummies(g["arm"].astype(str) + "@" + g["timepoint"].astype(str),
                                dtype=float)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = MixedLM(y, cells.to_numpy(), g["patient_id"].astype(str)).fit(reml=True)
-            var_patient = float(np.asarray(fit.cov_re)[0, 0])
-            resid = float(fit.scale)
-        except (np.linalg.LinAlgError, ValueError):
+        # The binomial GLMM's own SDs: subtracting a sampling variance from an empirical-
+        # logit residual is biased where counts are few (it zeroed rare populations' visit SD)
+        _, _, _, info = fit_binomial_glmm(count.to_numpy(), n.to_numpy(), cells.to_numpy(),
+                                          g["patient_id"].astype(str).to_numpy())
+        if not info:
             continue
-        p = np.clip((count + 0.5) / (n + 1), 1e-6, 1 - 1e-6)
-        sampling = float(np.mean(1 / (n * p * (1 - p))))
         base = g[g["timepoint"].astype(str) == str(baseline)]
         base = base if len(base) else g
         rows.append({"population": pop, "template": template,
                      "baseline_pct": float(100 * (base["count"] / base["parent_count"]).median()),
                      "parent_count": float(base["parent_count"].median()),
-                     "sd_patient": float(np.sqrt(max(var_patient, 0.0))),
-                     "sd_visit": float(np.sqrt(max(resid - sampling, 0.0)))})
+                     "sd_patient": info["sd_patient"], "sd_visit": info["sd_sample"]})
     if not rows:
         raise ImmunoprofileError("no population with counts from at least 3 patients: "
                                  "cannot estimate variability")
@@ -194,7 +193,8 @@ def power(
     -------
     pandas.DataFrame
         One row per effect and size: ``arm, population, fold_change, patients_per_arm,
-        power`` (share of trials with p < ``alpha`` in the planted direction), ``power_ci_low,
+        power`` (share of trials with p < ``alpha`` in the planted direction; for a fold
+        change of 1, in either: the false-positive rate), ``power_ci_low,
         power_ci_high`` (Wilson 95%), ``coverage`` (share of 95% intervals holding the planted
         log odds ratio), ``mean_estimate``, ``true_log_odds_ratio``, ``n_trials, model``.
     """
@@ -228,7 +228,10 @@ def power(
     for (arm, pop, n), g in frame.groupby(["arm", "population", "patients_per_arm"],
                                           sort=False):
         truth = float(g["truth"].iloc[0])
-        hit = (g["pvalue"] < alpha) & (np.sign(g["estimate"]) == np.sign(truth))
+        # with an effect, a rejection counts in its direction; without one (fold 1) any
+        # rejection does: the false-positive rate
+        hit = (g["pvalue"] < alpha) & ((np.sign(g["estimate"]) == np.sign(truth))
+                                       if truth != 0 else True)
         k, m = int(hit.sum()), int(g["pvalue"].notna().sum())
         lo, hi = _wilson(k, m)
         rows.append({"arm": arm, "population": pop, "fold_change": planted[(arm, pop)],
