@@ -39,7 +39,8 @@ def stage(args: list[str], cwd: Path) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) not in (0, 3):
-        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+        raise RuntimeError(f"{' '.join(args)} failed (exit {os.waitstatus_to_exitcode(status)}): "
+                           f"{proc.stderr.read().decode()[-2000:]}")
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 

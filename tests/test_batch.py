@@ -111,7 +111,9 @@ def test_local_run_gates_every_sample(local_run, sim_cohort) -> None:
 
 @pytest.mark.slow
 def test_dask_cluster_gives_identical_tables(local_run, sim_cohort, tmp_path: Path) -> None:
-    """Same CLI, tasks sent to a real LocalCluster (2 worker processes, loopback TCP)."""
+    """Same CLI, tasks sent to a real LocalCluster (2 worker processes, loopback TCP). The
+    run folder is given relative to the CLI's working directory, which is not the workers'
+    (they started here): the tasks must carry it as an absolute path."""
     from distributed import LocalCluster
 
     out = tmp_path / "run_dask"
@@ -119,7 +121,9 @@ def test_dask_cluster_gives_identical_tables(local_run, sim_cohort, tmp_path: Pa
                       dashboard_address=None) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tcp://127.0.0.1:")
-        result = run(gate_cmd(sheet_path(sim_cohort), out, "--scheduler", address))
+        result = subprocess.run(gate_cmd(sheet_path(sim_cohort), Path("run_dask"),
+                                         "--scheduler", address),
+                                capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["scheduler"] == address and manifest["workers"] is None

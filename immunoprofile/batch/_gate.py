@@ -170,7 +170,9 @@ def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
     workers = workers or os.cpu_count() or 1
     rows = sheet_rows(sheet)
     overrides = read_overrides(run.overrides_path)
-    tasks: list[Task] = [(r, templates, str(run.path), settings, resume, plotter,
+    # An absolute run folder: dask workers run in their own working directory (on another
+    # machine, at the same path of a shared file system), not the client's.
+    tasks: list[Task] = [(r, templates, str(run.path.resolve()), settings, resume, plotter,
                           for_sample(overrides, str(r["sample_id"]))) for r in rows]
     # Largest files first (longest job first): workers then finish together instead of one
     # idling while the other gates a big file last. Tables are assembled in sheet order.
@@ -203,6 +205,16 @@ def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
     """The run's tables from the samples' parts, and the writes that put them on disk."""
     parts, qcs = read_parts(run, [o.sample_id for o in outcomes])
     errors = [e for o in outcomes for e in o.errors]
+    paths = {str(r["sample_id"]): str(r["path"]) for r in sheet_rows(sheet)}
+    for o in outcomes:
+        if o.status in ("ok", "partial", "resumed") and not run.part_subsets(
+                o.sample_id).is_file():
+            errors.append({"sample_id": o.sample_id, "path": paths.get(o.sample_id, ""),
+                           "template": "", "stage": "output",
+                           "error": f"the worker reported {o.status} but its results are not "
+                                    f"in {run.parts_dir}",
+                           "hint": "workers must reach the run folder at the same absolute "
+                                   "path (a shared file system); rerun with --resume"})
     meta = sheet.metadata_columns
     subsets = stack_rows(parts) if parts else pd.DataFrame(columns=meta)
     subsets = restore_types(subsets, sheet)
