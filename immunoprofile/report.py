@@ -216,15 +216,17 @@ def _gallery(run: Run, limit: int, images: _Images) -> str:
     if not plots:
         return "<p><em>no gating plots (the run used --no-plots)</em></p>"
     ranked, why = _needs_a_look(run)
+    names = list(run.templates())
+    owner = {p: Run.plot_sample(p, names) for p in plots}
     by_sample: dict[str, list[Path]] = {}
     for p in plots:
-        by_sample.setdefault(p.stem.rsplit("_", 1)[0], []).append(p)
+        by_sample.setdefault(owner[p], []).append(p)
     # a small run shows every plot, those that need a look first; a large one only those
     order = [*ranked, *by_sample] if images.embed else [s for s in ranked if why[s]]
     shown = [p for sid in dict.fromkeys(order) for p in by_sample.get(sid, [])][:limit]
     items = []
     for p in shown:
-        sid = p.stem.rsplit("_", 1)[0]
+        sid = owner[p]
         reason = f'<div class="flag">{html.escape(why[sid])}</div>' if why.get(sid) else ""
         items.append(f'<div class="thumb"><img{images.lazy} alt="{html.escape(p.stem)}" '
                      f'src="{images.thumb(p)}" data-full="{images.full(p)}">'

@@ -32,7 +32,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -331,6 +331,29 @@ class Run:
             ``plots/<sample_id>_<template>.png`` in the run folder.
         """
         return self.plots_dir / f"{sample_id}_{template}.png"
+
+    @staticmethod
+    def plot_sample(path: Path, templates: Iterable[str]) -> str:
+        """The sample a gating plot of :meth:`plot_path` belongs to.
+
+        Parameters
+        ----------
+        path
+            A ``plots/<sample_id>_<template>.png`` file.
+        templates
+            The run's template names (they may hold ``_``, as sample ids may).
+
+        Returns
+        -------
+        str
+            The sample id: the stem without its longest matching ``_<template>`` suffix
+            (without the last ``_…`` part when no template matches).
+        """
+        stem = Path(path).stem
+        for name in sorted(templates, key=len, reverse=True):
+            if stem.endswith(f"_{name}") and len(stem) > len(name) + 1:
+                return stem[: -len(name) - 1]
+        return stem.rsplit("_", 1)[0]
 
     def timepoint_h5ad(self, timepoint: str, panel: str | None = None) -> Path:
         """The event AnnData of a timepoint (per panel when the tubes differ).

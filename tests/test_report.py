@@ -91,3 +91,14 @@ def test_hand_corrected_samples_come_first_in_the_gallery(small_run: Path, tmp_p
     shown = re.findall(r'<div class="thumb"><img[^>]* alt="([^"]+)"', text)
     assert shown and shown[0].startswith(last)
     assert "gate corrected by hand" in text
+
+
+def test_gating_plots_belong_to_their_sample_whatever_the_underscores() -> None:
+    """Plot names are <sample_id>_<template>.png; template names may hold '_' too."""
+    from immunoprofile.run import Run
+
+    names = ["bcell", "bcell_igm_cd21", "treg"]
+    assert Run.plot_sample(Path("P01_W0_bcell_igm_cd21.png"), names) == "P01_W0"
+    assert Run.plot_sample(Path("P01_W0_bcell.png"), names) == "P01_W0"
+    assert Run.plot_sample(Path("S_1_treg.png"), names) == "S_1"
+    assert Run.plot_sample(Path("odd_name.png"), names) == "odd"
