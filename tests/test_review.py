@@ -35,7 +35,8 @@ def planted(tmp_path_factory) -> ip.Run:
     root = tmp_path_factory.mktemp("review")
     cohort = simulate_cohort(root / "cohort", patients_per_arm=2, n_events=8000,
                              visits=(0, 2, 12), arms=("IL2", "SOC"), seed=4)
-    gate_samples(cohort.out / "samplesheet.csv", ["treg", "bcell"], root / "run", workers=2,
+    gate_samples(cohort.out / "samplesheet.csv", ["treg", "bcell", "plasma"], root / "run",
+                 workers=2,
                  settings=BatchSettings(plots=False, keep_events=2000))
     apply_overrides(root / "run", [{"sample_id": BAD, "template": "treg",
                                     "population": "T cells",
@@ -310,3 +311,27 @@ def test_the_ranking_without_qc_table_or_recorded_gates(planted, tmp_path) -> No
     ranking = rank_samples(older)
     assert len(ranking) == len(rank_samples(planted))
     assert ranking["reasons"].str.contains("robust SD from the run's median").any()
+
+
+def test_a_tube_gated_by_two_templates_is_reviewable_under_each(planted) -> None:
+    """A B-cell tube carries the bcell and plasma templates: the panel offers both."""
+    from bokeh.document import Document
+
+    from immunoprofile.review.app import ReviewApp
+    from immunoprofile.review.editing import RunContext
+
+    app = ReviewApp(RunContext.open(planted), Document())
+    sid = "P001_W0_bcell"
+    assert app.templates_of(sid) == ["bcell", "plasma"]
+    app.open_sample(sid)
+    select = app.panel.select_one({"name": "template"})
+    assert select.options == ["bcell", "plasma"] and select.value == "bcell"
+    select.value = "plasma"  # what the browser sends
+    title = app.panel.select_one({"name": "sample_title"}).text
+    assert "plasma" in title
+    # the plasma template's populations are counted now, the bcell one's not
+    from bokeh.models import DataTable
+
+    shown = {p for t in app.panel.select({"type": DataTable})
+             for p in t.source.data.get("population", [])}
+    assert "Plasmablasts" in shown and "Naive B" not in shown, shown

@@ -76,7 +76,7 @@ class SamplePanel:
         self.user = TextInput(title="Reviewer", value=getpass.getuser(), name="reviewer",
                               width=150, css_classes=["review-user"])
         others = [s for s in app.ranking["sample_id"]
-                  if app.template_of(s) == editor.template_name and s != editor.sample_id]
+                  if editor.template_name in app.templates_of(s) and s != editor.sample_id]
         self.also = MultiChoice(title="Also apply to (each gets its own audit row)",
                                 options=others, width=450, name="also",
                                 css_classes=["review-also"])
@@ -86,7 +86,15 @@ class SamplePanel:
         self.status = Div(text="", name="status", css_classes=["review-status"])
         title = Div(text=f"<h3>{editor.sample_id} — {editor.template_name}</h3>",
                     name="sample_title")
-        self.layout = column(title, row(column(*plots), column(
+        heading = [title]
+        choices = app.templates_of(editor.sample_id)
+        if len(choices) > 1:  # a tube gated by several templates: each is reviewable
+            self.template_select = Select(title="Template", value=editor.template_name,
+                                          options=choices, width=160, name="template")
+            self.template_select.on_change(
+                "value", lambda attr, old, new: app.open_sample(editor.sample_id, new))
+            heading.append(self.template_select)
+        self.layout = column(row(*heading), row(column(*plots), column(
             counts, self.user, self.reason, self.also, save, self.status)))
 
     def _counts_frame(self, now: pd.DataFrame) -> dict[str, list]:
@@ -259,9 +267,26 @@ class ReviewApp:
         doc.title = f"immunoprofile review: {context.run.path.name}"
         doc.add_root(row(column(header, row(*self.filters.values()), self.table), self.panel))
 
-    def template_of(self, sample_id: str) -> str:
+    def templates_of(self, sample_id: str) -> list[str]:
+        """The templates that gated a sample (a B-cell tube: ``bcell`` and ``plasma``)."""
         hit = self.ranking.loc[self.ranking["sample_id"] == sample_id, "templates"]
-        return str(hit.iloc[0]).split(", ")[0] if len(hit) else ""
+        return [t for t in str(hit.iloc[0]).split(", ") if t] if len(hit) else []
+
+    def template_of(self, sample_id: str) -> str:
+        return (self.templates_of(sample_id) or [""])[0]
+
+    def open_sample(self, sample_id: str, template: str | None = None) -> None:
+        """Show one sample's gates under one of its templates (the first by default)."""
+        template = template or self.template_of(sample_id)
+        try:
+            editor = SampleEditor(self.context, sample_id, template)
+            self.panel.children = [SamplePanel(self, editor).layout]
+        except ImmunoprofileError as exc:
+            self.panel.children = [Div(text=f"<b>{sample_id}:</b> {exc}")]
+            return
+        # the page is drawn from the run's files; the engine prepares the sample for live
+        # counts right after, while the reviewer looks
+        self.doc.add_next_tick_callback(editor.prepare)
 
     def run_table(self, sample_id: str, template: str) -> pd.DataFrame:
         sub = self.context.run.subsets
@@ -289,16 +314,7 @@ class ReviewApp:
     def _selected(self, attr: str, old: list, new: list) -> None:
         if not new:
             return
-        sid = str(self.list_source.data["sample_id"][new[0]])
-        try:
-            editor = SampleEditor(self.context, sid, self.template_of(sid))
-            self.panel.children = [SamplePanel(self, editor).layout]
-        except ImmunoprofileError as exc:
-            self.panel.children = [Div(text=f"<b>{sid}:</b> {exc}")]
-            return
-        # the page is drawn from the run's files; the engine prepares the sample for live
-        # counts right after, while the reviewer looks
-        self.doc.add_next_tick_callback(editor.prepare)
+        self.open_sample(str(self.list_source.data["sample_id"][new[0]]))
 
     def refresh(self) -> None:
         """After a save: the run's tables changed, so does the ranking."""
