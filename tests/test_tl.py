@@ -177,3 +177,27 @@ def test_cluster_abundance_counts_every_sample_and_cluster():
     assert table.loc[("s1", "0"), "count"] == 2 and table.loc[("s1", "0"), "parent_count"] == 3
     assert table.loc[("s2", "1"), "pct"] == 100 and table.loc[("s2", "2"), "count"] == 0
     assert table.loc[("s2", "0"), "arm"] == "B"
+
+
+def test_flowsom_trains_on_a_subsample_and_maps_every_event() -> None:
+    """#15: n_train events train the SOM (seeded), every event gets a node and a cluster."""
+    import anndata as ad
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(0, 3, (5, 6))
+    labels = rng.integers(0, 5, 20_000)
+    X = (centers[labels] + rng.normal(0, 0.3, (20_000, 6))).astype(np.float32)
+    adata = ad.AnnData(X=X, var=pd.DataFrame(index=[f"M{i}" for i in range(6)]))
+    ip.tl.flowsom(adata, markers=list(adata.var_names), n_train=3_000, xdim=8, ydim=8,
+                  n_clusters=5)
+    assert adata.uns["flowsom"]["params"]["n_train"] == 3_000
+    assert adata.obs["flowsom"].notna().all() and adata.obs["flowsom_node"].max() < 64
+    # well-separated populations: each lands in one cluster almost entirely
+    purity = pd.crosstab(labels, adata.obs["flowsom"].to_numpy()).max(axis=1) / np.bincount(
+        labels)
+    assert (purity > 0.95).all()
+    again = ip.tl.flowsom(adata, markers=list(adata.var_names), n_train=3_000, xdim=8,
+                          ydim=8, n_clusters=5, copy=True)
+    assert (again.obs["flowsom"] == adata.obs["flowsom"]).all()  # seeded
+    with pytest.raises(ImmunoprofileError, match="n_train"):
+        ip.tl.flowsom(adata, markers=list(adata.var_names), n_train=10, xdim=8, ydim=8)
