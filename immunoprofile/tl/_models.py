@@ -357,8 +357,11 @@ def _failed(data: pd.DataFrame, design: Design, arms: list[str], tps: list[str],
                      "n_samples": int(here.sum()),
                      "n_patients": int(data.loc[here, "patient_id"].nunique()),
                      "warning": note})
-    return pd.DataFrame(rows, columns=[c for c in RESULT_COLUMNS
-                                       if c not in ("template", "population", "fdr")])
+    out = pd.DataFrame(rows, columns=[c for c in RESULT_COLUMNS
+                                      if c not in ("template", "population", "fdr")])
+    # typed even when empty: object columns made pandas warn when the tables were stacked
+    return out.astype({"estimate": float, "ci_low": float, "ci_high": float, "pvalue": float,
+                       "n_samples": "int64", "n_patients": "int64"})
 
 
 def model_failed(res: pd.DataFrame) -> bool:
