@@ -9,6 +9,7 @@ needs it, and range tests on monotonic transforms are decided in linear space.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,6 +249,11 @@ def gate_sample(
     placer = Placer(space, membership)
     positions: dict[str, dict[str, Any]] = {}
     applied: list[Population] = []
+    # Event numbers per parent, found once for all its children (a root with many gates
+    # asked for the same million indices each time).
+    parent_idx: dict[str | None, np.ndarray] = {}
+    children_left = Counter(p.parent for p in template.populations
+                            if not isinstance(p.gate, BooleanGate))
     for pop in template.populations:
         if pop.name in skipped:
             applied.append(pop)
@@ -261,15 +267,24 @@ def gate_sample(
             membership[pop.name] = _boolean(pop.gate, membership) & parent
             applied.append(pop)
             continue
-        idx = np.flatnonzero(parent)
+        if pop.parent not in parent_idx:
+            parent_idx[pop.parent] = np.flatnonzero(parent)
+        idx = parent_idx[pop.parent]
         gate = pop.gate
         if pop.adaptive and adaptive:
             gate, positions[pop.name] = placer.place(pop, idx)
             pop = replace(pop, gate=gate)
         applied.append(pop)
-        mask = np.zeros(n, bool)
-        mask[idx[_inside(space, gate, idx)]] = True
-        membership[pop.name] = mask
+        inside = _inside(space, gate, idx)
+        children_left[pop.parent] -= 1
+        if children_left[pop.parent] <= 0:  # its last child: 8 bytes an event no longer held
+            del parent_idx[pop.parent]
+        if idx.size == n:  # every event is the parent's: the test is the membership
+            membership[pop.name] = np.asarray(inside, bool)
+        else:
+            mask = np.zeros(n, bool)
+            mask[idx[inside]] = True
+            membership[pop.name] = mask
 
     placed = template.with_populations(applied)
     counts = _counts_table(placed, membership, skipped | passed, space, int(root.sum()))
