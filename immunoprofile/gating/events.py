@@ -277,7 +277,10 @@ class EventSpace:
             # kept for the channel's next gates, costs less than gathering the rows.
             if key not in self._approx_all:
                 self._approx_all[key] = self.sample.events @ weights
-            return self._approx_all[key][idx].astype(np.float64), bound
+            every = self._approx_all[key]
+            if idx.size == every.size and bool(np.all(idx[1:] > idx[:-1])):
+                return every.astype(np.float64), bound  # all events in order: no gather
+            return every[idx].astype(np.float64), bound
         # float32 × float32: no float64 copy of the rows; the band absorbs the rounding.
         # In blocks, so the rows gathered never amount to a copy of the event matrix.
         out = np.empty(idx.size)
