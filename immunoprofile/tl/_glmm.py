@@ -35,17 +35,26 @@ _LOG_SD = (np.log(1e-3), np.log(20.0))
 _NEWTON_STEPS = 60
 
 
-def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.ndarray,
-          n_patients: int, sd_p: float, sd_o: float, start: np.ndarray):
+def _information(Xp: np.ndarray, W: np.ndarray, k: int, sd_p: float, sd_o: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (β, u_patient) block of the Hessian once the diagonal sample block ``d = W +
+    1/σ_o²`` is eliminated: ``(A, d, shrink)`` with ``shrink = W − W²/d``."""
+    d = W + 1.0 / sd_o**2
+    shrink = W - W * W / d
+    A = (Xp * shrink[:, None]).T @ Xp
+    A[k:, k:] += np.eye(Xp.shape[1] - k) / sd_p**2
+    return A, d, shrink
+
+
+def _mode(successes: np.ndarray, trials: np.ndarray, Xp: np.ndarray, k: int,
+          sd_p: float, sd_o: float, start: np.ndarray):
     """Joint mode of (β, u_patient, u_sample) for given SDs by damped Newton.
 
-    Returns ``(params, u_o, penalised log-likelihood, W, [X | Z_patient], converged)``;
-    ``params`` = ``[β, u_patient]``.
+    ``Xp`` is ``[X | Z_patient]`` (its first ``k`` columns the fixed effects). Returns
+    ``(params, u_o, penalised log-likelihood, W, converged)``; ``params`` = ``[β, u_patient]``.
     """
-    k = X.shape[1]
     prec_p, prec_o = 1.0 / sd_p**2, 1.0 / sd_o**2
-    Xp = np.hstack([X, np.eye(n_patients)[patient]])  # [X | Z_patient]
-    params, u_o = start[: k + n_patients].copy(), start[k + n_patients:].copy()
+    params, u_o = start[: Xp.shape[1]].copy(), start[Xp.shape[1]:].copy()
 
     def penalised(params, u_o):
         eta = Xp @ params + u_o
@@ -62,11 +71,8 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
         g_r = Xp.T @ resid
         g_r[k:] -= prec_p * params[k:]
         g_o = resid - prec_o * u_o
-        # The sample block of the Hessian is diagonal (W + prec_o): eliminate it.
-        d = W + prec_o
-        shrink = W - W * W / d
-        A = (Xp * shrink[:, None]).T @ Xp
-        A[k:, k:] += np.eye(n_patients) * prec_p
+        # The sample block of the Hessian is diagonal: eliminate it.
+        A, d, _ = _information(Xp, W, k, sd_p, sd_o)
         rhs = g_r - Xp.T @ (W / d * g_o)
         try:
             step_r = np.linalg.solve(A, rhs)
@@ -91,10 +97,10 @@ def _mode(successes: np.ndarray, trials: np.ndarray, X: np.ndarray, patient: np.
     eta = Xp @ params + u_o
     mu = special.expit(eta)
     W = trials * mu * (1 - mu)
-    return params, u_o, value, W, Xp, converged
+    return params, u_o, value, W, converged
 
 
-def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, const, cache,
+def _laplace(log_sd: np.ndarray, successes, trials, Xp, k, patient, n_patients, const, cache,
              reml=True):
     """Minus the restricted Laplace log likelihood at log-SDs ``(log σ_p, log σ_o)``: the
     fixed effects are integrated out with the random ones (flat prior), the GLMM analogue of
@@ -102,19 +108,12 @@ def _laplace(log_sd: np.ndarray, successes, trials, X, patient, n_patients, cons
     about the share of parameters in the data (12 cell means among ~100 samples), which
     made ~8% of null contrasts significant at 5%."""
     sd_p, sd_o = np.exp(log_sd)
-    params, u_o, pen, W, _, _ = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
-                                   cache["start"])
+    params, u_o, pen, W, _ = _mode(successes, trials, Xp, k, sd_p, sd_o, cache["start"])
     cache["start"] = np.concatenate([params, u_o])
-    prec_o = 1.0 / sd_o**2
-    d = W + prec_o
-    shrink = W - W * W / d
+    A, d, shrink = _information(Xp, W, k, sd_p, sd_o)
     if reml:
         # log|H| over (β, u): the sample block (diagonal d), then the Schur complement on
         # (β, u_p)
-        k = X.shape[1]
-        Xp = np.hstack([X, np.eye(n_patients)[patient]])
-        A = (Xp * shrink[:, None]).T @ Xp
-        A[k:, k:] += np.eye(n_patients) / sd_p**2
         sign, log_det_a = np.linalg.slogdet(A)
         if sign <= 0:
             return np.inf
@@ -170,7 +169,8 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     cache = {"start": np.concatenate([beta0, np.zeros(n_patients + len(successes))])}
     const = float(np.sum(special.gammaln(trials + 1) - special.gammaln(successes + 1)
                          - special.gammaln(trials - successes + 1)))
-    args = (successes, trials, X, patient, n_patients, const, cache, reml)
+    Xp = np.hstack([X, np.eye(n_patients)[patient]])  # [X | Z_patient], built once
+    args = (successes, trials, Xp, k, patient, n_patients, const, cache, reml)
     # A coarse grid first: the Laplace surface can have a ridge at σ → 0, and a
     # local search from one start can stop there.
     grid = [(a, b) for a in (-3.0, -1.0, 0.0) for b in (-3.0, -1.5, -0.5)]
@@ -180,13 +180,9 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     notes = [] if res.success else [f"variance search stopped early ({res.message})"]
     log_sd = res.x
     sd_p, sd_o = np.exp(log_sd)
-    params, _, _, W, Xp, converged = _mode(successes, trials, X, patient, n_patients, sd_p, sd_o,
-                                  cache["start"])
+    params, _, _, W, converged = _mode(successes, trials, Xp, k, sd_p, sd_o, cache["start"])
     beta = params[:k]
-    prec_o = 1.0 / sd_o**2
-    d = W + prec_o
-    A = (Xp * (W - W * W / d)[:, None]).T @ Xp
-    A[k:, k:] += np.eye(n_patients) / sd_p**2
+    A, _, _ = _information(Xp, W, k, sd_p, sd_o)
     try:
         cov = np.linalg.inv(A)[:k, :k]
     except np.linalg.LinAlgError:
