@@ -52,21 +52,31 @@ def _trial(seed: int, effects: dict, n: int = 8, parent=(1000, 6000)) -> pd.Data
                            parent_count=parent, lymphocytes_per_ul=1100.0)
 
 
-def calibration(trials: int) -> pd.DataFrame:
-    rows = []
-    for seed in range(trials):
-        sim = _trial(10_000 + seed, {})
-        for model in MODELS:
-            da = ip.tl.differential_abundance(sim.subsets, control="SOC", baseline="W0",
-                                              model=model, reference=("parent", "absolute"))
-            da["model"] = np.where(da["reference"] == "absolute", "lmm_log_abs", model)
-            if model != MODELS[0]:
-                da = da[da["reference"] != "absolute"]
-            rows.append(da[["model", "contrast_type", "pvalue"]])
-    table = pd.concat(rows)
+def _null_pvalues(subsets: pd.DataFrame, references: tuple[str, ...]) -> list[pd.DataFrame]:
+    """p-values of every contrast under each model: the proportion models for every
+    reference but ``absolute``, whose log cells/µL model is the same for both (fitted once)."""
+    out = []
+    for model in MODELS:
+        da = ip.tl.differential_abundance(subsets, control="SOC", baseline="W0", model=model,
+                                          reference=references)
+        da["model"] = np.where(da["reference"] == "absolute", "lmm_log_abs", model)
+        if model != MODELS[0]:
+            da = da[da["reference"] != "absolute"]
+        out.append(da[["model", "contrast_type", "pvalue"]])
+    return out
+
+
+def _share_below(table: pd.DataFrame) -> pd.DataFrame:
     return (table.groupby(["model", "contrast_type"])["pvalue"]
             .agg(tests="count", p_below_005=lambda p: float((p < 0.05).mean()),
                  mean_p="mean").reset_index())
+
+
+def calibration(trials: int) -> pd.DataFrame:
+    rows = []
+    for seed in range(trials):
+        rows += _null_pvalues(_trial(10_000 + seed, {}).subsets, ("parent", "absolute"))
+    return _share_below(pd.concat(rows))
 
 
 def coverage(trials: int) -> pd.DataFrame:
@@ -103,19 +113,9 @@ def realistic_null(cohorts: int) -> tuple[pd.DataFrame, pd.DataFrame]:
                            tmp / "run", settings=BatchSettings(plots=False))
         subsets = run.subsets
         tables.append(subsets.assign(patient_id=subsets["patient_id"].astype(str) + f"-{k}"))
-        for model in MODELS:
-            da = ip.tl.differential_abundance(
-                subsets, control="SOC", baseline="W0", model=model,
-                reference=("parent", "Live lymphocytes", "absolute"))
-            da["model"] = np.where(da["reference"] == "absolute", "lmm_log_abs", model)
-            if model != MODELS[0]:
-                da = da[da["reference"] != "absolute"]
-            rows.append(da[["model", "contrast_type", "pvalue"]])
+        rows += _null_pvalues(subsets, ("parent", "Live lymphocytes", "absolute"))
         shutil.rmtree(tmp, ignore_errors=True)
-    table = pd.concat(rows)
-    calib = (table.groupby(["model", "contrast_type"])["pvalue"]
-             .agg(tests="count", p_below_005=lambda p: float((p < 0.05).mean()),
-                  mean_p="mean").reset_index())
+    calib = _share_below(pd.concat(rows))
     variability = ip.tl.estimate_variability(pd.concat(tables), baseline="W0")
     return calib, variability
 

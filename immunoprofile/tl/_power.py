@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 
 from immunoprofile._pool import one_thread, pool_context, worker_init
 
@@ -233,10 +233,10 @@ def power(
         hit = (g["pvalue"] < alpha) & ((np.sign(g["estimate"]) == np.sign(truth))
                                        if truth != 0 else True)
         k, m = int(hit.sum()), int(g["pvalue"].notna().sum())
-        lo, hi = _wilson(k, m)
+        lo, hi = proportion_confint(k, m, method="wilson") if m else (np.nan, np.nan)
         rows.append({"arm": arm, "population": pop, "fold_change": planted[(arm, pop)],
                      "patients_per_arm": int(n), "power": k / m if m else np.nan,
-                     "power_ci_low": lo, "power_ci_high": hi,
+                     "power_ci_low": float(lo), "power_ci_high": float(hi),
                      "coverage": float(((g["ci_low"] <= truth) & (truth <= g["ci_high"]))
                                        [g["pvalue"].notna()].mean()),
                      "mean_estimate": float(g["estimate"].mean()),
@@ -260,13 +260,3 @@ def _one_trial(task: tuple) -> dict:
     return {"arm": arm, "population": pop, "patients_per_arm": n, "truth": truth,
             "estimate": row["estimate"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
             "pvalue": row["pvalue"]}
-
-
-def _wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    if n == 0:
-        return np.nan, np.nan
-    z = stats.norm.ppf(0.5 + level / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
