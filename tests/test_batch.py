@@ -435,3 +435,21 @@ def test_event_subsample_matches_regating(local_run, sim_cohort, panel: str) -> 
                 np.asarray(linear, dtype=np.float64))
             np.testing.assert_allclose(events[f"transformed/{marker}"], xform, rtol=1e-5,
                                        atol=1e-5)
+
+
+def test_a_sample_reported_done_without_its_parts_gets_an_error_row(sim_cohort,
+                                                                    tmp_path: Path) -> None:
+    """A worker that wrote its parts elsewhere (another cwd, no shared disk) must not leave a
+    run that is silently empty: the sample gets an 'output' error row saying what to do."""
+    from immunoprofile.batch._gate import _assemble
+    from immunoprofile.batch._settings import SampleOutcome
+
+    sheet = ip.read_samplesheet(sheet_path(sim_cohort))
+    run = ip.Run(tmp_path / "run")
+    run.parts_dir.mkdir(parents=True)
+    sid = str(sheet.table["sample_id"].iloc[0])
+    result, _ = _assemble(run, sheet, [load_template("treg")],
+                          [SampleOutcome(sample_id=sid, status="ok")])
+    row = result.errors.iloc[0]
+    assert row["sample_id"] == sid and row["stage"] == "output"
+    assert "shared file system" in row["hint"] and row["path"].endswith(".fcs")

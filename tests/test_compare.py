@@ -177,3 +177,16 @@ def test_compare_cli_on_a_run(sim_cohort, tmp_path: Path) -> None:
     schema = subprocess.run([sys.executable, "-m", "immunoprofile.cli", "schema"],
                             capture_output=True, text=True, check=True).stdout
     assert "differential_abundance" in schema and "`reference`" in schema
+    assert "`complement_of`" in schema
+    # the default is the count model, cells/µL beside it (the sheet gives lymphocyte counts)
+    proportions = da[da["reference"] != "absolute"]
+    assert proportions["model"].str.startswith("glmm_binomial").all()
+    assert da.loc[da["reference"] == "absolute", "model"].str.startswith("lmm_log_abs").any()
+    logit = subprocess.run([sys.executable, "-m", "immunoprofile.cli", "compare", str(run),
+                            "--control", "SOC", "--baseline", "W0", "--no-plots", "--model",
+                            "lmm_logit", "--out", str(tmp_path / "logit")],
+                           capture_output=True, text=True, check=False)
+    assert logit.returncode == 0, logit.stderr
+    again = pd.read_parquet(tmp_path / "logit" / "differential_abundance.parquet")
+    assert again.loc[again["reference"] != "absolute", "model"].str.startswith(
+        "lmm_logit").all()
