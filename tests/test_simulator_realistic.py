@@ -149,16 +149,16 @@ def test_cd25_and_cd127_are_continua_on_cd4(tubes):
     medians = [np.median(cd25[_is(real, [leaf])]) for leaf in
                ("cd4_naive", "cd4_memory", "cd4_activated", "treg_memory_foxp3pos")]
     assert medians == sorted(medians), medians  # naive < memory < activated < Treg
-    for tube, lo in ((real, 0.02), (tidy, None)):
+    overlap = {}
+    for tube in (real, tidy):
         cd127 = _marker(tube, "treg", "CD127")
         treg, tconv = cd127[_is(tube, TREG)], cd127[_is(tube, TCONV)]
-        overlap = (np.mean(treg > np.percentile(tconv, 5)),
-                   np.mean(tconv < np.percentile(treg, 95)))
-        if lo is None:
-            assert max(overlap) < 0.005, overlap
-        else:  # Treg CD127 reaches into Tconv's lower tail, and back
-            assert min(overlap) > lo, overlap
-            assert np.median(tconv) - np.median(treg) > 1.5  # ...still "CD127lo"
+        overlap[tube is real] = (np.mean(treg > np.percentile(tconv, 5))
+                                 + np.mean(tconv < np.percentile(treg, 95)))
+        assert np.median(tconv) - np.median(treg) > 1.5  # "CD127lo" (DOMAIN §5: 3k vs 250)
+    # DOMAIN's log-SDs (0.5 against the tidy mode's 0.3): the tails reach further, but
+    # CD127 alone leaves under 2% on the wrong side either way; CD25 makes the overlap.
+    assert overlap[False] < overlap[True] < 0.02, overlap
 
 
 def test_naive_and_transitional_b_form_a_continuum(tubes):

@@ -69,10 +69,11 @@ def instrument_cohort(tmp_path_factory):
 
 
 # Reached on the realistic simulator (median / max relative error). Issue #12 asks for 3% / 15%
-# on all three; B cells meet it, Treg and plasmablasts do not yet: activated conventional CD4
-# cells overlap Treg on CD25 x CD127, and plasmablasts at the edge of the lymphocyte cloud are
-# lost with it. These bounds guard what is reached; the printed table is the record.
-BOUNDS = {"B cells % Live lymphocytes": (0.03, 0.15), "Treg % CD4+ T cells": (0.07, 0.15),
+# on all three; B cells and Treg meet it, plasmablasts do not yet: they are larger than resting
+# lymphocytes and CD19 dim, so ~6% of them fall outside the lymphocyte ellipse or under the
+# CD19 cut (a wider or log-scatter ellipse keeps them here but loses real B cells on the real
+# LSRII files). These bounds guard what is reached; the printed table is the record.
+BOUNDS = {"B cells % Live lymphocytes": (0.03, 0.15), "Treg % CD4+ T cells": (0.03, 0.15),
           "Plasmablasts % B cells": (0.08, 0.20)}
 
 
