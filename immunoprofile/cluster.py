@@ -21,7 +21,9 @@ timepoint plus the pooled subsample.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,15 +173,25 @@ def cluster_run(
 
     result = ClusterRunResult()
     counts, annotations, agreements = [], [], []
+    pools = {}
     for panel, parts in by_panel.items():
         sizes = pd.concat([p.obs["sample_id"].astype(str).value_counts() for _, p in parts])
         cap = events_per_sample or max(1, max_events // len(sizes))
         n = int(min(cap, sizes.min()))
         result.events_per_sample[panel] = n
-        pooled = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
-                           uns_merge="first")
+        pools[panel] = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
+                                 uns_merge="first")
+
+    def fit(pooled: ad.AnnData) -> None:
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
                 random_state=seed, key_added=KEY)
+
+    # The panels' SOMs train at once (the compiled loop releases the GIL); each model is
+    # seeded on its own, so the clusters are those of one panel after another.
+    with ThreadPoolExecutor(max_workers=min(len(pools), os.cpu_count() or 1) or 1) as pool:
+        list(pool.map(fit, pools.values()))
+    for panel, parts in by_panel.items():
+        pooled = pools[panel]
         cross = None
         for path, _ in parts:  # pass 2: map every event, write its labels beside the file
             adata = ad.read_h5ad(path)

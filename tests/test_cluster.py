@@ -261,3 +261,42 @@ def test_annotation_phenotypes(run):
     tconv = big[(big["panel"] == "treg") & (big["population"] == "Conventional CD4")]
     assert all({"CD3+", "CD4+"} <= set(p.split()) for p in tconv["phenotype"])
     assert {"threshold_CD25", "median_CD25"} <= set(ann.columns)
+
+
+def test_som_equals_flowsoms_estimator() -> None:
+    """Our cached SOM loops follow flowsom's SOMEstimator step for step: same codes, same
+    nodes, same metaclusters for the same seed (they replace it only to cache the compiled
+    code across processes)."""
+    from flowsom.models import FlowSOMEstimator
+
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(m, 0.7, size=(800, 5)) for m in (0.0, 2.0, 4.0, 6.0)])
+    adata = ad.AnnData(X=X, var=pd.DataFrame(index=[f"M{i}" for i in range(5)]))
+    for seed in (0, 11):
+        ip.tl.flowsom(adata, xdim=6, ydim=6, rlen=4, n_clusters=5, random_state=seed)
+        reference = FlowSOMEstimator(xdim=6, ydim=6, rlen=4, seed=seed, n_clusters=5)
+        labels = reference.fit_predict(X)
+        assert np.array_equal(adata.uns["flowsom"]["codes"], reference.cluster_model.codes)
+        assert np.array_equal(adata.obs["flowsom_node"].to_numpy(),
+                              reference.cluster_model.labels_.astype(int))
+        assert np.array_equal(adata.obs["flowsom"].astype(int).to_numpy(), labels)
+
+
+def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:
+    """A second process loads the SOM loops from numba's on-disk cache instead of compiling
+    them again (flowsom's own loops recompiled in every process)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from immunoprofile.tl._som import train_codes, nearest_codes\n"
+              "X = np.random.default_rng(0).normal(size=(500, 3))\n"
+              "nh = np.abs(np.subtract.outer(np.arange(9.0), np.arange(9.0)))\n"
+              "c = train_codes(X, X[:9].copy(), nh, 0.05, 0.01, 2.0, 0.0, 2, 0)\n"
+              "nearest_codes(X, c)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    logs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)]
+    assert "data saved" in logs[0]
+    assert "data saved" not in logs[1] and "data loaded" in logs[1], logs[1]

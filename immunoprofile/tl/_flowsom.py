@@ -1,11 +1,12 @@
 """FlowSOM clustering through the maintained ``flowsom`` package, with a model that travels.
 
 :func:`flowsom` trains a self-organising map (SOM) on the marker matrix and groups its nodes
-into metaclusters (``flowsom.models.FlowSOMEstimator``: SOM, then hierarchical clustering of the
-node codes). The fitted model is kept in ``adata.uns[key_added]`` as plain arrays (node codes and
-the node → metacluster map), so that it survives an ``.h5ad`` round trip and other events can be
-mapped onto the same clusters with :func:`flowsom_map` (a cohort's timepoints clustered
-once and compared cluster by cluster).
+into metaclusters (FlowSOM: the SOM step for step as ``flowsom``'s ``SOMEstimator``, in loops
+cached across processes (:mod:`immunoprofile.tl._som`), then ``flowsom``'s consensus
+hierarchical clustering of the node codes). The fitted model is kept in
+``adata.uns[key_added]`` as plain arrays (node codes and the node → metacluster map), so that
+it survives an ``.h5ad`` round trip and other events can be mapped onto the same clusters with
+:func:`flowsom_map` (a cohort's timepoints clustered once and compared cluster by cluster).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ _NOT_MARKERS = {"time", "viability", "live", "dead", "live/dead", "livedead", "l
 # Modules whose numba functions are compiled without ``cache=True``: umap-learn's graph and
 # layout code alone costs ~15 s of compilation in every new process (measured: scanpy
 # neighbors + UMAP of 3,000 events 27 s cold, 5 s with these cached).
+# flowsom's own SOM loops are not listed: they take the distance as a function argument, which
+# numba cannot cache (each process compiled again and added an entry beside the package).
 _NUMBA_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse",
                   "pynndescent.pynndescent_", "pynndescent.utils", "pynndescent.distances",
-                  "pynndescent.rp_trees", "flowsom.models._som")
+                  "pynndescent.rp_trees")
 
 
 def cache_numba(modules: Sequence[str] = _NUMBA_MODULES) -> None:
@@ -165,11 +168,13 @@ def flowsom(
     AnnData or None
         The new object when ``copy=True``.
     """
-    from flowsom.models import FlowSOMEstimator  # start-up time: numba compiles on import
+    # start-up time: heavy libraries, loaded on first use
+    from flowsom.models import FlowSOMEstimator
+    from scipy.spatial.distance import pdist, squareform
+
+    from immunoprofile.tl._som import train_codes
 
     seed = random_state if seed is None else seed
-
-    cache_numba(["flowsom.models._som"])
     adata = adata.copy() if copy else adata
     markers, X = marker_matrix(adata, markers)
     if xdim * ydim > X.shape[0]:
@@ -184,18 +189,22 @@ def flowsom(
     if n_train is not None and n_train < X.shape[0]:
         pick = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_train, replace=False))
         train = X[pick]
+    # flowsom's SOMEstimator defaults: codes start at random events, the radius falls from the
+    # grid's (Chebyshev) 67th-percentile distance to 0, the rate from 0.05 to 0.01.
+    grid = [(x, y) for x in range(xdim) for y in range(ydim)]
+    nhbrdist = squareform(pdist(grid, metric="chebyshev"))
+    start = np.random.RandomState(seed).choice(train.shape[0], xdim * ydim, replace=False)
+    codes = train_codes(train, np.ascontiguousarray(train[start]), nhbrdist, 0.05, 0.01,
+                        float(np.quantile(nhbrdist, 0.67)), 0.0, int(rlen), int(seed))
     estimator = FlowSOMEstimator(xdim=xdim, ydim=ydim, rlen=rlen, seed=seed,
                                  n_clusters=n_clusters)
-    estimator.fit(train)
-    codes = np.asarray(estimator.codes, dtype=np.float64)
-    # fit() keeps the node -> metacluster map only in a private attribute; the hierarchical
-    # clustering of the codes is deterministic, so asking the public model again gives it.
     node_metacluster = np.asarray(estimator.metacluster_model.fit_predict(codes), dtype=np.int64)
     model = {
         "params": {"markers": list(markers), "n_clusters": int(n_clusters), "xdim": int(xdim),
                    "ydim": int(ydim), "rlen": int(rlen), "seed": int(seed),
                    "n_train": int(train.shape[0]),
-                   "method": "flowsom.models.FlowSOMEstimator", "flowsom": _version()},
+                   "method": "FlowSOM (SOM as flowsom.models.SOMEstimator; flowsom "
+                             "ConsensusCluster metaclusters)", "flowsom": _version()},
         "codes": codes,
         "node_metacluster": node_metacluster,
     }
@@ -240,12 +249,10 @@ def flowsom_map(
 
 
 def _assign(adata: AnnData, X: np.ndarray, model: dict, key_added: str) -> None:
-    # start-up time: a heavy library, loaded on first use
-    from flowsom.models import map_data_to_codes
+    # start-up time: numba, loaded on first use
+    from immunoprofile.tl._som import nearest_codes
 
-    cache_numba(["flowsom.models._som"])
-    nodes, _ = map_data_to_codes(X, np.ascontiguousarray(model["codes"]))
-    nodes = nodes.astype(np.int64)
+    nodes, _ = nearest_codes(X, np.ascontiguousarray(model["codes"]))
     meta = model["node_metacluster"][nodes]
     categories = [str(i) for i in range(int(model["params"]["n_clusters"]))]
     adata.obs[key_added] = pd.Categorical.from_codes(meta, categories=categories)
