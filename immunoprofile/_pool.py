@@ -12,7 +12,8 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
@@ -61,3 +62,25 @@ def one_thread() -> Iterator[None]:
         return
     with threadpool_limits(limits=1):
         yield
+
+
+def in_threads(kernel: Callable[..., None], n: int, *args: object,
+               min_items: int = 100_000) -> None:
+    """``kernel(start, stop, *args)`` over ``[0, n)`` in one slice per core, in threads.
+
+    For compiled loops that release the GIL (numba ``nogil``) and write their own slice of an
+    output: numba's own parallel loops run on GNU OpenMP, which kills a process that forks
+    after using it, and the batch and the comparison fork their workers. The threads end
+    before this returns. One slice inside pool workers (``worker_init`` sets one thread) or
+    below ``min_items`` items per slice.
+    """
+    slices = 1 if os.environ.get("OMP_NUM_THREADS") == "1" else \
+        max(1, min(os.cpu_count() or 1, n // min_items))
+    if slices == 1:
+        kernel(0, n, *args)
+        return
+    bounds = [n * k // slices for k in range(slices + 1)]
+    with ThreadPoolExecutor(max_workers=slices) as pool:
+        for done in [pool.submit(kernel, bounds[k], bounds[k + 1], *args)
+                     for k in range(slices)]:
+            done.result()

@@ -20,8 +20,9 @@ import pandas as pd
 from flowutils import gating as fu_gating
 
 from immunoprofile.errors import FCSError, TemplateError
+from immunoprofile.gating import _grid2d
 from immunoprofile.gating.adaptive import Placer
-from immunoprofile.gating.events import EventSpace
+from immunoprofile.gating.events import _TOTAL_MONOTONIC, EventSpace, _margin
 from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
     PreparedSample,
     prepare_sample,
@@ -145,12 +146,65 @@ def _inside(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray:
             live = np.flatnonzero(ok)
             ok[live] = space.in_range(dim, idx[live], lo, hi)
         return ~ok if gate.complement else ok
+    ok = _inside_by_grid(space, gate, idx)
+    if ok is not None:
+        return ~ok if isinstance(gate, PolygonGate) and gate.complement else ok
     # Prefilter on the gate's bounding box in linear space, then test the rest exactly.
     cand = np.ones(idx.size, bool)
     for dim, (lo, hi) in zip(gate.dims, gate.extent()):
         live = np.flatnonzero(cand)
         cand[live] = space.within_extent(dim, idx[live], lo, hi)
-    pos = np.flatnonzero(cand)
+    ok = _exact_2d(space, gate, idx, np.flatnonzero(cand))
+    if isinstance(gate, PolygonGate) and gate.complement:
+        return ~ok
+    return ok
+
+
+def _inside_by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | None:
+    """Membership in a 2-D polygon or ellipse through :mod:`~immunoprofile.gating._grid2d`
+    (most events decided on a grid of cells in linear space, the rest exactly), or None when
+    the gate does not suit it (ratios, transforms not increasing on all of R, no finite box;
+    a polygon's complement is left to the caller)."""
+    if len(gate.dims) != 2 or not isinstance(gate, (PolygonGate, EllipseGate)):
+        return None
+    if isinstance(gate, PolygonGate):
+        v = np.asarray(gate.vertices, dtype=np.float64)
+        box = list(zip(v.min(axis=0), v.max(axis=0)))
+    else:
+        box = gate.extent()
+    axes = []
+    for dim, (lo, hi) in zip(gate.dims, box):
+        weights = space.linear_weights(dim)
+        t = space.transform(dim)
+        if (weights is None or not isinstance(t, _TOTAL_MONOTONIC)
+                or not np.isfinite([lo, hi]).all() or hi <= lo):
+            return None
+        grid = np.linspace(lo, hi, _grid2d.GRID + 1)
+        with np.errstate(all="ignore"):
+            edges = np.asarray(t.inverse(grid), dtype=np.float64)
+        if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+            return None
+        # float64 products: far closer to the exact solve than the float32 bound assumes
+        axes.append((grid, edges, _margin(edges) + weights[1] * 2.5e-4, weights[0]))
+    (gx, ex, mx, wx), (gy, ey, my, wy) = axes
+    if isinstance(gate, PolygonGate):
+        cells = _grid2d.polygon_cells(np.asarray(gate.vertices, dtype=np.float64), gx, gy)
+    else:
+        cells = _grid2d.ellipse_cells(np.asarray(gate.mean), np.asarray(gate.covariance),
+                                      gate.distance_square, gx, gy)
+    status = _grid2d.classify_events(space.sample.events, idx, wx, wy, ex, mx, ey, my, cells)
+    ok = status == _grid2d.IN
+    unsure = np.flatnonzero(status == _grid2d.UNSURE)
+    if unsure.size:
+        ok[unsure] = _exact_2d(space, replace(gate, complement=False)
+                               if isinstance(gate, PolygonGate) else gate, idx[unsure],
+                               np.arange(unsure.size))
+    return ok
+
+
+def _exact_2d(space: EventSpace, gate: Gate, idx: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The exact polygon/ellipse test (FlowUtils on transformed values) of the events
+    ``idx[pos]``; False elsewhere."""
     ok = np.zeros(idx.size, bool)
     values = [space.values(d, idx[pos]) for d in gate.dims]
     # Points go to FlowUtils in blocks: its ellipse test makes three temporaries the size of
@@ -167,8 +221,6 @@ def _inside(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray:
         else:  # pragma: no cover - the model has no other geometric gate
             raise TemplateError(f"cannot evaluate gate {gate!r}")
         ok[pos[a:a + _BLOCK]] = hit
-    if isinstance(gate, PolygonGate) and gate.complement:
-        return ~ok
     return ok
 
 

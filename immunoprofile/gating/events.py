@@ -247,31 +247,11 @@ class EventSpace:
             (0.0 when they are exact: ratios, uncompensated axes and channels the matrix does
             not cover come from :meth:`linear_at`).
         """
-        ref = self._comp_ref(dim)
-        matrix = None if dim.ratio is not None or ref == "none" else self._matrix(ref)
-        pnn = self.channel_of.get(dim.marker)
-        if matrix is None or pnn not in matrix.columns:
+        found = self.linear_weights(dim)
+        if found is None or found[1] == 0.0:
             return self.linear_at(dim, idx), 0.0
-        key = (ref, pnn)
-        if key not in self._inverse:
-            inv = np.linalg.inv(np.asarray(matrix.values, dtype=np.float64))
-            j = list(matrix.columns).index(pnn)
-            cols = [self.names.index(c) for c in matrix.columns]
-            # A weight per channel of the file (0 outside the matrix): whole rows are gathered
-            # (contiguous) rather than a row × column selection.
-            weights = np.zeros(len(self.names))
-            weights[cols] = inv[:, j]
-            if self._max_abs is None:
-                # One scalar over the contiguous block (fmax/fmin skip NaN): a per-channel
-                # maximum reduces along the strided axis and costs twenty times more.
-                ev = self.sample.events.reshape(-1)
-                top = max(float(np.fmax.reduce(ev)), -float(np.fmin.reduce(ev)), 0.0)
-                self._max_abs = top if np.isfinite(top) else float(np.finfo(np.float32).max)
-            # A float32 dot product of k terms errs by at most ~k·2⁻²⁴·Σ|x||w| (plus the
-            # weights' own rounding): 4e-6 × max|x| × Σ|w| bounds it for any k ≤ 60.
-            bound = 4e-6 * self._max_abs * float(np.abs(weights).sum()) + 1e-6
-            self._inverse[key] = (weights.astype(np.float32), bound)
-        weights, bound = self._inverse[key]
+        key = (self._comp_ref(dim), self.channel_of[dim.marker])
+        weights, bound = found[0].astype(np.float32), found[1]
         if idx.size * 4 >= self.sample.n_events:
             # Most events (gates near the root): one product over the contiguous matrix,
             # kept for the channel's next gates, costs less than gathering the rows.
@@ -288,6 +268,52 @@ class EventSpace:
             rows = idx[start:start + _BLOCK]
             out[start:start + rows.size] = self.sample.events[rows] @ weights
         return out, bound
+
+    def linear_weights(self, dim: Dimension) -> tuple[np.ndarray, float] | None:
+        """Weights giving an axis's linear value as one dot product with an event's row.
+
+        Parameters
+        ----------
+        dim
+            A gate dimension.
+
+        Returns
+        -------
+        (weights, bound) or None
+            Float64 weights, one per channel of the file (a column of the inverse spillover
+            matrix, or 1 on the channel itself when the axis is not compensated; bound 0.0),
+            and a bound on the error of a float32 dot product with them against the exact
+            solve. None for a ratio or a marker the panel does not map.
+        """
+        if dim.ratio is not None or dim.marker not in self.channel_of:
+            return None
+        ref = self._comp_ref(dim)
+        pnn = self.channel_of[dim.marker]
+        key = (ref, pnn)
+        if key in self._inverse:
+            return self._inverse[key]
+        matrix = None if ref == "none" else self._matrix(ref)
+        weights = np.zeros(len(self.names))
+        if matrix is None or pnn not in matrix.columns:
+            weights[self.names.index(pnn)] = 1.0
+            self._inverse[key] = (weights, 0.0)
+            return self._inverse[key]
+        inv = np.linalg.inv(np.asarray(matrix.values, dtype=np.float64))
+        j = list(matrix.columns).index(pnn)
+        # A weight per channel of the file (0 outside the matrix): whole rows are read
+        # (contiguous) rather than a row × column selection.
+        weights[[self.names.index(c) for c in matrix.columns]] = inv[:, j]
+        if self._max_abs is None:
+            # One scalar over the contiguous block (fmax/fmin skip NaN): a per-channel
+            # maximum reduces along the strided axis and costs twenty times more.
+            ev = self.sample.events.reshape(-1)
+            top = max(float(np.fmax.reduce(ev)), -float(np.fmin.reduce(ev)), 0.0)
+            self._max_abs = top if np.isfinite(top) else float(np.finfo(np.float32).max)
+        # A float32 dot product of k terms errs by at most ~k·2⁻²⁴·Σ|x||w| (plus the
+        # weights' own rounding): 4e-6 × max|x| × Σ|w| bounds it for any k ≤ 60.
+        bound = 4e-6 * self._max_abs * float(np.abs(weights).sum()) + 1e-6
+        self._inverse[key] = (weights, bound)
+        return self._inverse[key]
 
     def raw_at(self, pnn: str, idx: np.ndarray) -> np.ndarray:
         """Raw (uncompensated) values of one channel at event indices ``idx``.

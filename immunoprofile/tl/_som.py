@@ -12,7 +12,9 @@ the same random draws, so the codes equal flowsom's ``SOMEstimator`` for the sam
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from immunoprofile._pool import in_threads
 
 
 @njit(cache=True, nogil=True)
@@ -66,14 +68,20 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
     return codes
 
 
-@njit(cache=True, parallel=True)
 def nearest_codes(data: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each event's nearest code (first of equals) and its Euclidean distance, in parallel."""
-    n, px = data.shape
-    ncodes = codes.shape[0]
-    nodes = np.empty(n, np.int64)
-    dists = np.empty(n)
-    for i in prange(n):
+    """Each event's nearest code (first of equals) and its Euclidean distance, on every core
+    (:func:`~immunoprofile._pool.in_threads`: numba's OpenMP loops would kill a later fork)."""
+    nodes = np.empty(data.shape[0], np.int64)
+    dists = np.empty(data.shape[0])
+    in_threads(_nearest, data.shape[0], data, codes, nodes, dists)
+    return nodes, dists
+
+
+@njit(cache=True, nogil=True)
+def _nearest(start: int, stop: int, data: np.ndarray, codes: np.ndarray, nodes: np.ndarray,
+             dists: np.ndarray) -> None:
+    ncodes, px = codes.shape
+    for i in range(start, stop):
         best = -1
         best_d = np.inf
         for cd in range(ncodes):
@@ -87,4 +95,3 @@ def nearest_codes(data: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
                 best = cd
         nodes[i] = best
         dists[i] = best_d
-    return nodes, dists

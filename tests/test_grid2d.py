@@ -1,0 +1,124 @@
+"""Polygon and ellipse gates decided on a grid of cells (immunoprofile.gating._grid2d) equal
+the exact test event for event, including events planted on cell edges, on the gate's own
+edges and vertices, NaN events, self-intersecting polygons and complements."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import immunoprofile as ip
+from immunoprofile.gating import _grid2d
+from immunoprofile.gating.engine import _exact_2d, _inside, _inside_by_grid
+from immunoprofile.gating.prepared import prepare_sample
+from immunoprofile.io.fcs_write import write_fcs
+from immunoprofile.template import template_from_dict
+from immunoprofile.template.model import Dimension
+
+TRANSFORMS = {
+    "logicle": {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
+    "arcsinh": {"type": "arcsinh", "cofactor": 150},
+    "hyperlog": {"type": "hyperlog", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
+}
+PNN = ["FSC-A", "SSC-A", "FL1-A", "FL2-A", "FL3-A"]
+MARKERS = ["FSC-A", "SSC-A", "CD3", "CD4", "CD8"]
+
+
+def _file(tmp_path: Path, spill: bool, planted: np.ndarray | None = None) -> Path:
+    rng = np.random.default_rng(4)
+    n = 60_000
+    fl = np.exp(rng.normal(6, 2, size=(n, 3))) * rng.choice([-0.05, 1.0], size=(n, 3),
+                                                            p=[0.3, 0.7])
+    events = np.column_stack([rng.normal(6e4, 1e4, n), rng.normal(2e4, 5e3, n), fl])
+    if planted is not None:
+        events = np.vstack([events, planted])
+    events[:25, 2] = np.nan  # events a broken export leaves non-finite
+    spillover = None
+    if spill:
+        s = np.eye(3) + np.array([[0, 0.12, 0.02], [0.05, 0, 0.2], [0.01, 0.08, 0]])
+        spillover = pd.DataFrame(s, index=PNN[2:], columns=PNN[2:])
+        events[:, 2:] = events[:, 2:] @ s  # raw = compensated · spillover
+    return write_fcs(tmp_path / f"grid_{spill}.fcs", events.astype(np.float32), PNN, MARKERS,
+                     spillover=spillover)
+
+
+def _template(xform: str, gates: list[dict]) -> ip.template.Template:
+    return template_from_dict({
+        "name": "grid", "version": "1", "compensation": "file",
+        "markers": {"required": ["CD3", "CD4", "CD8"]},
+        "transforms": {"default": TRANSFORMS[xform]},
+        "populations": gates})
+
+
+def _gates(space, dims) -> list[dict]:
+    """Gates at quantiles of the data (many events near every edge)."""
+    idx = np.arange(space.sample.n_events)
+    q = {m: np.nanquantile(space.values(d, idx), [0.1, 0.3, 0.5, 0.7, 0.9])
+         for m, d in zip(("CD3", "CD4"), dims)}
+    x, y = q["CD3"], q["CD4"]
+    return [
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [x[0], y[1]], [x[3], y[0]], [x[4], y[3]], [x[2], y[4]], [x[1], y[2]]]}}},
+        {"name": "bowtie", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [x[0], y[0]], [x[4], y[4]], [x[4], y[0]], [x[0], y[4]]]}}},
+        {"name": "notpoly", "gate": {"not": ["poly"]}},
+        {"name": "ellipse", "gate": {"ellipse": {
+            "dims": ["CD3", "CD4"], "center": [x[2], y[2]],
+            "covariance": [[(x[3] - x[1]) ** 2, 0.3 * (x[3] - x[1]) * (y[3] - y[1])],
+                           [0.3 * (x[3] - x[1]) * (y[3] - y[1]), (y[3] - y[1]) ** 2]],
+            "distance_square": 1.5}}},
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+@pytest.mark.parametrize("xform", sorted(TRANSFORMS))
+@pytest.mark.parametrize("spill", [False, True])
+def test_grid_equals_the_exact_test(tmp_path, xform, spill) -> None:
+    probe = prepare_sample(_file(tmp_path, spill), _template(xform, [
+        {"name": "all", "gate": {"range": {"CD3": [-1e9, None]}}}]))
+    dims = [Dimension(marker="CD3"), Dimension(marker="CD4")]
+    template = _template(xform, _gates(probe.space, dims))
+    # Events planted on the gates' vertices and on the grid's cell edges (linear values of
+    # the cells' boundaries), uncompensated so the planted values are what the gate reads.
+    planted = []
+    t = probe.space.transform(dims[0])
+    for pop in template.populations:
+        g = pop.gate
+        if hasattr(g, "vertices"):
+            v = np.asarray(g.vertices)
+            for (a, b) in v:
+                planted.append([6e4, 2e4, *t.inverse(np.array([a, b])), 10.0])
+            box = list(zip(v.min(axis=0), v.max(axis=0)))
+            ga = np.linspace(*box[0], _grid2d.GRID + 1)[::8]
+            gb = np.linspace(*box[1], _grid2d.GRID + 1)[::8]
+            for a, b in zip(ga, gb):
+                planted.append([6e4, 2e4, *t.inverse(np.array([a, b])), 10.0])
+    prepared = prepare_sample(_file(tmp_path, spill, np.array(planted)), template)
+    space = prepared.space
+    idx = np.arange(space.sample.n_events)  # NaN events too (gate_sample leaves them out)
+    for pop in template.populations:
+        if pop.gate.kind == "boolean":
+            continue
+        fast = _inside_by_grid(space, pop.gate, idx)
+        assert fast is not None, pop.name
+        exact = _exact_2d(space, pop.gate, idx, np.arange(idx.size))
+        assert np.array_equal(fast, exact), (pop.name, int((fast != exact).sum()))
+        assert 0 < fast.sum() < idx.size
+    # The complement of a polygon through the engine's own dispatch.
+    poly = template["poly"].gate
+    assert np.array_equal(_inside(space, replace(poly, complement=True), idx),
+                          ~_exact_2d(space, poly, idx, np.arange(idx.size)))
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+def test_gates_the_grid_cannot_take_fall_back(tmp_path) -> None:
+    """A ratio axis or a gate without a finite box goes the exact way (None here)."""
+    prepared = prepare_sample(_file(tmp_path, True), _template("logicle", [
+        {"name": "open", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [0.1, 0.1], [0.9, 0.1], [0.5, float("inf")]]}}}]))
+    idx = np.arange(prepared.space.sample.n_events)
+    assert _inside_by_grid(prepared.space, prepared.template["open"].gate, idx) is None
