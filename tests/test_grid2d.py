@@ -13,7 +13,7 @@ import pytest
 
 import immunoprofile as ip
 from immunoprofile.gating import _grid2d
-from immunoprofile.gating.engine import _exact_2d, _inside, _inside_by_grid
+from immunoprofile.gating.membership import _by_grid, exact_2d, inside
 from immunoprofile.gating.prepared import prepare_sample
 from immunoprofile.io.fcs_write import write_fcs
 from immunoprofile.template import template_from_dict
@@ -103,15 +103,15 @@ def test_grid_equals_the_exact_test(tmp_path, xform, spill) -> None:
     for pop in template.populations:
         if pop.gate.kind == "boolean":
             continue
-        fast = _inside_by_grid(space, pop.gate, idx)
+        fast = _by_grid(space, pop.gate, idx)
         assert fast is not None, pop.name
-        exact = _exact_2d(space, pop.gate, idx, np.arange(idx.size))
+        exact = exact_2d(space, pop.gate, idx, np.arange(idx.size))
         assert np.array_equal(fast, exact), (pop.name, int((fast != exact).sum()))
         assert 0 < fast.sum() < idx.size
     # The complement of a polygon through the engine's own dispatch.
     poly = template["poly"].gate
-    assert np.array_equal(_inside(space, replace(poly, complement=True), idx),
-                          ~_exact_2d(space, poly, idx, np.arange(idx.size)))
+    assert np.array_equal(inside(space, replace(poly, complement=True), idx),
+                          ~exact_2d(space, poly, idx, np.arange(idx.size)))
 
 
 @pytest.mark.filterwarnings("ignore:FCS file")
@@ -121,4 +121,4 @@ def test_gates_the_grid_cannot_take_fall_back(tmp_path) -> None:
         {"name": "open", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
             [0.1, 0.1], [0.9, 0.1], [0.5, float("inf")]]}}}]))
     idx = np.arange(prepared.space.sample.n_events)
-    assert _inside_by_grid(prepared.space, prepared.template["open"].gate, idx) is None
+    assert _by_grid(prepared.space, prepared.template["open"].gate, idx) is None

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flowutils import gating as fu_gating
 
 from immunoprofile.errors import FCSError, TemplateError
-from immunoprofile.gating import _grid2d
 from immunoprofile.gating.adaptive import Placer
-from immunoprofile.gating.events import _TOTAL_MONOTONIC, EventSpace, _margin
+from immunoprofile.gating.events import EventSpace
+from immunoprofile.gating.membership import inside
 from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
     PreparedSample,
     prepare_sample,
@@ -32,16 +31,10 @@ from immunoprofile.gating.rows import RARE_THRESHOLD, subset_rows
 from immunoprofile.io.fcs import FCSSample
 from immunoprofile.template.model import (
     BooleanGate,
-    EllipseGate,
-    Gate,
-    PolygonGate,
     Population,
-    RectangleGate,
     Template,
 )
 from immunoprofile.template.yaml_io import load_template
-
-_BLOCK = 1 << 16  # points per call of FlowUtils' polygon and ellipse tests
 
 
 def slug(name: str) -> str:
@@ -136,92 +129,6 @@ class GatingResult:
     def __repr__(self) -> str:
         return (f"GatingResult({self.sample_id!r}, template={self.template.name!r}, "
                 f"{len(self.membership)} populations, {self.n_events} events)")
-
-
-def _inside(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray:
-    """Membership of the events ``idx`` in a geometric gate (parent already applied)."""
-    if isinstance(gate, RectangleGate):
-        ok = np.ones(idx.size, bool)
-        for dim, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
-            live = np.flatnonzero(ok)
-            ok[live] = space.in_range(dim, idx[live], lo, hi)
-        return ~ok if gate.complement else ok
-    ok = _inside_by_grid(space, gate, idx)
-    if ok is not None:
-        return ~ok if isinstance(gate, PolygonGate) and gate.complement else ok
-    # Prefilter on the gate's bounding box in linear space, then test the rest exactly.
-    cand = np.ones(idx.size, bool)
-    for dim, (lo, hi) in zip(gate.dims, gate.extent()):
-        live = np.flatnonzero(cand)
-        cand[live] = space.within_extent(dim, idx[live], lo, hi)
-    ok = _exact_2d(space, gate, idx, np.flatnonzero(cand))
-    if isinstance(gate, PolygonGate) and gate.complement:
-        return ~ok
-    return ok
-
-
-def _inside_by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | None:
-    """Membership in a 2-D polygon or ellipse through :mod:`~immunoprofile.gating._grid2d`
-    (most events decided on a grid of cells in linear space, the rest exactly), or None when
-    the gate does not suit it (ratios, transforms not increasing on all of R, no finite box;
-    a polygon's complement is left to the caller)."""
-    if len(gate.dims) != 2 or not isinstance(gate, (PolygonGate, EllipseGate)):
-        return None
-    if isinstance(gate, PolygonGate):
-        v = np.asarray(gate.vertices, dtype=np.float64)
-        box = list(zip(v.min(axis=0), v.max(axis=0)))
-    else:
-        box = gate.extent()
-    axes = []
-    for dim, (lo, hi) in zip(gate.dims, box):
-        weights = space.linear_weights(dim)
-        t = space.transform(dim)
-        if (weights is None or not isinstance(t, _TOTAL_MONOTONIC)
-                or not np.isfinite([lo, hi]).all() or hi <= lo):
-            return None
-        grid = np.linspace(lo, hi, _grid2d.GRID + 1)
-        with np.errstate(all="ignore"):
-            edges = np.asarray(t.inverse(grid), dtype=np.float64)
-        if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
-            return None
-        # float64 products: far closer to the exact solve than the float32 bound assumes
-        axes.append((grid, edges, _margin(edges) + weights[1] * 2.5e-4, weights[0]))
-    (gx, ex, mx, wx), (gy, ey, my, wy) = axes
-    if isinstance(gate, PolygonGate):
-        cells = _grid2d.polygon_cells(np.asarray(gate.vertices, dtype=np.float64), gx, gy)
-    else:
-        cells = _grid2d.ellipse_cells(np.asarray(gate.mean), np.asarray(gate.covariance),
-                                      gate.distance_square, gx, gy)
-    status = _grid2d.classify_events(space.sample.events, idx, wx, wy, ex, mx, ey, my, cells)
-    ok = status == _grid2d.IN
-    unsure = np.flatnonzero(status == _grid2d.UNSURE)
-    if unsure.size:
-        ok[unsure] = _exact_2d(space, replace(gate, complement=False)
-                               if isinstance(gate, PolygonGate) else gate, idx[unsure],
-                               np.arange(unsure.size))
-    return ok
-
-
-def _exact_2d(space: EventSpace, gate: Gate, idx: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """The exact polygon/ellipse test (FlowUtils on transformed values) of the events
-    ``idx[pos]``; False elsewhere."""
-    ok = np.zeros(idx.size, bool)
-    values = [space.values(d, idx[pos]) for d in gate.dims]
-    # Points go to FlowUtils in blocks: its ellipse test makes three temporaries the size of
-    # the points, 50 MiB for a lymphocyte gate on a million events. Each point is tested on
-    # its own, so blocks give the same answers.
-    for a in range(0, pos.size, _BLOCK):
-        pts = np.column_stack([v[a:a + _BLOCK] for v in values])
-        if isinstance(gate, PolygonGate):
-            hit = fu_gating.points_in_polygon(np.asarray(gate.vertices, dtype=np.float64), pts)
-        elif isinstance(gate, EllipseGate):
-            hit = fu_gating.points_in_ellipsoid(
-                np.asarray(gate.covariance, dtype=np.float64),
-                np.asarray(gate.mean, dtype=np.float64), gate.distance_square, pts)
-        else:  # pragma: no cover - the model has no other geometric gate
-            raise TemplateError(f"cannot evaluate gate {gate!r}")
-        ok[pos[a:a + _BLOCK]] = hit
-    return ok
 
 
 def _boolean(gate: BooleanGate, membership: dict[str, np.ndarray]) -> np.ndarray:
@@ -327,15 +234,15 @@ def gate_sample(
             gate, positions[pop.name] = placer.place(pop, idx)
             pop = replace(pop, gate=gate)
         applied.append(pop)
-        inside = _inside(space, gate, idx)
+        hit = inside(space, gate, idx)
         children_left[pop.parent] -= 1
         if children_left[pop.parent] <= 0:  # its last child: 8 bytes an event no longer held
             del parent_idx[pop.parent]
         if idx.size == n:  # every event is the parent's: the test is the membership
-            membership[pop.name] = np.asarray(inside, bool)
+            membership[pop.name] = np.asarray(hit, bool)
         else:
             mask = np.zeros(n, bool)
-            mask[idx[inside]] = True
+            mask[idx[hit]] = True
             membership[pop.name] = mask
 
     placed = template.with_populations(applied)

@@ -33,12 +33,25 @@ from immunoprofile.template.transforms import (
 
 # Transforms defined, finite and strictly increasing on all of R: for these, x < inverse(lo)
 # implies transform(x) < lo (up to the margin below), so linear-space shortcuts are exact.
-_TOTAL_MONOTONIC = (Identity, Arcsinh, GMLLinear, GMLAsinh, Logicle, Hyperlog)
+TOTAL_MONOTONIC = (Identity, Arcsinh, GMLLinear, GMLAsinh, Logicle, Hyperlog)
 
 
-def _margin(r: np.ndarray | float) -> np.ndarray | float:
-    # Wide enough to absorb the float64 error of transform/inverse (logicle's solver converges
-    # to ~1e-12 relative), narrow enough that the band holds a handful of events.
+def transform_margin(r: np.ndarray | float) -> np.ndarray | float:
+    """How near a bound taken back to linear values (``r``) an event must be decided exactly.
+
+    Wide enough to absorb the float64 error of transform and inverse (logicle's solver
+    converges to ~1e-12 relative), narrow enough that the band holds a handful of events.
+
+    Parameters
+    ----------
+    r
+        Bound(s) on the linear scale.
+
+    Returns
+    -------
+    numpy.ndarray or float
+        ``1e-7 |r| + 1e-6``.
+    """
     return 1e-7 * np.abs(r) + 1e-6
 
 
@@ -417,7 +430,7 @@ class EventSpace:
             Boolean, one per index: exactly the test on transformed values.
         """
         t = self.transform(dim)
-        if not isinstance(t, _TOTAL_MONOTONIC):
+        if not isinstance(t, TOTAL_MONOTONIC):
             v = self.values(dim, idx)
             ok = np.ones(idx.size, bool)
             if lo is not None:
@@ -432,7 +445,7 @@ class EventSpace:
             if bound is None:
                 continue
             r = float(t.inverse(np.array([bound], dtype=np.float64))[0])
-            m = _margin(r) + err
+            m = transform_margin(r) + err
             if is_lo:
                 ok &= ~(x < r - m)  # NaN stays unsure and is settled exactly below
             else:
@@ -471,14 +484,14 @@ class EventSpace:
             increasing on all of R, or both bounds are infinite.
         """
         t = self.transform(dim)
-        if not isinstance(t, _TOTAL_MONOTONIC) or (np.isinf(lo) and np.isinf(hi)):
+        if not isinstance(t, TOTAL_MONOTONIC) or (np.isinf(lo) and np.isinf(hi)):
             return np.ones(idx.size, bool)
         x, err = self.approx_linear_at(dim, idx)
         keep = np.ones(idx.size, bool)
         if np.isfinite(lo):
             r = float(t.inverse(np.array([lo]))[0])
-            keep &= ~(x < r - _margin(r) - err)
+            keep &= ~(x < r - transform_margin(r) - err)
         if np.isfinite(hi):
             r = float(t.inverse(np.array([hi]))[0])
-            keep &= ~(x > r + _margin(r) + err)
+            keep &= ~(x > r + transform_margin(r) + err)
         return keep
