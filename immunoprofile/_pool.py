@@ -80,7 +80,23 @@ def in_threads(kernel: Callable[..., None], n: int, *args: object,
         kernel(0, n, *args)
         return
     bounds = [n * k // slices for k in range(slices + 1)]
-    with ThreadPoolExecutor(max_workers=slices) as pool:
-        for done in [pool.submit(kernel, bounds[k], bounds[k + 1], *args)
-                     for k in range(slices)]:
-            done.result()
+    pool = _threads()
+    # The calling thread takes the first slice: one hand-off fewer.
+    rest = [pool.submit(kernel, bounds[k], bounds[k + 1], *args) for k in range(1, slices)]
+    kernel(bounds[0], bounds[1], *args)
+    for done in rest:
+        done.result()
+
+
+_THREADS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _threads() -> ThreadPoolExecutor:
+    # One pool per process, kept: starting threads for every gate cost a millisecond each. A
+    # forked child inherits the parent's pool object but not its threads, so it makes its own.
+    pid = os.getpid()
+    if pid not in _THREADS:
+        _THREADS.clear()
+        _THREADS[pid] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+                                           thread_name_prefix="immunoprofile")
+    return _THREADS[pid]
