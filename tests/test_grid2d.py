@@ -30,7 +30,7 @@ MARKERS = ["FSC-A", "SSC-A", "CD3", "CD4", "CD8"]
 
 def _file(tmp_path: Path, spill: bool, planted: np.ndarray | None = None) -> Path:
     rng = np.random.default_rng(4)
-    n = 60_000
+    n = 60_000  # above membership.GRID_MIN_EVENTS
     fl = np.exp(rng.normal(6, 2, size=(n, 3))) * rng.choice([-0.05, 1.0], size=(n, 3),
                                                             p=[0.3, 0.7])
     events = np.column_stack([rng.normal(6e4, 1e4, n), rng.normal(2e4, 5e3, n), fl])
