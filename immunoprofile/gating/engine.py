@@ -21,7 +21,7 @@ import pandas as pd
 from immunoprofile.errors import FCSError, TemplateError
 from immunoprofile.gating.adaptive import Placer
 from immunoprofile.gating.events import EventSpace
-from immunoprofile.gating.membership import inside
+from immunoprofile.gating.membership import inside, inside_together
 from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
     PreparedSample,
     prepare_sample,
@@ -32,6 +32,7 @@ from immunoprofile.io.fcs import FCSSample
 from immunoprofile.template.model import (
     BooleanGate,
     Population,
+    RectangleGate,
     Template,
 )
 from immunoprofile.template.yaml_io import load_template
@@ -213,6 +214,14 @@ def gate_sample(
     parent_idx: dict[str | None, np.ndarray] = {}
     children_left = Counter(p.parent for p in template.populations
                             if not isinstance(p.gate, BooleanGate))
+    # Sibling ranges and rectangles the template fixes (not placed per sample) are decided
+    # together, in one pass over their parent's events (each pass reads every event's row).
+    fixed: dict[str | None, list[Population]] = {}
+    for p in template.populations:
+        if (isinstance(p.gate, RectangleGate) and not (p.adaptive and adaptive)
+                and p.name not in skipped and p.name not in passed):
+            fixed.setdefault(p.parent, []).append(p)
+    decided: dict[str, np.ndarray | None] = {}
     for pop in template.populations:
         if pop.name in skipped:
             applied.append(pop)
@@ -234,7 +243,15 @@ def gate_sample(
             gate, positions[pop.name] = placer.place(pop, idx)
             pop = replace(pop, gate=gate)
         applied.append(pop)
-        hit = inside(space, gate, idx)
+        group = fixed.get(pop.parent, [])
+        if pop.name not in decided and any(p.name == pop.name for p in group):
+            del fixed[pop.parent]
+            if len(group) > 1:
+                decided.update(zip([p.name for p in group],
+                                   inside_together(space, [p.gate for p in group], idx)))
+        hit = decided.pop(pop.name, None)
+        if hit is None:
+            hit = inside(space, gate, idx)
         children_left[pop.parent] -= 1
         if children_left[pop.parent] <= 0:  # its last child: 8 bytes an event no longer held
             del parent_idx[pop.parent]

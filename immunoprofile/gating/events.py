@@ -317,10 +317,13 @@ class EventSpace:
         # (contiguous) rather than a row × column selection.
         weights[[self.names.index(c) for c in matrix.columns]] = inv[:, j]
         if self._max_abs is None:
-            # One scalar over the contiguous block (fmax/fmin skip NaN): a per-channel
-            # maximum reduces along the strided axis and costs twenty times more.
-            ev = self.sample.events.reshape(-1)
-            top = max(float(np.fmax.reduce(ev)), -float(np.fmin.reduce(ev)), 0.0)
+            # One scalar over the contiguous block: a per-channel maximum reduces along the
+            # strided axis and costs twenty times more.
+            lo, hi = self.sample.value_range()
+            if not np.isfinite([lo, hi]).all():  # fmax/fmin skip the NaN the range holds
+                ev = self.sample.events.reshape(-1)
+                lo, hi = float(np.fmin.reduce(ev)), float(np.fmax.reduce(ev))
+            top = max(hi, -lo, 0.0)
             self._max_abs = top if np.isfinite(top) else float(np.finfo(np.float32).max)
         # A float32 dot product of k terms errs by at most ~k·2⁻²⁴·Σ|x||w| (plus the
         # weights' own rounding): 4e-6 × max|x| × Σ|w| bounds it for any k ≤ 60.
