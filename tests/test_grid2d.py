@@ -122,3 +122,44 @@ def test_gates_the_grid_cannot_take_fall_back(tmp_path) -> None:
             [0.1, 0.1], [0.9, 0.1], [0.5, float("inf")]]}}}]))
     idx = np.arange(prepared.space.sample.n_events)
     assert _by_grid(prepared.space, prepared.template["open"].gate, idx) is None
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+@pytest.mark.parametrize("spill", [False, True])
+def test_sibling_ranges_decided_together_equal_each_alone(tmp_path, spill) -> None:
+    """Fixed sibling ranges and rectangles share one pass over their parent's events
+    (inside_together); each membership equals its gate decided on its own, including a
+    complement, an open side, a transform the pass cannot take (log: exact path) and an
+    adaptive sibling (placed per sample, never in the shared pass)."""
+    sample = ip.read_fcs(_file(tmp_path, spill))
+    probe = prepare_sample(sample, _template("logicle", [
+        {"name": "all", "gate": {"range": {"CD3": [-1e9, None]}}}]))
+    idx = np.arange(sample.n_events)
+    q = {m: np.nanquantile(probe.space.values(Dimension(marker=m), idx), [0.2, 0.5, 0.8])
+         for m in ("CD3", "CD4", "CD8")}
+    spec = _template("logicle", [
+        {"name": "CD3+", "gate": {"range": {"CD3": [q["CD3"][1], None]}}},
+        {"name": "CD4 mid", "gate": {"range": {"CD4": [q["CD4"][0], q["CD4"][2]]}}},
+        {"name": "box", "gate": {"rectangle": {"CD3": [q["CD3"][0], q["CD3"][2]],
+                                               "CD8": [None, q["CD8"][1]]}}},
+        {"name": "CD8 valley", "gate": {"range": {"CD8": [q["CD8"][1], None]}},
+         "adaptive": {"method": "valley", "window": [q["CD8"][0], q["CD8"][2]]}},
+        {"name": "CD4+", "parent": "CD3+", "gate": {"range": {"CD4": [q["CD4"][1], None]}}},
+        {"name": "CD8+ of CD3", "parent": "CD3+",
+         "gate": {"range": {"CD8": [q["CD8"][1], None]}}},
+    ])
+    pops = [replace(p, gate=replace(p.gate, complement=True)) if p.name == "CD4 mid" else p
+            for p in spec.populations]
+    log = {"type": "log", "T": 262144, "M": 4.5}
+    template = replace(spec.with_populations(pops), transforms={
+        **spec.transforms, "CD8": ip.template.transforms.transform_from_dict(log)})
+    result = ip.gate_sample(sample, template)
+    space = result.prepared.space
+    finite = sample.finite_events()
+    root = np.flatnonzero(finite) if finite is not None else idx
+    for pop in result.template.populations:
+        parent = root if pop.parent is None else np.flatnonzero(result.membership[pop.parent])
+        alone = np.zeros(sample.n_events, bool)
+        alone[parent[inside(space, pop.gate, parent)]] = True
+        assert np.array_equal(result.membership[pop.name], alone), pop.name
+        assert 0 < alone.sum() < parent.size, pop.name
