@@ -126,11 +126,12 @@ def test_gates_the_grid_cannot_take_fall_back(tmp_path) -> None:
 
 @pytest.mark.filterwarnings("ignore:FCS file")
 @pytest.mark.parametrize("spill", [False, True])
-def test_sibling_ranges_decided_together_equal_each_alone(tmp_path, spill) -> None:
-    """Fixed sibling ranges and rectangles share one pass over their parent's events
-    (inside_together); each membership equals its gate decided on its own, including a
-    complement, an open side, a transform the pass cannot take (log: exact path) and an
-    adaptive sibling (placed per sample, never in the shared pass)."""
+def test_sibling_gates_decided_together_equal_each_alone(tmp_path, spill) -> None:
+    """Fixed sibling gates share one pass per kind over their parent's events
+    (inside_together): ranges and rectangles, and a polygon with an ellipse. Each membership
+    equals its gate decided on its own, including complements, an open side, a transform the
+    pass cannot take (log: exact path) and an adaptive sibling (placed per sample, never in
+    the shared pass)."""
     sample = ip.read_fcs(_file(tmp_path, spill))
     probe = prepare_sample(sample, _template("logicle", [
         {"name": "all", "gate": {"range": {"CD3": [-1e9, None]}}}]))
@@ -144,12 +145,17 @@ def test_sibling_ranges_decided_together_equal_each_alone(tmp_path, spill) -> No
                                                "CD8": [None, q["CD8"][1]]}}},
         {"name": "CD8 valley", "gate": {"range": {"CD8": [q["CD8"][1], None]}},
          "adaptive": {"method": "valley", "window": [q["CD8"][0], q["CD8"][2]]}},
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [q["CD3"][0], q["CD4"][0]], [q["CD3"][2], q["CD4"][1]], [q["CD3"][1], q["CD4"][2]]]}}},
+        {"name": "ellipse", "gate": {"ellipse": {
+            "dims": ["CD4", "CD3"], "center": [q["CD4"][1], q["CD3"][1]],
+            "covariance": [[0.01, 0.002], [0.002, 0.02]], "distance_square": 2.0}}},
         {"name": "CD4+", "parent": "CD3+", "gate": {"range": {"CD4": [q["CD4"][1], None]}}},
         {"name": "CD8+ of CD3", "parent": "CD3+",
          "gate": {"range": {"CD8": [q["CD8"][1], None]}}},
     ])
-    pops = [replace(p, gate=replace(p.gate, complement=True)) if p.name == "CD4 mid" else p
-            for p in spec.populations]
+    pops = [replace(p, gate=replace(p.gate, complement=True)) if p.name in ("CD4 mid", "poly")
+            else p for p in spec.populations]
     log = {"type": "log", "T": 262144, "M": 4.5}
     template = replace(spec.with_populations(pops), transforms={
         **spec.transforms, "CD8": ip.template.transforms.transform_from_dict(log)})

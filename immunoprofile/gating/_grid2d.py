@@ -186,54 +186,80 @@ def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray) -> int:
     return n if x > edges[n] + margins[n] else cell
 
 
-def classify_events(events: np.ndarray, idx: np.ndarray, wx: np.ndarray, wy: np.ndarray,
-                    edges_x: np.ndarray, margins_x: np.ndarray, edges_y: np.ndarray,
-                    margins_y: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """:data:`IN`, :data:`OUT` or :data:`UNSURE` for the events ``idx`` of ``events``.
+def classify_events(events: np.ndarray, idx: np.ndarray, axes: list[tuple],
+                    cells: list[np.ndarray]) -> np.ndarray:
+    """:data:`IN`, :data:`OUT` or :data:`UNSURE` for the events ``idx`` of ``events``, for
+    several gates at once (one read of each event's row serves them all).
 
-    ``wx``/``wy``: a weight per channel giving each axis's linear value from an event's row
-    (float64 products; a whole row vectorises better than its nonzero columns); edges on the
-    linear scale with their margins (that value's error bound plus the transform's). Runs on
-    every core (:func:`~immunoprofile._pool.in_threads`).
+    Parameters
+    ----------
+    events, idx
+        The event matrix and the rows to classify.
+    axes
+        Per gate, ``(wx, edges_x, margins_x, wy, edges_y, margins_y)``: a weight per channel
+        giving each axis's linear value from an event's row (float64 products), the cell
+        edges on the linear scale and their margins (that value's error bound plus the
+        transform's).
+    cells
+        Per gate, its cells (:func:`polygon_cells`, :func:`ellipse_cells`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int8`` of shape ``(n_gates, idx.size)``. Runs on every core
+        (:func:`~immunoprofile._pool.in_threads`).
     """
-    out = np.empty(idx.size, np.int8)
+    g = len(axes)
+    weights = np.array([[a[0], a[3]] for a in axes])  # (g, 2, p)
+    edges = np.array([[a[1], a[4]] for a in axes])  # (g, 2, GRID + 1)
+    margins = np.array([[a[2], a[5]] for a in axes])
     # An axis reading one channel (scatter, an uncompensated marker) reads just that column;
     # a compensated one takes the whole row (a dense loop runs faster than a gathered one).
-    cx = int(np.flatnonzero(wx)[0]) if np.count_nonzero(wx) == 1 else -1
-    cy = int(np.flatnonzero(wy)[0]) if np.count_nonzero(wy) == 1 else -1
-    in_threads(_classify, idx.size, events, idx, cx, wx, cy, wy, edges_x, margins_x, edges_y,
-               margins_y, cells, out)
+    cols = np.array([[int(np.flatnonzero(w)[0]) if np.count_nonzero(w) == 1 else -1
+                      for w in pair] for pair in weights], dtype=np.int64).reshape(g, 2)
+    out = np.empty((g, idx.size), np.int8)
+    in_threads(_classify, idx.size, events, idx, cols, weights, edges, margins,
+               np.ascontiguousarray(np.array(cells)), out)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cx: int,
-              wx: np.ndarray, cy: int, wy: np.ndarray, edges_x: np.ndarray,
-              margins_x: np.ndarray, edges_y: np.ndarray, margins_y: np.ndarray,
-              cells: np.ndarray, out: np.ndarray) -> None:
-    # cx/cy: the one column an axis reads (its weight applied), or -1 for the whole row
-    nx, ny = edges_x.size - 1, edges_y.size - 1
+def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: np.ndarray,
+              weights: np.ndarray, edges: np.ndarray, margins: np.ndarray, cells: np.ndarray,
+              out: np.ndarray) -> None:
+    # Per gate g: cols[g] the one column each axis reads (its weight applied) or -1 for the
+    # whole row; weights/edges/margins[g, axis]; cells[g]; out[g].
+    n_gates = weights.shape[0]
     p = events.shape[1]
+    nx = edges.shape[2] - 1
+    dense = False
+    for g in range(n_gates):
+        dense |= (cols[g, 0] < 0) | (cols[g, 1] < 0)
+    buf = np.empty(p)
     for i in range(start, stop):
         row = idx[i]
-        a = 0.0
-        b = 0.0
-        if cx >= 0 and cy >= 0:
-            a = np.float64(events[row, cx]) * wx[cx]
-            b = np.float64(events[row, cy]) * wy[cy]
-        else:
+        if dense:  # the row widened once for every gate's dot products
             for j in range(p):
-                v = np.float64(events[row, j])
-                a += v * wx[j]
-                b += v * wy[j]
-        # Surely outside the gate's box: no search (most events of a small gate end here).
-        if (a < edges_x[0] - margins_x[0]) | (a > edges_x[nx] + margins_x[nx]) \
-                | (b < edges_y[0] - margins_y[0]) | (b > edges_y[ny] + margins_y[ny]):
-            out[i] = 0
-            continue
-        ka = _cell_of(a, edges_x, margins_x)
-        kb = _cell_of(b, edges_y, margins_y)
-        inside = cells[min(max(ka, 0), nx - 1), min(max(kb, 0), ny - 1)]
-        off = (ka < 0) | (ka >= nx) | (kb < 0) | (kb >= ny)
-        state = 0 if off else inside
-        out[i] = 2 if (ka == -2) | (kb == -2) else state
+                buf[j] = events[row, j]
+        for g in range(n_gates):
+            ex, ey, mx, my = edges[g, 0], edges[g, 1], margins[g, 0], margins[g, 1]
+            if cols[g, 0] >= 0 and cols[g, 1] >= 0:
+                a = np.float64(events[row, cols[g, 0]]) * weights[g, 0, cols[g, 0]]
+                b = np.float64(events[row, cols[g, 1]]) * weights[g, 1, cols[g, 1]]
+            else:
+                a = 0.0
+                b = 0.0
+                for j in range(p):
+                    a += buf[j] * weights[g, 0, j]
+                    b += buf[j] * weights[g, 1, j]
+            # Surely outside the gate's box: no search (most events of a small gate end here).
+            if (a < ex[0] - mx[0]) | (a > ex[nx] + mx[nx]) | (b < ey[0] - my[0]) \
+                    | (b > ey[nx] + my[nx]):
+                out[g, i] = 0
+                continue
+            ka = _cell_of(a, ex, mx)
+            kb = _cell_of(b, ey, my)
+            inside = cells[g, min(max(ka, 0), nx - 1), min(max(kb, 0), nx - 1)]
+            off = (ka < 0) | (ka >= nx) | (kb < 0) | (kb >= nx)
+            state = 0 if off else inside
+            out[g, i] = 2 if (ka == -2) | (kb == -2) else state

@@ -31,6 +31,8 @@ from immunoprofile.gating.rows import RARE_THRESHOLD, subset_rows
 from immunoprofile.io.fcs import FCSSample
 from immunoprofile.template.model import (
     BooleanGate,
+    EllipseGate,
+    PolygonGate,
     Population,
     RectangleGate,
     Template,
@@ -214,11 +216,12 @@ def gate_sample(
     parent_idx: dict[str | None, np.ndarray] = {}
     children_left = Counter(p.parent for p in template.populations
                             if not isinstance(p.gate, BooleanGate))
-    # Sibling ranges and rectangles the template fixes (not placed per sample) are decided
-    # together, in one pass over their parent's events (each pass reads every event's row).
+    # Sibling gates the template fixes (not placed per sample) are decided together, in one
+    # pass over their parent's events per kind (each pass reads every event's row).
     fixed: dict[str | None, list[Population]] = {}
     for p in template.populations:
-        if (isinstance(p.gate, RectangleGate) and not (p.adaptive and adaptive)
+        if (isinstance(p.gate, RectangleGate | PolygonGate | EllipseGate)
+                and not (p.adaptive and adaptive)
                 and p.name not in skipped and p.name not in passed):
             fixed.setdefault(p.parent, []).append(p)
     decided: dict[str, np.ndarray | None] = {}

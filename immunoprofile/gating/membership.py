@@ -113,8 +113,19 @@ def _axis(space: EventSpace, dim, bounds: np.ndarray) -> tuple | None:
 def _by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | None:
     """Membership in a 2-D polygon or ellipse (complement ignored) through a grid of cells,
     or None when the gate does not suit it (ratios, other transforms, no finite box)."""
-    if (len(gate.dims) != 2 or not isinstance(gate, (PolygonGate, EllipseGate))
-            or idx.size < GRID_MIN_EVENTS):
+    if idx.size < GRID_MIN_EVENTS:
+        return None
+    plan = _grid_plan(space, gate)
+    if plan is None:
+        return None
+    return _settle_grid(space, gate, idx, _grid2d.classify_events(
+        space.sample.events, idx, [plan[0]], [plan[1]])[0])
+
+
+def _grid_plan(space: EventSpace, gate: Gate) -> tuple | None:
+    """``(axes, cells)`` of a polygon's or ellipse's grid (see
+    :func:`~immunoprofile.gating._grid2d.classify_events`), or None when it has none."""
+    if len(gate.dims) != 2 or not isinstance(gate, (PolygonGate, EllipseGate)):
         return None
     if isinstance(gate, PolygonGate):
         v = np.asarray(gate.vertices, dtype=np.float64)
@@ -129,13 +140,18 @@ def _by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | Non
         axes.append(_axis(space, dim, grids[-1]))
         if axes[-1] is None:
             return None
-    (wx, ex, mx), (wy, ey, my) = axes
     if isinstance(gate, PolygonGate):
         cells = _grid2d.polygon_cells(np.asarray(gate.vertices, dtype=np.float64), *grids)
     else:
         cells = _grid2d.ellipse_cells(np.asarray(gate.mean), np.asarray(gate.covariance),
                                       gate.distance_square, *grids)
-    status = _grid2d.classify_events(space.sample.events, idx, wx, wy, ex, mx, ey, my, cells)
+    return (*axes[0], *axes[1]), cells
+
+
+def _settle_grid(space: EventSpace, gate: Gate, idx: np.ndarray,
+                 status: np.ndarray) -> np.ndarray:
+    """Membership from a grid pass's status: the unsure events tested exactly (complement
+    ignored)."""
     ok = status == _grid2d.IN
     unsure = np.flatnonzero(status == _grid2d.UNSURE)
     if unsure.size:
@@ -146,10 +162,11 @@ def _by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | Non
 
 def inside_together(space: EventSpace, gates: list[Gate],
                     idx: np.ndarray) -> list[np.ndarray | None]:
-    """:func:`inside` for several range or rectangle gates over the same events, in one pass.
+    """:func:`inside` for several gates over the same events: ranges and rectangles in one
+    pass, polygons and ellipses in another.
 
     Each pass over the events reads every event's row (the whole event matrix for a gate at
-    the root), so sibling ranges are decided together: one read of a row serves them all.
+    the root), so sibling gates are decided together: one read of a row serves them all.
 
     Parameters
     ----------
@@ -164,11 +181,24 @@ def inside_together(space: EventSpace, gates: list[Gate],
     -------
     list
         Per gate, its membership as :func:`inside` gives it, or None for a gate that cannot be
-        decided this way (other gate kinds, ratios, transforms not increasing on all of R).
+        decided this way (ratios, transforms not increasing on all of R, no finite box, or
+        fewer than :data:`GRID_MIN_EVENTS` events for a polygon or ellipse).
     """
+    out: list[np.ndarray | None] = [None] * len(gates)
+    if idx.size >= GRID_MIN_EVENTS:
+        grids = {i: _grid_plan(space, g) for i, g in enumerate(gates)
+                 if isinstance(g, (PolygonGate, EllipseGate))}
+        grids = {i: plan for i, plan in grids.items() if plan is not None}
+        if grids:
+            status = _grid2d.classify_events(space.sample.events, idx,
+                                             [plan[0] for plan in grids.values()],
+                                             [plan[1] for plan in grids.values()])
+            for row, i in enumerate(grids):
+                ok = _settle_grid(space, gates[i], idx, status[row])
+                out[i] = ~ok if isinstance(gates[i], PolygonGate) and gates[i].complement \
+                    else ok
     plans = [_bounds_plan(space, g) if isinstance(g, RectangleGate) else None for g in gates]
     usable = [i for i, plan in enumerate(plans) if plan is not None]
-    out: list[np.ndarray | None] = [None] * len(gates)
     if not usable:
         return out
     weights = np.vstack([plans[i][0] for i in usable])
