@@ -118,7 +118,7 @@ def _by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | Non
     plan = _grid_plan(space, gate)
     if plan is None:
         return None
-    return _settle_grid(space, gate, idx, _grid2d.classify_events(
+    return _settle(space, gate, idx, _grid2d.classify_events(
         space.sample.events, idx, [plan[0]], [plan[1]])[0])
 
 
@@ -146,18 +146,6 @@ def _grid_plan(space: EventSpace, gate: Gate) -> tuple | None:
         cells = _grid2d.ellipse_cells(np.asarray(gate.mean), np.asarray(gate.covariance),
                                       gate.distance_square, *grids)
     return (*axes[0], *axes[1]), cells
-
-
-def _settle_grid(space: EventSpace, gate: Gate, idx: np.ndarray,
-                 status: np.ndarray) -> np.ndarray:
-    """Membership from a grid pass's status: the unsure events tested exactly (complement
-    ignored)."""
-    ok = status == _grid2d.IN
-    unsure = np.flatnonzero(status == _grid2d.UNSURE)
-    if unsure.size:
-        plain = replace(gate, complement=False) if isinstance(gate, PolygonGate) else gate
-        ok[unsure] = exact_2d(space, plain, idx[unsure], np.arange(unsure.size))
-    return ok
 
 
 def inside_together(space: EventSpace, gates: list[Gate],
@@ -194,7 +182,7 @@ def inside_together(space: EventSpace, gates: list[Gate],
                                              [plan[0] for plan in grids.values()],
                                              [plan[1] for plan in grids.values()])
             for row, i in enumerate(grids):
-                ok = _settle_grid(space, gates[i], idx, status[row])
+                ok = _settle(space, gates[i], idx, status[row])
                 out[i] = ~ok if isinstance(gates[i], PolygonGate) and gates[i].complement \
                     else ok
     plans = [_bounds_plan(space, g) if isinstance(g, RectangleGate) else None for g in gates]
@@ -242,18 +230,22 @@ def _bounds_plan(space: EventSpace, gate: RectangleGate) -> tuple | None:
     return np.array(rows), np.array(lows), np.array(highs)
 
 
-def _settle(space: EventSpace, gate: RectangleGate, idx: np.ndarray,
-            status: np.ndarray) -> np.ndarray:
+def _settle(space: EventSpace, gate: Gate, idx: np.ndarray, status: np.ndarray) -> np.ndarray:
     """Membership from a pass's status: the unsure events tested exactly (complement
     ignored)."""
     ok = status == _grid2d.IN
     unsure = np.flatnonzero(status == _grid2d.UNSURE)
-    if unsure.size:
+    if not unsure.size:
+        return ok
+    if isinstance(gate, RectangleGate):
         sure = np.ones(unsure.size, bool)
         for dim, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
             live = np.flatnonzero(sure)
             sure[live] = space.in_range(dim, idx[unsure[live]], lo, hi)
         ok[unsure] = sure
+    else:
+        plain = replace(gate, complement=False) if isinstance(gate, PolygonGate) else gate
+        ok[unsure] = exact_2d(space, plain, idx[unsure], np.arange(unsure.size))
     return ok
 
 
