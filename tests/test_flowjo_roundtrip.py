@@ -326,3 +326,56 @@ def test_an_edited_gate_keeps_each_axis_own_scale_whatever_the_axis_order() -> N
         to_template_gate(fk.gates.PolygonGate(
             "Treg", [fk.Dimension("FITC-A"), fk.Dimension("PE-A")], [[0, 0], [1, 1], [1, 0]]),
             axes)
+
+
+def _small_run(sim_cohort, root: Path, template: dict | str, *, same_name: bool) -> ip.Run:
+    """Two Treg tubes gated with one template; with ``same_name`` their files share a name
+    (two folders), as two sites' exports often do."""
+    sheet = pd.read_csv(sim_cohort.out / "samplesheet.csv").query("panel == 'treg'").head(2)
+    paths = []
+    for k, p in enumerate(sheet["path"]):
+        folder = root / f"site{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "tube.fcs" if same_name else Path(p).name
+        shutil.copy(sim_cohort.out / p, folder / name)
+        paths.append(str(folder / name))
+    sheet["path"] = paths
+    sheet.to_csv(root / "samplesheet.csv", index=False)
+    if isinstance(template, dict):
+        (root / "t.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+        template = root / "t.yaml"
+    gate_samples(root / "samplesheet.csv", [template], root / "run", workers=1,
+                 settings=SETTINGS)
+    return ip.Run(root / "run")
+
+
+def test_export_refuses_two_samples_with_one_file_name(sim_cohort, tmp_path) -> None:
+    run = _small_run(sim_cohort, tmp_path, "treg", same_name=True)
+    with pytest.raises(ip.ImmunoprofileError, match=r"share the file name 'tube\.fcs'"):
+        export_workspace(run, "treg", tmp_path / "out.wsp")
+    assert not (tmp_path / "out.wsp").exists()  # nothing half-written
+
+
+def test_export_refuses_a_slash_in_a_population_name(sim_cohort, tmp_path) -> None:
+    spec = {**GATE_TYPES, "populations": [*GATE_TYPES["populations"][:3],
+                                          {"name": "CD3+/CD4+", "parent": "CD3+",
+                                           "gate": {"range": {"CD4": [2.8, None]}}}]}
+    run = _small_run(sim_cohort, tmp_path, spec, same_name=False)
+    with pytest.raises(ip.ImmunoprofileError, match=r"'CD3\+/CD4\+'.*may not hold one"):
+        export_workspace(run, "gatetypes", tmp_path / "out.wsp")
+
+
+def test_export_writes_its_notes_beside_the_workspace(gated, tmp_path) -> None:
+    from immunoprofile.flowjo.export import notes_path
+
+    out = tmp_path / "gt.wsp"
+    notes = export_workspace(gated, "gatetypes", out)
+    written = pd.read_csv(notes_path(out), keep_default_na=False)
+    assert notes_path(out).parent == out.parent and out.is_file()
+    assert list(written.columns) == ["sample_id", "file", "exported", "n_populations", "note"]
+    assert written["sample_id"].astype(str).tolist() == notes["sample_id"].astype(str).tolist()
+    # The B-cell tubes lack the template's markers: listed, not exported, with the reason.
+    skipped = written[~written["exported"]]
+    assert len(skipped) and skipped["note"].str.startswith("not gated with").all()
+    with pytest.raises(ip.ImmunoprofileError, match="exists; pass --force"):
+        export_workspace(gated, "gatetypes", out)
