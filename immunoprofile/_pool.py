@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -89,14 +90,16 @@ def in_threads(kernel: Callable[..., None], n: int, *args: object,
 
 
 _THREADS: dict[int, ThreadPoolExecutor] = {}
+_THREADS_LOCK = threading.Lock()
 
 
 def _threads() -> ThreadPoolExecutor:
     # One pool per process, kept: starting threads for every gate cost a millisecond each. A
     # forked child inherits the parent's pool object but not its threads, so it makes its own.
     pid = os.getpid()
-    if pid not in _THREADS:
-        _THREADS.clear()
-        _THREADS[pid] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
-                                           thread_name_prefix="immunoprofile")
-    return _THREADS[pid]
+    with _THREADS_LOCK:
+        if pid not in _THREADS:
+            _THREADS.clear()
+            _THREADS[pid] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+                                               thread_name_prefix="immunoprofile")
+        return _THREADS[pid]

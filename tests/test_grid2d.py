@@ -17,7 +17,7 @@ from immunoprofile.gating.membership import _by_grid, exact_2d, inside
 from immunoprofile.gating.prepared import prepare_sample
 from immunoprofile.io.fcs_write import write_fcs
 from immunoprofile.template import template_from_dict
-from immunoprofile.template.model import Dimension
+from immunoprofile.template.model import Dimension, RectangleGate
 
 TRANSFORMS = {
     "logicle": {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
@@ -169,3 +169,88 @@ def test_sibling_gates_decided_together_equal_each_alone(tmp_path, spill) -> Non
         alone[parent[inside(space, pop.gate, parent)]] = True
         assert np.array_equal(result.membership[pop.name], alone), pop.name
         assert 0 < alone.sum() < parent.size, pop.name
+
+
+def _space(tmp_path: Path, events: np.ndarray, template: ip.template.Template,
+           spillover: pd.DataFrame | None = None):
+    path = write_fcs(tmp_path / "edge.fcs", events.astype(np.float32), PNN, MARKERS,
+                     spillover=spillover)
+    return prepare_sample(path, template).space
+
+
+def _template_with(transform: dict, gates: list[dict]) -> ip.template.Template:
+    return template_from_dict({"name": "e", "version": "1", "compensation": "file",
+                               "markers": {"required": ["CD3", "CD4", "CD8"]},
+                               "transforms": {"default": transform}, "populations": gates})
+
+
+def _exact(space, gate, idx) -> np.ndarray:
+    if not isinstance(gate, RectangleGate):
+        return exact_2d(space, gate, idx, np.arange(idx.size))
+    v = space.values(gate.dims[0], idx)
+    ok = np.ones(idx.size, bool)
+    if gate.mins[0] is not None:
+        ok &= v >= gate.mins[0]
+    if gate.maxs[0] is not None:
+        ok &= v < gate.maxs[0]
+    return ok
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+def test_edge_cases_found_in_review(tmp_path) -> None:
+    """Found by a review of the fast paths, each equal to the exact test now: FlowUtils'
+    logicle with a wide linear region (not monotone: exact path), a covariance only nearly
+    symmetric (the box of the form FlowUtils evaluates), infinite raw values (compensation
+    makes them NaN), and the threaded pass (more than 200,000 events)."""
+    from immunoprofile.template.transforms import Logicle
+
+    rng = np.random.default_rng(2)
+    n = 250_000
+    events = np.column_stack([rng.normal(6e4, 1e4, n), rng.normal(2e4, 5e3, n),
+                              rng.uniform(-25000, 25000, (n, 3))])
+    wide = {"type": "logicle", "T": 262144, "W": 3.5, "M": 7, "A": 0}
+    lo, hi = Logicle(W=3.5, M=7).apply(np.array([-25000.0, 25000.0]))
+    template = _template_with(wide, [
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [lo, lo], [hi, lo], [hi, hi], [lo, hi]]}}},
+        {"name": "range", "gate": {"range": {"CD3": [lo, hi]}}}])
+    space = _space(tmp_path, events, template)
+    idx = np.arange(n)
+    for pop in template.populations:
+        assert np.array_equal(inside(space, pop.gate, idx), _exact(space, pop.gate, idx))
+
+    # An ellipse whose covariance is symmetric only to np.allclose, events on its boundary.
+    s, rho, d = 1e-4, 0.99999, 5e-9
+    cov = np.array([[s, s * rho + d], [s * rho - d, s]])
+    mean = np.array([0.6, 0.6])
+    form = np.linalg.inv(cov)
+    tip = np.linalg.inv((form + form.T) / 2)[:, 0]
+    tip = tip / np.sqrt(tip[0])
+    t = Logicle()
+    planted = [[6e4, 2e4, *t.inverse(mean + sign * f * tip), 10.0]
+               for f in np.linspace(0.99999, 1 - 1e-9, 500) for sign in (1, -1)]
+    template = _template_with(TRANSFORMS["logicle"], [{"name": "ell", "gate": {"ellipse": {
+        "dims": ["CD3", "CD4"], "center": mean.tolist(), "covariance": cov.tolist(),
+        "distance_square": 1.0}}}])
+    space = _space(tmp_path, np.vstack([events[:40_000], planted]), template)
+    idx = np.arange(space.sample.n_events)
+    ell = template["ell"].gate
+    assert np.array_equal(inside(space, ell, idx), _exact(space, ell, idx))
+    assert _exact(space, ell, idx)[-1000:].sum() > 400
+
+    # ±inf raw values with a spillover: compensation gives NaN, so never inside.
+    infinite = np.abs(events[:60_000]) + 1
+    infinite[:50, 2], infinite[50:100, 3], infinite[100:150, 4] = np.inf, -np.inf, np.inf
+    spill = pd.DataFrame(np.eye(3) + np.array([[0, 0.12, 0.02], [0.05, 0, 0.2],
+                                               [0.01, 0.08, 0]]),
+                         index=PNN[2:], columns=PNN[2:])
+    template = _template_with(TRANSFORMS["logicle"], [
+        {"name": "range", "gate": {"range": {"CD3": [0.5, None]}}},
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [0.3, 0.3], [0.95, 0.3], [0.95, 0.95], [0.3, 0.95]]}}}])
+    space = _space(tmp_path, infinite, template, spill)
+    idx = np.arange(space.sample.n_events)
+    for pop in template.populations:
+        got = inside(space, pop.gate, idx)
+        assert np.array_equal(got, _exact(space, pop.gate, idx)), pop.name
+        assert not got[:150].any()

@@ -180,7 +180,8 @@ def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray) -> int:
     lo += 4 * (edges[lo + 4] <= x)
     lo += 2 * (edges[lo + 2] <= x)
     lo += 1 * (edges[lo + 1] <= x)
-    near = (x - edges[lo] <= margins[lo]) | (edges[lo + 1] - x <= margins[lo + 1]) | (x != x)
+    near = (x - edges[lo] <= margins[lo]) | (edges[lo + 1] - x <= margins[lo + 1]) \
+        | (x - x != 0.0)  # NaN or ±inf: the exact path says
     cell = -2 if near else lo
     cell = -1 if x < edges[0] - margins[0] else cell
     return n if x > edges[n] + margins[n] else cell
@@ -252,9 +253,10 @@ def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: 
                 for j in range(p):
                     a += buf[j] * weights[g, 0, j]
                     b += buf[j] * weights[g, 1, j]
-            # Surely outside the gate's box: no search (most events of a small gate end here).
-            if (a < ex[0] - mx[0]) | (a > ex[nx] + mx[nx]) | (b < ey[0] - my[0]) \
-                    | (b > ey[nx] + my[nx]):
+            # Surely outside the gate's box: no search (most events of a small gate end here);
+            # an infinite value is left to the exact path (compensation makes it NaN).
+            if ((a < ex[0] - mx[0]) | (a > ex[nx] + mx[nx]) | (b < ey[0] - my[0])
+                    | (b > ey[nx] + my[nx])) & (a - a == 0.0) & (b - b == 0.0):
                 out[g, i] = 0
                 continue
             ka = _cell_of(a, ex, mx)

@@ -36,6 +36,30 @@ from immunoprofile.template.transforms import (
 TOTAL_MONOTONIC = (Identity, Arcsinh, GMLLinear, GMLAsinh, Logicle, Hyperlog)
 
 
+def total_monotonic(t: Transform) -> bool:
+    """Whether linear-space shortcuts are exact for a transform (see :data:`TOTAL_MONOTONIC`).
+
+    FlowUtils' own logicle stops being monotone for wide linear regions (W ≥ 3 with M ≥ 6
+    returns -1 mid-range) and its hyperlog for W = 0, so those settings take the exact path:
+    the exact test is whatever FlowUtils computes.
+
+    Parameters
+    ----------
+    t
+        A transform as applied to a channel.
+
+    Returns
+    -------
+    bool
+        True when membership may be decided on linear values against inverted bounds.
+    """
+    if isinstance(t, Logicle):
+        return t.W <= 2.5
+    if isinstance(t, Hyperlog):
+        return t.W >= 0.25
+    return isinstance(t, TOTAL_MONOTONIC)
+
+
 def transform_margin(r: np.ndarray | float) -> np.ndarray | float:
     """How near a bound taken back to linear values (``r``) an event must be decided exactly.
 
@@ -433,7 +457,7 @@ class EventSpace:
             Boolean, one per index: exactly the test on transformed values.
         """
         t = self.transform(dim)
-        if not isinstance(t, TOTAL_MONOTONIC):
+        if not total_monotonic(t):
             v = self.values(dim, idx)
             ok = np.ones(idx.size, bool)
             if lo is not None:
@@ -454,7 +478,7 @@ class EventSpace:
             else:
                 ok &= ~(x > r + m)
             unsure |= (x >= r - m) & (x <= r + m)
-        unsure |= np.isnan(x)
+        unsure |= ~np.isfinite(x)  # NaN, and ±inf that compensation turns into NaN
         check = unsure & ok
         if check.any():
             # Near a bound: exact linear values (FlowKit's solve), then the exact transform.
@@ -487,7 +511,7 @@ class EventSpace:
             increasing on all of R, or both bounds are infinite.
         """
         t = self.transform(dim)
-        if not isinstance(t, TOTAL_MONOTONIC) or (np.isinf(lo) and np.isinf(hi)):
+        if not total_monotonic(t) or (np.isinf(lo) and np.isinf(hi)):
             return np.ones(idx.size, bool)
         x, err = self.approx_linear_at(dim, idx)
         keep = np.ones(idx.size, bool)

@@ -23,7 +23,7 @@ from numba import njit
 from immunoprofile._pool import in_threads
 from immunoprofile.errors import TemplateError
 from immunoprofile.gating import _grid2d
-from immunoprofile.gating.events import TOTAL_MONOTONIC, EventSpace, transform_margin
+from immunoprofile.gating.events import EventSpace, total_monotonic, transform_margin
 from immunoprofile.template.model import EllipseGate, Gate, PolygonGate, RectangleGate
 
 _BLOCK = 1 << 16  # points per call of FlowUtils' polygon and ellipse tests
@@ -101,7 +101,7 @@ def _axis(space: EventSpace, dim, bounds: np.ndarray) -> tuple | None:
     when the axis cannot be decided in linear space."""
     weights = space.linear_weights(dim)
     t = space.transform(dim)
-    if weights is None or not isinstance(t, TOTAL_MONOTONIC):
+    if weights is None or not total_monotonic(t):
         return None
     with np.errstate(all="ignore"):
         linear = np.asarray(t.inverse(np.asarray(bounds, dtype=np.float64)), dtype=np.float64)
@@ -280,5 +280,6 @@ def _classify_bounds(start: int, stop: int, events: np.ndarray, idx: np.ndarray,
             x = _dot(buf, weights[d])
             if x < lows[d, 0] - lows[d, 1] or x > highs[d, 0] + highs[d, 1]:
                 out[g, i] = 0
-            elif (x <= lows[d, 0] + lows[d, 1]) | (x >= highs[d, 0] - highs[d, 1]) | (x != x):
+            elif (x <= lows[d, 0] + lows[d, 1]) | (x >= highs[d, 0] - highs[d, 1]) \
+                    | (x - x != 0.0):  # NaN or ±inf: the exact path says
                 out[g, i] = 2

@@ -123,11 +123,18 @@ class EllipseGate(Gate):
 
     def extent(self) -> list[tuple[float, float]]:
         cov = np.asarray(self.covariance, dtype=float)
-        # GatingML files carry non-symmetric or indefinite "covariances" (the compliance
-        # suite's 3-D ellipsoid does): their region is unbounded, so no box applies.
-        if not np.allclose(cov, cov.T) or np.any(np.linalg.eigvalsh((cov + cov.T) / 2) <= 0):
+        # The test (FlowUtils) is xᵀ·inv(cov)·x ≤ d², i.e. on the symmetric part of inv(cov):
+        # the box is that form's. GatingML files carry non-symmetric or indefinite
+        # "covariances" (the compliance suite's 3-D ellipsoid does): when the form is not
+        # positive definite the region is unbounded, so no box applies.
+        try:
+            form = np.linalg.inv(cov)
+        except np.linalg.LinAlgError:
             return super().extent()
-        half = np.sqrt(self.distance_square * np.diag(np.asarray(self.covariance, dtype=float)))
+        form = (form + form.T) / 2
+        if np.any(np.linalg.eigvalsh(form) <= 0):
+            return super().extent()
+        half = np.sqrt(self.distance_square * np.diag(np.linalg.inv(form)))
         # A small relative pad: the extent only prefilters, the exact test follows.
         half = half * (1 + 1e-9) + 1e-12
         return [(m - h, m + h) for m, h in zip(self.mean, half)]
