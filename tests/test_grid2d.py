@@ -13,7 +13,7 @@ import pytest
 
 import immunoprofile as ip
 from immunoprofile.gating import _grid2d
-from immunoprofile.gating.membership import _by_grid, exact_2d, inside
+from immunoprofile.gating.membership import exact_2d, inside, inside_together
 from immunoprofile.gating.prepared import prepare_sample
 from immunoprofile.io.fcs_write import write_fcs
 from immunoprofile.template import template_from_dict
@@ -103,7 +103,7 @@ def test_grid_equals_the_exact_test(tmp_path, xform, spill) -> None:
     for pop in template.populations:
         if pop.gate.kind == "boolean":
             continue
-        fast = _by_grid(space, pop.gate, idx)
+        fast = inside_together(space, [pop.gate], idx)[0]
         assert fast is not None, pop.name
         exact = exact_2d(space, pop.gate, idx, np.arange(idx.size))
         assert np.array_equal(fast, exact), (pop.name, int((fast != exact).sum()))
@@ -121,7 +121,7 @@ def test_gates_the_grid_cannot_take_fall_back(tmp_path) -> None:
         {"name": "open", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
             [0.1, 0.1], [0.9, 0.1], [0.5, float("inf")]]}}}]))
     idx = np.arange(prepared.space.sample.n_events)
-    assert _by_grid(prepared.space, prepared.template["open"].gate, idx) is None
+    assert inside_together(prepared.space, [prepared.template["open"].gate], idx)[0] is None
 
 
 @pytest.mark.filterwarnings("ignore:FCS file")
@@ -254,3 +254,44 @@ def test_edge_cases_found_in_review(tmp_path) -> None:
         got = inside(space, pop.gate, idx)
         assert np.array_equal(got, _exact(space, pop.gate, idx)), pop.name
         assert not got[:150].any()
+
+
+SCRIPT_FORK = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+import numpy as np
+import immunoprofile as ip
+from immunoprofile.io.fcs_write import write_fcs
+from immunoprofile.template import template_from_dict
+
+def count(path):
+    return int(ip.gate_sample(path, T).membership["poly"].sum())
+
+rng = np.random.default_rng(0)
+events = np.column_stack([rng.normal(1e3, 5e2, (300_000, 2))]).astype(np.float32)
+path = write_fcs(sys.argv[1], events, ["FL1-A", "FL2-A"], ["CD3", "CD4"])
+T = template_from_dict({"name": "f", "version": "1", "compensation": "none",
+    "transforms": {"default": {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0}},
+    "populations": [{"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"],
+        "vertices": [[0.5, 0.5], [0.7, 0.5], [0.6, 0.7]]}}}]})
+here = count(path)  # the compiled pass on every core, in this process
+with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
+    there = pool.submit(count, path).result()
+print(here, there)
+"""
+
+
+def test_a_process_forks_safely_after_the_threaded_pass(tmp_path) -> None:
+    """The batch forks its workers after the parent has gated: numba's OpenMP loops made
+    the forked workers die ('fork() called from a process already using GNU OpenMP'); the
+    compiled passes run in plain threads, so the worker gates and counts the same."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SCRIPT_FORK, str(tmp_path / "f.fcs")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    here, there = map(int, done.stdout.split())
+    assert here == there and here > 0

@@ -54,24 +54,28 @@ def inside(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray:
     numpy.ndarray
         Boolean, one per index: exactly the test on compensated, transformed values.
     """
-    complement = isinstance(gate, (RectangleGate, PolygonGate)) and gate.complement
+    got = inside_together(space, [gate], idx)[0]
+    if got is not None:
+        return got
+    # The exact path: ratios, transforms not increasing on all of R, small parents' polygons.
     if isinstance(gate, RectangleGate):
-        ok = _by_bounds(space, gate, idx)
-        if ok is None:
-            ok = np.ones(idx.size, bool)
-            for dim, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
-                live = np.flatnonzero(ok)
-                ok[live] = space.in_range(dim, idx[live], lo, hi)
-        return ~ok if complement else ok
-    ok = _by_grid(space, gate, idx)
-    if ok is None:
+        ok = np.ones(idx.size, bool)
+        for dim, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
+            live = np.flatnonzero(ok)
+            ok[live] = space.in_range(dim, idx[live], lo, hi)
+    else:
         # Prefilter on the gate's bounding box in linear space, then test the rest exactly.
         cand = np.ones(idx.size, bool)
         for dim, (lo, hi) in zip(gate.dims, gate.extent()):
             live = np.flatnonzero(cand)
             cand[live] = space.within_extent(dim, idx[live], lo, hi)
         ok = exact_2d(space, gate, idx, np.flatnonzero(cand))
-    return ~ok if complement else ok
+    return _complemented(gate, ok)
+
+
+def _complemented(gate: Gate, ok: np.ndarray) -> np.ndarray:
+    """``ok`` negated for a range, rectangle or polygon marked as a complement."""
+    return ~ok if getattr(gate, "complement", False) else ok
 
 
 def exact_2d(space: EventSpace, gate: Gate, idx: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -108,18 +112,6 @@ def _axis(space: EventSpace, dim, bounds: np.ndarray) -> tuple | None:
     if not np.all(np.isfinite(linear)) or np.any(np.diff(linear) <= 0):
         return None
     return weights[0], linear, transform_margin(linear) + weights[1] * _FLOAT64
-
-
-def _by_grid(space: EventSpace, gate: Gate, idx: np.ndarray) -> np.ndarray | None:
-    """Membership in a 2-D polygon or ellipse (complement ignored) through a grid of cells,
-    or None when the gate does not suit it (ratios, other transforms, no finite box)."""
-    if idx.size < GRID_MIN_EVENTS:
-        return None
-    plan = _grid_plan(space, gate)
-    if plan is None:
-        return None
-    return _settle(space, gate, idx, _grid2d.classify_events(
-        space.sample.events, idx, [plan[0]], [plan[1]])[0])
 
 
 def _grid_plan(space: EventSpace, gate: Gate) -> tuple | None:
@@ -182,9 +174,7 @@ def inside_together(space: EventSpace, gates: list[Gate],
                                              [plan[0] for plan in grids.values()],
                                              [plan[1] for plan in grids.values()])
             for row, i in enumerate(grids):
-                ok = _settle(space, gates[i], idx, status[row])
-                out[i] = ~ok if isinstance(gates[i], PolygonGate) and gates[i].complement \
-                    else ok
+                out[i] = _complemented(gates[i], _settle(space, gates[i], idx, status[row]))
     plans = [_bounds_plan(space, g) if isinstance(g, RectangleGate) else None for g in gates]
     usable = [i for i, plan in enumerate(plans) if plan is not None]
     if not usable:
@@ -198,15 +188,8 @@ def inside_together(space: EventSpace, gates: list[Gate],
     in_threads(_classify_bounds, idx.size, space.sample.events, idx, weights, lows, highs,
                gate_of, status)
     for j, i in enumerate(usable):
-        ok = _settle(space, gates[i], idx, status[j])
-        out[i] = ~ok if gates[i].complement else ok
+        out[i] = _complemented(gates[i], _settle(space, gates[i], idx, status[j]))
     return out
-
-
-def _by_bounds(space: EventSpace, gate: RectangleGate, idx: np.ndarray) -> np.ndarray | None:
-    """Membership in a range or rectangle (complement ignored) by one compiled pass, the
-    events near a bound settled exactly; None when an axis cannot be decided that way."""
-    return inside_together(space, [replace(gate, complement=False)], idx)[0]
 
 
 def _bounds_plan(space: EventSpace, gate: RectangleGate) -> tuple | None:
