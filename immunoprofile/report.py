@@ -216,7 +216,8 @@ def _gallery(run: Run, limit: int, images: _Images) -> str:
     if not plots:
         return "<p><em>no gating plots (the run used --no-plots)</em></p>"
     ranked, why = _needs_a_look(run)
-    names = list(run.templates())
+    # names only: the files' stems, not every template parsed
+    names = [t.stem for t in run.templates_dir.glob("*.yaml")]
     owner = {p: Run.plot_sample(p, names) for p in plots}
     by_sample: dict[str, list[Path]] = {}
     for p in plots:

@@ -169,7 +169,7 @@ def flowsom(
         The new object when ``copy=True``.
     """
     # start-up time: heavy libraries, loaded on first use
-    from flowsom.models import FlowSOMEstimator
+    from flowsom.models import ConsensusCluster
     from scipy.spatial.distance import pdist, squareform
 
     from immunoprofile.tl._som import train_codes
@@ -196,15 +196,17 @@ def flowsom(
     start = np.random.RandomState(seed).choice(train.shape[0], xdim * ydim, replace=False)
     codes = train_codes(train, np.ascontiguousarray(train[start]), nhbrdist, 0.05, 0.01,
                         float(np.quantile(nhbrdist, 0.67)), 0.0, int(rlen), int(seed))
-    estimator = FlowSOMEstimator(xdim=xdim, ydim=ydim, rlen=rlen, seed=seed,
-                                 n_clusters=n_clusters)
-    node_metacluster = np.asarray(estimator.metacluster_model.fit_predict(codes), dtype=np.int64)
+    # FlowSOMEstimator's metaclustering of the codes (its fit_predict is the final
+    # average-linkage clustering; the consensus resampling runs only in its fit()).
+    node_metacluster = np.asarray(ConsensusCluster(n_clusters=n_clusters).fit_predict(codes),
+                                  dtype=np.int64)
     model = {
         "params": {"markers": list(markers), "n_clusters": int(n_clusters), "xdim": int(xdim),
                    "ydim": int(ydim), "rlen": int(rlen), "seed": int(seed),
                    "n_train": int(train.shape[0]),
-                   "method": "FlowSOM (SOM as flowsom.models.SOMEstimator; flowsom "
-                             "ConsensusCluster metaclusters)", "flowsom": _version()},
+                   "method": "FlowSOM (SOM as flowsom.models.SOMEstimator; metaclusters "
+                             "as FlowSOMEstimator: average-linkage clustering of the codes)",
+                   "flowsom": _version()},
         "codes": codes,
         "node_metacluster": node_metacluster,
     }
