@@ -74,18 +74,16 @@ def estimate_variability(data: pd.DataFrame | str | Path, *, baseline: str) -> p
     for (template, pop), g in table.groupby(["template", "population"], sort=False,
                                             observed=True):
         g = g[(g["parent_count"] > 0) & g["count"].notna()]
-        if g["patient_id"].nunique() < 3:
-            continue
         cell = g["arm"].astype(str) + "@" + g["timepoint"].astype(str)
         # a cell at 0 (or 100%) everywhere has no finite log odds: not informative on SDs
         share = g.groupby(cell)["count"].transform("sum") / g.groupby(cell)[
             "parent_count"].transform("sum")
-        g = g[(share > 0) & (share < 1)]
+        keep = (share > 0) & (share < 1)
+        g, cell = g[keep], cell[keep]
         if g["patient_id"].nunique() < 3:
             continue
         count, n = g["count"].astype(float), g["parent_count"].astype(float)
-        cells = pd.get_dummies(g["arm"].astype(str) + "@" + g["timepoint"].astype(str),
-                               dtype=float)
+        cells = pd.get_dummies(cell, dtype=float)
         # The binomial GLMM's own SDs: subtracting a sampling variance from an empirical-
         # logit residual is biased where counts are few (it zeroed rare populations' visit SD)
         _, _, _, info = fit_binomial_glmm(count.to_numpy(), n.to_numpy(), cells.to_numpy(),
