@@ -23,6 +23,9 @@ TRANSFORMS = {
     "logicle": {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
     "arcsinh": {"type": "arcsinh", "cofactor": 150},
     "hyperlog": {"type": "hyperlog", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
+    # evenly spaced cell edges: the cell is found by a division, not the search
+    "linear": "linear",
+    "flin": {"type": "flin", "T": 262144, "A": 100},
 }
 PNN = ["FSC-A", "SSC-A", "FL1-A", "FL2-A", "FL3-A"]
 MARKERS = ["FSC-A", "SSC-A", "CD3", "CD4", "CD8"]

@@ -164,22 +164,34 @@ def _mark_ellipse(mean: np.ndarray, inv: np.ndarray, d2: float, ex: np.ndarray,
                 cells[i, j] = 2
 
 
-@njit(cache=True)
-def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray) -> int:
+# inline: a call per event and axis cost a fifth of the pass
+@njit(cache=True, inline="always")
+def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray, inv_step: float) -> int:
     """The cell holding ``x`` (-1 below the grid, ``n`` above), or -2 when ``x`` lies within
-    its error margin of a cell edge, or is NaN."""
+    its error margin of a cell edge, or is NaN. ``inv_step`` > 0: the edges are evenly
+    spaced on the linear scale (a linear axis), 1 / their spacing."""
     n = edges.size - 1
-    # Eight halvings, unrolled (n == GRID == 256), and selects instead of branches: events
-    # fall on either side at random, so every data-dependent branch costs a misprediction,
-    # several times the search itself.
-    lo = 128 * (edges[128] <= x)
-    lo += 64 * (edges[lo + 64] <= x)
-    lo += 32 * (edges[lo + 32] <= x)
-    lo += 16 * (edges[lo + 16] <= x)
-    lo += 8 * (edges[lo + 8] <= x)
-    lo += 4 * (edges[lo + 4] <= x)
-    lo += 2 * (edges[lo + 2] <= x)
-    lo += 1 * (edges[lo + 1] <= x)
+    if inv_step > 0.0:
+        # A linear axis: the cell is a division away; rounding may put it one off, and the
+        # two selects below take it back (NaN lands on cell 0 and is caught below).
+        f = (x - edges[0]) * inv_step
+        f = f if f > 0.0 else 0.0
+        f = f if f < n - 1.0 else n - 1.0
+        lo = int(f)
+        lo -= (x < edges[lo]) & (lo > 0)
+        lo += (x >= edges[lo + 1]) & (lo < n - 1)
+    else:
+        # Eight halvings, unrolled (n == GRID == 256), and selects instead of branches:
+        # events fall on either side at random, so every data-dependent branch costs a
+        # misprediction, several times the search itself.
+        lo = 128 * (edges[128] <= x)
+        lo += 64 * (edges[lo + 64] <= x)
+        lo += 32 * (edges[lo + 32] <= x)
+        lo += 16 * (edges[lo + 16] <= x)
+        lo += 8 * (edges[lo + 8] <= x)
+        lo += 4 * (edges[lo + 4] <= x)
+        lo += 2 * (edges[lo + 2] <= x)
+        lo += 1 * (edges[lo + 1] <= x)
     near = (x - edges[lo] <= margins[lo]) | (edges[lo + 1] - x <= margins[lo + 1]) \
         | (x - x != 0.0)  # NaN or ±inf: the exact path says
     cell = -2 if near else lo
@@ -220,48 +232,73 @@ def classify_events(events: np.ndarray, idx: np.ndarray, axes: list[tuple],
                       for w in pair] for pair in weights], dtype=np.int64).reshape(g, 2)
     out = np.empty((g, idx.size), np.int8)
     in_threads(_classify, idx.size, events, idx, cols, weights, edges, margins,
-               np.ascontiguousarray(np.array(cells)), out)
+               _inverse_steps(edges), np.ascontiguousarray(np.array(cells)), out)
     return out
+
+
+def _inverse_steps(edges: np.ndarray) -> np.ndarray:
+    """Per gate and axis, 1 / the spacing of its linear cell edges when they are evenly
+    spaced (a linear transform), else 0 (the search)."""
+    steps = np.diff(edges, axis=2)
+    even = np.all(np.abs(steps - steps[..., :1]) <= 1e-9 * np.abs(steps[..., :1]), axis=2)
+    return np.where(even & (steps[..., 0] > 0), 1.0 / steps[..., 0], 0.0)
+
+
+#: Events whose axis values are computed together: each axis is then a loop over events,
+#: which vectorises (a dot product per event is a chain of dependent additions).
+_BATCH = 128
 
 
 @njit(cache=True, nogil=True)
 def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: np.ndarray,
-              weights: np.ndarray, edges: np.ndarray, margins: np.ndarray, cells: np.ndarray,
-              out: np.ndarray) -> None:
+              weights: np.ndarray, edges: np.ndarray, margins: np.ndarray,
+              inv_steps: np.ndarray, cells: np.ndarray, out: np.ndarray) -> None:
     # Per gate g: cols[g] the one column each axis reads (its weight applied) or -1 for the
-    # whole row; weights/edges/margins[g, axis]; cells[g]; out[g].
+    # whole row; weights/edges/margins/inv_steps[g, axis]; cells[g]; out[g].
     n_gates = weights.shape[0]
     p = events.shape[1]
     nx = edges.shape[2] - 1
     dense = False
     for g in range(n_gates):
         dense |= (cols[g, 0] < 0) | (cols[g, 1] < 0)
-    buf = np.empty(p)
-    for i in range(start, stop):
-        row = idx[i]
-        if dense:  # the row widened once for every gate's dot products
-            for j in range(p):
-                buf[j] = events[row, j]
-        for g in range(n_gates):
-            ex, ey, mx, my = edges[g, 0], edges[g, 1], margins[g, 0], margins[g, 1]
-            if cols[g, 0] >= 0 and cols[g, 1] >= 0:
-                a = np.float64(events[row, cols[g, 0]]) * weights[g, 0, cols[g, 0]]
-                b = np.float64(events[row, cols[g, 1]]) * weights[g, 1, cols[g, 1]]
-            else:
-                a = 0.0
-                b = 0.0
+    rows = np.empty((p, _BATCH))
+    val = np.empty((2, _BATCH))
+    for first in range(start, stop, _BATCH):
+        m = min(_BATCH, stop - first)
+        if dense:  # the batch's rows widened and transposed once, for every gate
+            for t in range(m):
+                row = idx[first + t]
                 for j in range(p):
-                    a += buf[j] * weights[g, 0, j]
-                    b += buf[j] * weights[g, 1, j]
-            # Surely outside the gate's box: no search (most events of a small gate end here);
-            # an infinite value is left to the exact path (compensation makes it NaN).
-            if ((a < ex[0] - mx[0]) | (a > ex[nx] + mx[nx]) | (b < ey[0] - my[0])
-                    | (b > ey[nx] + my[nx])) & (a - a == 0.0) & (b - b == 0.0):
-                out[g, i] = 0
-                continue
-            ka = _cell_of(a, ex, mx)
-            kb = _cell_of(b, ey, my)
-            inside = cells[g, min(max(ka, 0), nx - 1), min(max(kb, 0), nx - 1)]
-            off = (ka < 0) | (ka >= nx) | (kb < 0) | (kb >= nx)
-            state = 0 if off else inside
-            out[g, i] = 2 if (ka == -2) | (kb == -2) else state
+                    rows[j, t] = events[row, j]
+        for g in range(n_gates):
+            for ax in range(2):
+                c = cols[g, ax]
+                if c >= 0:
+                    w = weights[g, ax, c]
+                    for t in range(m):
+                        val[ax, t] = np.float64(events[idx[first + t], c]) * w
+                else:
+                    for t in range(m):
+                        val[ax, t] = 0.0
+                    for j in range(p):
+                        w = weights[g, ax, j]
+                        if w != 0.0:
+                            for t in range(m):
+                                val[ax, t] += rows[j, t] * w
+            ex, ey, mx, my = edges[g, 0], edges[g, 1], margins[g, 0], margins[g, 1]
+            sx, sy = inv_steps[g, 0], inv_steps[g, 1]
+            for t in range(m):
+                a, b = val[0, t], val[1, t]
+                # Surely outside the gate's box: no search (most events of a small gate end
+                # here); an infinite value is left to the exact path (compensation makes it
+                # NaN).
+                if ((a < ex[0] - mx[0]) | (a > ex[nx] + mx[nx]) | (b < ey[0] - my[0])
+                        | (b > ey[nx] + my[nx])) & (a - a == 0.0) & (b - b == 0.0):
+                    out[g, first + t] = 0
+                    continue
+                ka = _cell_of(a, ex, mx, sx)
+                kb = _cell_of(b, ey, my, sy)
+                inside = cells[g, min(max(ka, 0), nx - 1), min(max(kb, 0), nx - 1)]
+                off = (ka < 0) | (ka >= nx) | (kb < 0) | (kb >= nx)
+                state = 0 if off else inside
+                out[g, first + t] = 2 if (ka == -2) | (kb == -2) else state

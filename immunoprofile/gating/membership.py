@@ -14,6 +14,7 @@ Ratios and other transforms take the exact path throughout.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -120,24 +121,46 @@ def _grid_plan(space: EventSpace, gate: Gate) -> tuple | None:
     if len(gate.dims) != 2 or not isinstance(gate, (PolygonGate, EllipseGate)):
         return None
     if isinstance(gate, PolygonGate):
-        v = np.asarray(gate.vertices, dtype=np.float64)
+        shape: tuple = ("polygon", tuple(map(tuple, np.asarray(gate.vertices, dtype=float))))
+    else:
+        shape = ("ellipse", tuple(map(float, gate.mean)),
+                 tuple(map(tuple, np.asarray(gate.covariance, dtype=float))),
+                 float(gate.distance_square))
+    grids = _grids(shape)
+    if grids is None:
+        return None
+    axes = [_axis(space, dim, grid) for dim, grid in zip(gate.dims, grids)]
+    if any(a is None for a in axes):
+        return None
+    return (*axes[0], *axes[1]), _cells(shape)
+
+
+def _grids(shape: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cell edges on the gate's own (transformed) axes: its box cut evenly."""
+    if shape[0] == "polygon":
+        v = np.asarray(shape[1])
         box = list(zip(v.min(axis=0), v.max(axis=0)))
     else:
-        box = gate.extent()
-    grids, axes = [], []
-    for dim, (lo, hi) in zip(gate.dims, box):
-        if not np.isfinite([lo, hi]).all() or hi <= lo:
-            return None
-        grids.append(np.linspace(lo, hi, _grid2d.GRID + 1))
-        axes.append(_axis(space, dim, grids[-1]))
-        if axes[-1] is None:
-            return None
-    if isinstance(gate, PolygonGate):
-        cells = _grid2d.polygon_cells(np.asarray(gate.vertices, dtype=np.float64), *grids)
+        box = EllipseGate(dims=(), mean=shape[1], covariance=shape[2],
+                          distance_square=shape[3]).extent()
+    if not all(np.isfinite([lo, hi]).all() and hi > lo for lo, hi in box):
+        return None
+    return tuple(np.linspace(lo, hi, _grid2d.GRID + 1) for lo, hi in box)
+
+
+@functools.lru_cache(maxsize=256)
+def _cells(shape: tuple) -> np.ndarray:
+    # A template's fixed gates are the same for every sample of a batch: their cells (a few
+    # milliseconds each) are worked out once per process. They depend only on the gate's
+    # shape on its transformed axes, not on the sample.
+    grids = _grids(shape)
+    if shape[0] == "polygon":
+        cells = _grid2d.polygon_cells(np.asarray(shape[1]), *grids)
     else:
-        cells = _grid2d.ellipse_cells(np.asarray(gate.mean), np.asarray(gate.covariance),
-                                      gate.distance_square, *grids)
-    return (*axes[0], *axes[1]), cells
+        cells = _grid2d.ellipse_cells(np.asarray(shape[1]), np.asarray(shape[2]), shape[3],
+                                      *grids)
+    cells.setflags(write=False)
+    return cells
 
 
 def inside_together(space: EventSpace, gates: list[Gate],
