@@ -166,32 +166,33 @@ def _mark_ellipse(mean: np.ndarray, inv: np.ndarray, d2: float, ex: np.ndarray,
 
 # inline: a call per event and axis cost a fifth of the pass
 @njit(cache=True, inline="always")
-def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray, inv_step: float) -> int:
+def _cell_of(x: float, edges: np.ndarray, margins: np.ndarray, inv_step: float,
+             tol: float) -> int:
     """The cell holding ``x`` (-1 below the grid, ``n`` above), or -2 when ``x`` lies within
     its error margin of a cell edge, or is NaN. ``inv_step`` > 0: the edges are evenly
-    spaced on the linear scale (a linear axis), 1 / their spacing."""
+    spaced on the linear scale (a linear axis), 1 / their spacing, and ``tol`` (in cells)
+    bounds every margin and the edges' distance from even spacing."""
     n = edges.size - 1
     if inv_step > 0.0:
-        # A linear axis: the cell is a division away; rounding may put it one off, and the
-        # two selects below take it back (NaN lands on cell 0 and is caught below).
+        # A linear axis: the cell is a multiplication away, no table read.
         f = (x - edges[0]) * inv_step
-        f = f if f > 0.0 else 0.0
-        f = f if f < n - 1.0 else n - 1.0
-        lo = int(f)
-        lo -= (x < edges[lo]) & (lo > 0)
-        lo += (x >= edges[lo + 1]) & (lo < n - 1)
-    else:
-        # Eight halvings, unrolled (n == GRID == 256), and selects instead of branches:
-        # events fall on either side at random, so every data-dependent branch costs a
-        # misprediction, several times the search itself.
-        lo = 128 * (edges[128] <= x)
-        lo += 64 * (edges[lo + 64] <= x)
-        lo += 32 * (edges[lo + 32] <= x)
-        lo += 16 * (edges[lo + 16] <= x)
-        lo += 8 * (edges[lo + 8] <= x)
-        lo += 4 * (edges[lo + 4] <= x)
-        lo += 2 * (edges[lo + 2] <= x)
-        lo += 1 * (edges[lo + 1] <= x)
+        c = f if f > 0.0 else 0.0  # NaN lands on cell 0, and is caught below
+        lo = int(c if c < n - 1.0 else n - 1.0)
+        frac = f - lo
+        cell = -2 if (frac <= tol) | (frac >= 1.0 - tol) | (x - x != 0.0) else lo
+        cell = -1 if f < -tol else cell
+        return n if f > n + tol else cell
+    # Eight halvings, unrolled (n == GRID == 256), and selects instead of branches: events
+    # fall on either side at random, so every data-dependent branch costs a misprediction,
+    # several times the search itself.
+    lo = 128 * (edges[128] <= x)
+    lo += 64 * (edges[lo + 64] <= x)
+    lo += 32 * (edges[lo + 32] <= x)
+    lo += 16 * (edges[lo + 16] <= x)
+    lo += 8 * (edges[lo + 8] <= x)
+    lo += 4 * (edges[lo + 4] <= x)
+    lo += 2 * (edges[lo + 2] <= x)
+    lo += 1 * (edges[lo + 1] <= x)
     near = (x - edges[lo] <= margins[lo]) | (edges[lo + 1] - x <= margins[lo + 1]) \
         | (x - x != 0.0)  # NaN or ±inf: the exact path says
     cell = -2 if near else lo
@@ -232,16 +233,23 @@ def classify_events(events: np.ndarray, idx: np.ndarray, axes: list[tuple],
                       for w in pair] for pair in weights], dtype=np.int64).reshape(g, 2)
     out = np.empty((g, idx.size), np.int8)
     in_threads(_classify, idx.size, events, idx, cols, weights, edges, margins,
-               _inverse_steps(edges), np.ascontiguousarray(np.array(cells)), out)
+               *_even_spacing(edges, margins), np.ascontiguousarray(np.array(cells)), out)
     return out
 
 
-def _inverse_steps(edges: np.ndarray) -> np.ndarray:
-    """Per gate and axis, 1 / the spacing of its linear cell edges when they are evenly
-    spaced (a linear transform), else 0 (the search)."""
-    steps = np.diff(edges, axis=2)
-    even = np.all(np.abs(steps - steps[..., :1]) <= 1e-9 * np.abs(steps[..., :1]), axis=2)
-    return np.where(even & (steps[..., 0] > 0), 1.0 / steps[..., 0], 0.0)
+def _even_spacing(edges: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per gate and axis: 1 / the spacing of its linear cell edges when they are evenly
+    spaced (a linear transform), else 0 (the search); and, in cells, a bound on every margin
+    plus the edges' distance from exact even spacing (and the rounding of the division)."""
+    first, last = edges[..., :1], edges[..., -1:]
+    n = edges.shape[-1] - 1
+    step = (last - first) / n
+    even = first + step * np.arange(n + 1)
+    off = np.abs(edges - even).max(axis=-1)
+    uniform = (step[..., 0] > 0) & (off <= 1e-6 * step[..., 0])
+    inv = np.where(uniform, 1.0 / np.where(step[..., 0] > 0, step[..., 0], 1.0), 0.0)
+    tol = (margins.max(axis=-1) + off) * inv + 1e-9
+    return inv, tol
 
 
 #: Events whose axis values are computed together: each axis is then a loop over events,
@@ -252,9 +260,10 @@ _BATCH = 128
 @njit(cache=True, nogil=True)
 def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: np.ndarray,
               weights: np.ndarray, edges: np.ndarray, margins: np.ndarray,
-              inv_steps: np.ndarray, cells: np.ndarray, out: np.ndarray) -> None:
+              inv_steps: np.ndarray, tols: np.ndarray, cells: np.ndarray,
+              out: np.ndarray) -> None:
     # Per gate g: cols[g] the one column each axis reads (its weight applied) or -1 for the
-    # whole row; weights/edges/margins/inv_steps[g, axis]; cells[g]; out[g].
+    # whole row; weights/edges/margins/inv_steps/tols[g, axis]; cells[g]; out[g].
     n_gates = weights.shape[0]
     p = events.shape[1]
     nx = edges.shape[2] - 1
@@ -286,7 +295,7 @@ def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: 
                             for t in range(m):
                                 val[ax, t] += rows[j, t] * w
             ex, ey, mx, my = edges[g, 0], edges[g, 1], margins[g, 0], margins[g, 1]
-            sx, sy = inv_steps[g, 0], inv_steps[g, 1]
+            sx, sy, tx, ty = inv_steps[g, 0], inv_steps[g, 1], tols[g, 0], tols[g, 1]
             for t in range(m):
                 a, b = val[0, t], val[1, t]
                 # Surely outside the gate's box: no search (most events of a small gate end
@@ -296,8 +305,8 @@ def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: 
                         | (b > ey[nx] + my[nx])) & (a - a == 0.0) & (b - b == 0.0):
                     out[g, first + t] = 0
                     continue
-                ka = _cell_of(a, ex, mx, sx)
-                kb = _cell_of(b, ey, my, sy)
+                ka = _cell_of(a, ex, mx, sx, tx)
+                kb = _cell_of(b, ey, my, sy, ty)
                 inside = cells[g, min(max(ka, 0), nx - 1), min(max(kb, 0), nx - 1)]
                 off = (ka < 0) | (ka >= nx) | (kb < 0) | (kb >= nx)
                 state = 0 if off else inside
