@@ -271,21 +271,37 @@ def _classify_bounds(start: int, stop: int, events: np.ndarray, idx: np.ndarray,
                      gate_of: np.ndarray, out: np.ndarray) -> None:
     # One row of weights per bounded axis, ``gate_of`` its gate (its row of ``out``); lows and
     # highs: (linear bound, margin), ±inf where the gate has none. 0 out, 1 in, 2 unsure.
+    # Events go 128 at a time, their rows transposed: each axis's value is then a loop over
+    # events (vectorised), not a chain of dependent additions per event.
     m, p = weights.shape
-    buf = np.empty(p)  # the row widened once: the dot products below then vectorise
-    for i in range(start, stop):
-        row = idx[i]
-        for j in range(p):
-            buf[j] = events[row, j]
+    batch = 128
+    rows = np.empty((p, batch))
+    x = np.empty(batch)
+    for first in range(start, stop, batch):
+        k = min(batch, stop - first)
+        for t in range(k):
+            row = idx[first + t]
+            for j in range(p):
+                rows[j, t] = events[row, j]
         for g in range(out.shape[0]):
-            out[g, i] = 1
+            for t in range(k):
+                out[g, first + t] = 1
         for d in range(m):
             g = gate_of[d]
-            if out[g, i] == 0:
-                continue
-            x = _dot(buf, weights[d])
-            if x < lows[d, 0] - lows[d, 1] or x > highs[d, 0] + highs[d, 1]:
-                out[g, i] = 0
-            elif (x <= lows[d, 0] + lows[d, 1]) | (x >= highs[d, 0] - highs[d, 1]) \
-                    | (x - x != 0.0):  # NaN or ±inf: the exact path says
-                out[g, i] = 2
+            for t in range(k):
+                x[t] = 0.0
+            for j in range(p):
+                w = weights[d, j]
+                if w != 0.0:
+                    for t in range(k):
+                        x[t] += rows[j, t] * w
+            lo, lo_m, hi, hi_m = lows[d, 0], lows[d, 1], highs[d, 0], highs[d, 1]
+            for t in range(k):
+                v = x[t]
+                was = out[g, first + t]
+                outside = (v < lo - lo_m) | (v > hi + hi_m)
+                # NaN or ±inf: the exact path says
+                unsure = (v <= lo + lo_m) | (v >= hi - hi_m) | (v - v != 0.0)
+                state = 0 if outside else (2 if unsure else 1)
+                # out wins over unsure, unsure over in, whatever the axes' order
+                out[g, first + t] = 0 if (was == 0) | (state == 0) else max(was, state)
