@@ -21,7 +21,7 @@ import pandas as pd
 from immunoprofile.errors import FCSError, TemplateError
 from immunoprofile.gating.adaptive import Placer
 from immunoprofile.gating.events import EventSpace
-from immunoprofile.gating.membership import inside, inside_together
+from immunoprofile.gating.membership import inside, inside_together, members
 from immunoprofile.gating.prepared import (  # required_markers: its public path is here too
     PreparedSample,
     prepare_sample,
@@ -261,9 +261,9 @@ def gate_sample(
         if idx.size == n:  # every event is the parent's: the test is the membership
             membership[pop.name] = np.asarray(hit, bool)
         else:
-            mask = np.zeros(n, bool)
-            mask[idx[hit]] = True
-            membership[pop.name] = mask
+            membership[pop.name], mine = members(n, idx, hit)
+            if children_left[pop.name] > 0:  # its children's events, without a search
+                parent_idx[pop.name] = mine
 
     placed = template.with_populations(applied)
     counts = _counts_table(placed, membership, skipped | passed, space, int(root.sum()))
@@ -278,7 +278,7 @@ def gate_sample(
 
 def _counts_table(template: Template, membership: dict[str, np.ndarray], notes: dict[str, str],
                   space: EventSpace, n_root: int) -> pd.DataFrame:
-    totals = {name: int(m.sum()) for name, m in membership.items()}
+    totals = {name: int(np.count_nonzero(m)) for name, m in membership.items()}
     rows = []
     for pop in template.populations:
         row: dict[str, Any] = {"population": pop.name, "parent": pop.parent or ""}
