@@ -259,6 +259,80 @@ def test_edge_cases_found_in_review(tmp_path) -> None:
         assert not got[:150].any()
 
 
+def _exact_rect(space, gate, idx) -> np.ndarray:
+    ok = np.ones(idx.size, bool)
+    for dim, lo, hi in zip(gate.dims, gate.mins, gate.maxs):
+        v = space.values(dim, idx)
+        if lo is not None:
+            ok &= v >= lo
+        if hi is not None:
+            ok &= v < hi
+    return ok
+
+
+FLOWJO = {
+    "biex": {"type": "flowjo_biex", "negative": 0.0, "width": -10.0, "positive": 4.41854,
+             "max_value": 262144.000029},
+    "log": {"type": "flowjo_log", "offset": 1.0, "decades": 4.5},
+}
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+@pytest.mark.parametrize("kind", sorted(FLOWJO))
+@pytest.mark.parametrize("spill", [False, True])
+def test_flowjo_transforms_take_the_fast_paths_exactly(tmp_path, kind, spill) -> None:
+    """FlowJo's biex is flat beyond its lookup table and its log under the offset: bounds
+    strictly inside the increasing part are decided on linear values (the fast passes), a
+    bound at or beyond its ends goes the exact way; events beyond the table, on its knots and
+    on the bounds' inverses all get the exact test's answer."""
+    from immunoprofile.template.transforms import transform_from_dict
+
+    t = transform_from_dict(FLOWJO[kind])
+    top = 4096.0 if kind == "biex" else 1.0
+    inner = [0.1 * top, 0.35 * top, 0.6 * top, 0.9 * top]
+    rng = np.random.default_rng(5)
+    n = 250_000  # the threaded passes
+    fl = np.concatenate([rng.uniform(-3e3, 3e5, n // 2), np.exp(rng.uniform(-2, 13, n // 2))])
+    extra = [t.inverse(np.array(inner)), [-1e7, -5e5, 0.0, 1.0, 3e5, 1e7]]
+    if kind == "biex":
+        extra.append(t.table()[0][::8])  # the table's own knots
+    extra = np.concatenate(extra)
+    fl = np.concatenate([fl, extra, extra])
+    m = fl.size
+    events = np.column_stack([np.full(m, 6e4), np.full(m, 2e4), fl, rng.permutation(fl),
+                              np.full(m, 10.0)])
+    spillover = None
+    if spill:
+        spillover = pd.DataFrame(np.eye(3) + np.array([[0, 0.12, 0.02], [0.05, 0, 0.2],
+                                                       [0.01, 0.08, 0]]),
+                                 index=PNN[2:], columns=PNN[2:])
+    a, b, c, d = inner
+    gates = [
+        {"name": "inside", "gate": {"range": {"CD3": [a, c]}}},
+        {"name": "open", "gate": {"range": {"CD3": [b, None]}}},
+        {"name": "rect", "gate": {"rectangle": {"CD3": [a, d], "CD4": [b, c]}}},
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [a, a], [d, b], [c, d], [b, c]]}}},
+        # at the increasing part's ends (biex: beyond its table too): the exact way
+        {"name": "at end", "gate": {"range": {"CD3": [0.0, c]}}},
+        {"name": "beyond", "gate": {"range": {"CD3": [b, 1.5 * top]}}},
+        {"name": "poly to end", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [0.0, a], [d, b], [c, top]]}}},
+    ]
+    template = _template_with(FLOWJO[kind], gates)
+    space = _space(tmp_path, events, template, spillover)
+    idx = np.arange(space.sample.n_events)
+    for pop in template.populations:
+        gate = pop.gate
+        exact = (_exact_rect if isinstance(gate, RectangleGate) else
+                 lambda s, g, i: exact_2d(s, g, i, np.arange(i.size)))(space, gate, idx)
+        assert np.array_equal(inside(space, gate, idx), exact), pop.name
+        assert 0 < exact.sum() < idx.size, pop.name
+        fast = inside_together(space, [gate], idx)[0]
+        exact_way = {"at end", "poly to end"} | ({"beyond"} if kind == "biex" else set())
+        assert (fast is None) == (pop.name in exact_way), pop.name
+
+
 SCRIPT_FORK = """
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -298,3 +372,15 @@ def test_a_process_forks_safely_after_the_threaded_pass(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     here, there = map(int, done.stdout.split())
     assert here == there and here > 0
+
+
+def test_members_equals_numpy_compress_and_scatter() -> None:
+    from immunoprofile.gating.membership import members
+
+    rng = np.random.default_rng(1)
+    idx = np.flatnonzero(rng.random(50_000) < 0.7)
+    for hit in (rng.random(idx.size) < 0.4, np.zeros(idx.size, bool), np.ones(idx.size, bool)):
+        mask, mine = members(50_000, idx, hit)
+        expected = np.zeros(50_000, bool)
+        expected[idx[hit]] = True
+        assert np.array_equal(mask, expected) and np.array_equal(mine, idx[hit])

@@ -227,12 +227,17 @@ def classify_events(events: np.ndarray, idx: np.ndarray, axes: list[tuple],
     weights = np.array([[a[0], a[3]] for a in axes])  # (g, 2, p)
     edges = np.array([[a[1], a[4]] for a in axes])  # (g, 2, GRID + 1)
     margins = np.array([[a[2], a[5]] for a in axes])
-    # An axis reading one channel (scatter, an uncompensated marker) reads just that column;
-    # a compensated one takes the whole row (a dense loop runs faster than a gathered one).
+    # An axis reading one channel (scatter, an uncompensated marker) reads just that column
+    # (and its weight); a compensated one, the channels any compensated axis reads.
     cols = np.array([[int(np.flatnonzero(w)[0]) if np.count_nonzero(w) == 1 else -1
                       for w in pair] for pair in weights], dtype=np.int64).reshape(g, 2)
+    single = np.where(cols >= 0, np.take_along_axis(
+        weights, np.maximum(cols, 0)[..., None], axis=2)[..., 0], 0.0)
+    dense = weights[cols < 0]
+    used = np.flatnonzero(np.any(dense != 0, axis=0)) if dense.size else np.zeros(0, np.int64)
     out = np.empty((g, idx.size), np.int8)
-    in_threads(_classify, idx.size, events, idx, cols, weights, edges, margins,
+    in_threads(_classify, idx.size, events, idx, cols, single, used,
+               np.ascontiguousarray(weights[:, :, used]), edges, margins,
                *_even_spacing(edges, margins), np.ascontiguousarray(np.array(cells)), out)
     return out
 
@@ -259,13 +264,14 @@ _BATCH = 128
 
 @njit(cache=True, nogil=True)
 def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: np.ndarray,
-              weights: np.ndarray, edges: np.ndarray, margins: np.ndarray,
-              inv_steps: np.ndarray, tols: np.ndarray, cells: np.ndarray,
+              single: np.ndarray, used: np.ndarray, weights: np.ndarray, edges: np.ndarray,
+              margins: np.ndarray, inv_steps: np.ndarray, tols: np.ndarray, cells: np.ndarray,
               out: np.ndarray) -> None:
-    # Per gate g: cols[g] the one column each axis reads (its weight applied) or -1 for the
-    # whole row; weights/edges/margins/inv_steps/tols[g, axis]; cells[g]; out[g].
+    # Per gate g: cols[g] the one column each axis reads (times single[g]) or -1 for a
+    # compensated axis, whose weights[g, axis] are over the ``used`` columns;
+    # edges/margins/inv_steps/tols[g, axis]; cells[g]; out[g].
     n_gates = weights.shape[0]
-    p = events.shape[1]
+    p = used.size
     nx = edges.shape[2] - 1
     dense = False
     for g in range(n_gates):
@@ -278,12 +284,12 @@ def _classify(start: int, stop: int, events: np.ndarray, idx: np.ndarray, cols: 
             for t in range(m):
                 row = idx[first + t]
                 for j in range(p):
-                    rows[j, t] = events[row, j]
+                    rows[j, t] = events[row, used[j]]
         for g in range(n_gates):
             for ax in range(2):
                 c = cols[g, ax]
                 if c >= 0:
-                    w = weights[g, ax, c]
+                    w = single[g, ax]
                     for t in range(m):
                         val[ax, t] = np.float64(events[idx[first + t], c]) * w
                 else:

@@ -23,6 +23,8 @@ from immunoprofile.io.fcs import FCSSample
 from immunoprofile.template.model import Dimension, Template
 from immunoprofile.template.transforms import (
     Arcsinh,
+    FlowJoBiex,
+    FlowJoLog,
     GMLAsinh,
     GMLLinear,
     Hyperlog,
@@ -58,6 +60,44 @@ def total_monotonic(t: Transform) -> bool:
     if isinstance(t, Hyperlog):
         return t.W >= 0.25
     return isinstance(t, TOTAL_MONOTONIC)
+
+
+def increasing_between(t: Transform) -> tuple[float, float] | None:
+    """The open interval of transformed values on which ``t`` is strictly increasing, or None.
+
+    A bound strictly inside it can be decided on linear values against its inverse: below
+    and above the interval, FlowJo's biex and log transforms are flat (inputs beyond the
+    lookup table, or under the log's offset, are clamped), and such an input still sits on
+    the right side of any bound inside the interval.
+
+    Parameters
+    ----------
+    t
+        A transform as applied to a channel.
+
+    Returns
+    -------
+    tuple or None
+        ``(low, high)`` transformed values; ``(-inf, inf)`` for the transforms of
+        :func:`total_monotonic`; None when no linear-space shortcut applies.
+    """
+    if total_monotonic(t):
+        return -np.inf, np.inf
+    if isinstance(t, FlowJoBiex):
+        x, y = t.table()
+        if np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0):
+            return float(y[0]), float(y[-1])
+        return None
+    if isinstance(t, FlowJoLog):
+        return 0.0, np.inf
+    return None
+
+
+def linear_decidable(t: Transform, bounds) -> bool:
+    """Whether every bound (transformed scale) can be decided on linear values under ``t``
+    (see :func:`increasing_between`)."""
+    between = increasing_between(t)
+    return between is not None and all(between[0] < b < between[1] for b in bounds)
 
 
 def transform_margin(r: np.ndarray | float) -> np.ndarray | float:
@@ -457,7 +497,7 @@ class EventSpace:
             Boolean, one per index: exactly the test on transformed values.
         """
         t = self.transform(dim)
-        if not total_monotonic(t):
+        if not linear_decidable(t, [b for b in (lo, hi) if b is not None]):
             v = self.values(dim, idx)
             ok = np.ones(idx.size, bool)
             if lo is not None:
@@ -511,14 +551,16 @@ class EventSpace:
             increasing on all of R, or both bounds are infinite.
         """
         t = self.transform(dim)
-        if not total_monotonic(t) or (np.isinf(lo) and np.isinf(hi)):
+        # A side whose bound cannot be decided on linear values keeps every event there.
+        sides = [b for b in (lo, hi) if np.isfinite(b) and linear_decidable(t, [b])]
+        if not sides:
             return np.ones(idx.size, bool)
         x, err = self.approx_linear_at(dim, idx)
         keep = np.ones(idx.size, bool)
-        if np.isfinite(lo):
+        if lo in sides:
             r = float(t.inverse(np.array([lo]))[0])
             keep &= ~(x < r - transform_margin(r) - err)
-        if np.isfinite(hi):
+        if hi in sides:
             r = float(t.inverse(np.array([hi]))[0])
             keep &= ~(x > r + transform_margin(r) + err)
         return keep

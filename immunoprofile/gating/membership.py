@@ -24,7 +24,7 @@ from numba import njit
 from immunoprofile._pool import in_threads
 from immunoprofile.errors import TemplateError
 from immunoprofile.gating import _grid2d
-from immunoprofile.gating.events import EventSpace, total_monotonic, transform_margin
+from immunoprofile.gating.events import EventSpace, linear_decidable, transform_margin
 from immunoprofile.template.model import EllipseGate, Gate, PolygonGate, RectangleGate
 
 _BLOCK = 1 << 16  # points per call of FlowUtils' polygon and ellipse tests
@@ -106,7 +106,7 @@ def _axis(space: EventSpace, dim, bounds: np.ndarray) -> tuple | None:
     when the axis cannot be decided in linear space."""
     weights = space.linear_weights(dim)
     t = space.transform(dim)
-    if weights is None or not total_monotonic(t):
+    if weights is None or not linear_decidable(t, bounds):
         return None
     with np.errstate(all="ignore"):
         linear = np.asarray(t.inverse(np.asarray(bounds, dtype=np.float64)), dtype=np.float64)
@@ -208,8 +208,10 @@ def inside_together(space: EventSpace, gates: list[Gate],
     gate_of = np.concatenate([np.full(len(plans[i][0]), j, np.int64)
                               for j, i in enumerate(usable)])
     status = np.empty((len(usable), idx.size), np.int8)
-    in_threads(_classify_bounds, idx.size, space.sample.events, idx, weights, lows, highs,
-               gate_of, status)
+    # Only the channels some axis reads are gathered (a scatter range reads one of 18).
+    used = np.flatnonzero(np.any(weights != 0, axis=0))
+    in_threads(_classify_bounds, idx.size, space.sample.events, idx, used,
+               np.ascontiguousarray(weights[:, used]), lows, highs, gate_of, status)
     for j, i in enumerate(usable):
         out[i] = _complemented(gates[i], _settle(space, gates[i], idx, status[j]))
     return out
@@ -290,10 +292,11 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 @njit(cache=True, nogil=True)
 def _classify_bounds(start: int, stop: int, events: np.ndarray, idx: np.ndarray,
-                     weights: np.ndarray, lows: np.ndarray, highs: np.ndarray,
-                     gate_of: np.ndarray, out: np.ndarray) -> None:
-    # One row of weights per bounded axis, ``gate_of`` its gate (its row of ``out``); lows and
-    # highs: (linear bound, margin), ±inf where the gate has none. 0 out, 1 in, 2 unsure.
+                     used: np.ndarray, weights: np.ndarray, lows: np.ndarray,
+                     highs: np.ndarray, gate_of: np.ndarray, out: np.ndarray) -> None:
+    # One row of weights per bounded axis over the ``used`` columns, ``gate_of`` its gate
+    # (its row of ``out``); lows and highs: (linear bound, margin), ±inf where the gate has
+    # none. 0 out, 1 in, 2 unsure.
     # Events go 128 at a time, their rows transposed: each axis's value is then a loop over
     # events (vectorised), not a chain of dependent additions per event.
     m, p = weights.shape
@@ -305,7 +308,7 @@ def _classify_bounds(start: int, stop: int, events: np.ndarray, idx: np.ndarray,
         for t in range(k):
             row = idx[first + t]
             for j in range(p):
-                rows[j, t] = events[row, j]
+                rows[j, t] = events[row, used[j]]
         for g in range(out.shape[0]):
             for t in range(k):
                 out[g, first + t] = 1

@@ -295,6 +295,11 @@ class FlowJoBiex(Transform):
     def inverse(self, y: np.ndarray) -> np.ndarray:
         return np.asarray(self._lut().inverse(_col(y)), dtype=np.float64)
 
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The lookup table: inputs (linear values) and outputs (channels 0-4096)."""
+        f = self._lut()._lut_func
+        return np.asarray(f.x, dtype=np.float64), np.asarray(f.y, dtype=np.float64)
+
 
 @dataclass(frozen=True)
 class FlowJoLog(Transform):
