@@ -203,12 +203,11 @@ def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
 def _assemble(run: Run, sheet: SampleSheet, templates: list[Template],
               outcomes: list[SampleOutcome]) -> tuple[BatchResult, list]:
     """The run's tables from the samples' parts, and the writes that put them on disk."""
-    parts, qcs = read_parts(run, [o.sample_id for o in outcomes])
+    parts, qcs, missing = read_parts(run, [o.sample_id for o in outcomes])
     errors = [e for o in outcomes for e in o.errors]
     paths = {str(r["sample_id"]): str(r["path"]) for r in sheet_rows(sheet)}
     for o in outcomes:
-        if o.status in ("ok", "partial", "resumed") and not run.part_subsets(
-                o.sample_id).is_file():
+        if o.status in ("ok", "partial", "resumed") and o.sample_id in missing:
             errors.append({"sample_id": o.sample_id, "path": paths.get(o.sample_id, ""),
                            "template": "", "stage": "output",
                            "error": f"the worker reported {o.status} but its results are not "

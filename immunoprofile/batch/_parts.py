@@ -134,7 +134,8 @@ def write_parts(run: Run, work: SampleWork, settings: BatchSettings, digest: str
     return errors
 
 
-def read_parts(run: Run, sample_ids: list[str]) -> tuple[list[pd.DataFrame], list[dict]]:
+def read_parts(run: Run, sample_ids: list[str]
+               ) -> tuple[list[pd.DataFrame], list[dict], set[str]]:
     """The subset rows and QC summaries of the samples that have them, in the order given.
 
     Parameters
@@ -146,18 +147,21 @@ def read_parts(run: Run, sample_ids: list[str]) -> tuple[list[pd.DataFrame], lis
 
     Returns
     -------
-    (subset parts, qc rows)
-        The per-sample subset tables and QC summaries found.
+    (subset parts, qc rows, missing)
+        The per-sample subset tables and QC summaries found, and the samples without a
+        subset table.
     """
-    parts, qcs = [], []
+    parts, qcs, missing = [], [], set()
     for sid in sample_ids:
         subsets = run.part_subsets(sid)
         if subsets.is_file():
             parts.append(pd.read_parquet(subsets))
+        else:
+            missing.add(sid)
         qc = run.part_qc(sid)
         if qc.is_file():
             qcs.append(json.loads(qc.read_text()))
-    return parts, qcs
+    return parts, qcs, missing
 
 
 def _succeeded(record: dict) -> bool:
