@@ -15,8 +15,8 @@ For each panel (tube) of a run, :func:`cluster_run`
 4. writes ``clusters.parquet`` (sample × cluster counts, which ``compare`` tests like gated
    populations), ``cluster_annotation.csv`` and ``cluster_agreement.csv``.
 
-Files are read one at a time (twice: once to subsample, once to map), so memory holds one
-timepoint plus the pooled subsample.
+Files are read one at a time (their sample sizes first, then the events twice: to subsample
+and to map), so memory holds one timepoint plus the pooled subsample.
 """
 
 from __future__ import annotations
@@ -158,29 +158,47 @@ def cluster_run(
         raise ImmunoprofileError(f"no timepoint .h5ad files in {run.anndata_dir}: run "
                                  "`immunoprofile assemble` first")
 
-    # Pass 1: per panel, a random order of each sample's events (trimmed to a common size).
-    rng = np.random.default_rng(seed)
-    by_panel: dict[str, list[tuple[Path, ad.AnnData]]] = {}
+    # Pass 1, the files' sample sizes only (obs): the pooled subsample's size per sample is
+    # known before any events are held (holding every file's events grew with the study).
+    sizes: dict[str, list[pd.Series]] = {}
+    panel_of: dict[Path, str] = {}
     for path in files:
-        adata = ad.read_h5ad(path)
-        keep = [rng.permutation(idx)[:events_per_sample or max_events] for _, idx in
-                adata.obs.groupby("sample_id", observed=True).indices.items()]
-        if not keep:
+        backed = ad.read_h5ad(path, backed="r")
+        try:
+            panel_of[path] = _panel(backed)
+            sizes.setdefault(panel_of[path], []).append(
+                backed.obs["sample_id"].astype(str).value_counts())
+        finally:
+            backed.file.close()
+    result = ClusterRunResult()
+    for panel, found in sizes.items():
+        per_sample = pd.concat(found)
+        if per_sample.empty:
             continue
-        by_panel.setdefault(_panel(adata), []).append((path, adata[np.concatenate(keep)]
-                                                       .copy()))
+        cap = events_per_sample or max(1, max_events // len(per_sample))
+        result.events_per_sample[panel] = int(min(cap, per_sample.min()))
+
+    # Pass 2: each sample's events in a random order, the first n kept, pooled per panel.
+    rng = np.random.default_rng(seed)
+    by_panel: dict[str, list[tuple[Path, ad.AnnData | None]]] = {}
+    for path in files:
+        n = result.events_per_sample.get(panel_of[path])
+        if n is None:
+            continue
+        adata = ad.read_h5ad(path)
+        keep = [rng.permutation(idx)[:n] for _, idx in
+                adata.obs.groupby("sample_id", observed=True).indices.items()]
+        if keep:
+            by_panel.setdefault(panel_of[path], []).append(
+                (path, adata[np.concatenate(keep)].copy()))
         del adata
 
-    result = ClusterRunResult()
     counts, annotations, agreements = [], [], []
     pools = {}
-    for panel, parts in by_panel.items():
-        sizes = pd.concat([p.obs["sample_id"].astype(str).value_counts() for _, p in parts])
-        cap = events_per_sample or max(1, max_events // len(sizes))
-        n = int(min(cap, sizes.min()))
-        result.events_per_sample[panel] = n
-        pools[panel] = ad.concat([_first_per_sample(p, n) for _, p in parts], merge="same",
+    for panel in list(by_panel):
+        pools[panel] = ad.concat([p for _, p in by_panel[panel]], merge="same",
                                  uns_merge="first")
+        by_panel[panel] = [(path, None) for path, _ in by_panel[panel]]  # parts pooled: freed
 
     def fit(pooled: ad.AnnData) -> None:
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
@@ -193,7 +211,7 @@ def cluster_run(
     for panel, parts in by_panel.items():
         pooled = pools[panel]
         cross = None
-        for path, _ in parts:  # pass 2: map every event, write its labels beside the file
+        for path, _ in parts:  # pass 3: map every event, write its labels beside the file
             adata = ad.read_h5ad(path)
             flowsom_map(adata, pooled, key=KEY)
             result.h5ad.append(_write_labels(run, path, adata))
@@ -252,12 +270,6 @@ def _plain(value):
     if isinstance(value, list | tuple | np.ndarray):
         return [_plain(v) for v in value]
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _first_per_sample(adata: ad.AnnData, n: int) -> ad.AnnData:
-    """The first ``n`` events of each sample (already in random order)."""
-    rank = adata.obs.groupby("sample_id", observed=True).cumcount().to_numpy()
-    return adata[rank < n].copy()
 
 
 def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
