@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
-from immunoprofile.tl._models import fit_lmm
+from immunoprofile.tl._models import FAILED, fit_lmm
 
 #: Bounds of the log-SDs searched (SD 1e-3 to 20 on the logit scale).
 _LOG_SD = (np.log(1e-3), np.log(20.0))
@@ -160,9 +160,9 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     n_patients = int(patient.max()) + 1
     k = X.shape[1]
     if len(successes) <= k:
-        return None, None, f"model failed: {len(successes)} values for {k} parameters", {}
+        return None, None, f"{FAILED}: {len(successes)} values for {k} parameters", {}
     if np.linalg.matrix_rank(X) < k:
-        return None, None, "model failed: the design is singular", {}
+        return None, None, f"{FAILED}: the design is singular", {}
     # Start from least squares on the empirical logit: the mode search then needs few steps.
     elogit = np.log((successes + 0.5) / (trials - successes + 0.5))
     beta0 = np.linalg.lstsq(X, elogit, rcond=None)[0]
@@ -186,9 +186,9 @@ def fit_binomial_glmm(successes: np.ndarray, trials: np.ndarray, X: np.ndarray,
     try:
         cov = np.linalg.inv(A)[:k, :k]
     except np.linalg.LinAlgError:
-        return None, None, "model failed: singular information matrix", {}
+        return None, None, f"{FAILED}: singular information matrix", {}
     if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(cov))):
-        return None, None, "model failed: non-finite estimates", {}
+        return None, None, f"{FAILED}: non-finite estimates", {}
     if sd_p <= np.exp(_LOG_SD[0]) * 1.01:
         notes.append("patient variance at the boundary (0)")
     if not converged:

@@ -37,6 +37,7 @@ from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.io.samplesheet import natural_key
 from immunoprofile.tl._detectable import RANK_ABOVE, fill_by_ranks, rank_contrasts
 from immunoprofile.tl._models import (
+    FAILED,
     RESULT_COLUMNS,
     Design,
     add_fdr,
@@ -439,7 +440,7 @@ def tobit_fit(y: np.ndarray, censored: np.ndarray, X: np.ndarray, groups: np.nda
                                         options={"maxiter": 5000})
             theta, success = res.x, bool(res.success)
             if not np.all(np.isfinite(theta)):
-                return None, None, "model failed: non-finite estimates"
+                return None, None, f"{FAILED}: non-finite estimates"
             # Re-centre the nodes on each patient's posterior of u, then refit.
             _, _, omega, u = parts(theta)
             centre[:] = (omega * u).sum(axis=1)
@@ -464,7 +465,7 @@ def tobit_fit(y: np.ndarray, censored: np.ndarray, X: np.ndarray, groups: np.nda
     try:
         cov = np.linalg.inv(H)
     except np.linalg.LinAlgError:
-        return None, None, "model failed: singular information matrix"
+        return None, None, f"{FAILED}: singular information matrix"
     # Maximum likelihood estimates the variances as if β were known, which makes standard
     # errors too small for 8-15 patients per arm. A REML-like factor n/(n - k·f) restores
     # them, with f the share of values in range: uncensored (f = 1) it turns ML's residual
@@ -474,7 +475,7 @@ def tobit_fit(y: np.ndarray, censored: np.ndarray, X: np.ndarray, groups: np.nda
     in_range = float(obs.mean()) if n_obs else 1.0
     cov_beta = cov[:k, :k] * (n_obs / max(n_obs - k * in_range, 1.0))
     if not np.all(np.isfinite(cov_beta)) or np.any(np.diag(cov_beta) <= 0):
-        return None, None, "model failed: information matrix not positive definite"
+        return None, None, f"{FAILED}: information matrix not positive definite"
     return theta[:k], cov_beta, "; ".join(notes)
 
 

@@ -51,6 +51,11 @@ class Design:
     alpha: float = 0.05
 
 
+#: How a warning starts when a model gave no estimate at all, and how a note about data too
+#: thin to fit reads: :func:`model_failed` recognises a readout by them.
+FAILED = "model failed"
+TOO_FEW = "too few"
+
 #: ``(y, X, groups[, censored=]) -> (β, Cov(β), warning)``, or ``(None, None, reason)``.
 Fitter = Callable[..., tuple[np.ndarray | None, np.ndarray | None, str]]
 
@@ -100,13 +105,13 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
         return _failed(everything, design,
                        [str(a) for a in pd.unique(everything["arm"].astype(str))],
                        _ordered_timepoints(everything), model_name,
-                       "model failed: no value to fit")
+                       f"{FAILED}: no value to fit")
     rows: list[dict] = []
     n_patients = data["patient_id"].nunique()
     if design.control not in arms or design.baseline not in tps or n_patients <= len(arms):
-        note = (f"control {design.control!r} or baseline {design.baseline!r} absent, or too "
-                "few patients") if censored is None else \
-            "control or baseline absent, or too few patients"
+        note = (f"control {design.control!r} or baseline {design.baseline!r} absent, or "
+                f"{TOO_FEW} patients") if censored is None else \
+            f"control or baseline absent, or {TOO_FEW} patients"
         return _failed(data, design, arms, tps, model_name, note)
     data["cell"] = [_cell(a, t) for a, t in zip(data["arm"].astype(str),
                                                 data["timepoint"].astype(str))]
@@ -123,7 +128,7 @@ def fit_contrasts(data: pd.DataFrame, design: Design, *, model_name: str,
         n_in_range = int((fitted[censored] == 0).sum())
         if n_in_range < len(cells) + 2:
             return _failed(data, design, arms, tps, model_name,
-                           f"too few values in range ({n_in_range} of {len(data)}) for a "
+                           f"{TOO_FEW} values in range ({n_in_range} of {len(data)}) for a "
                            "censored model")
     X = pd.get_dummies(fitted["cell"]).reindex(columns=cells, fill_value=0).astype(float)
     for cov in design.covariates:
@@ -263,7 +268,7 @@ def fit_lmm(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
         try:
             model = MixedLM(y, X, groups)
         except (np.linalg.LinAlgError, ValueError) as exc:
-            return None, None, f"model failed: {exc}"
+            return None, None, f"{FAILED}: {exc}"
         # Each optimiser gets its own chance: heavily tied data (e.g. imputed values) can make
         # one raise or stop at the boundary where another converges.
         for method in ("lbfgs", "bfgs", "powell"):
@@ -316,15 +321,15 @@ def _ols(y: np.ndarray, X: np.ndarray, note: str):
     """Least squares with the same design: (β, s²(XᵀX)⁻¹, note), or a failure."""
     n, k = X.shape
     if n <= k:
-        return None, None, f"model failed: {n} values for {k} parameters"
+        return None, None, f"{FAILED}: {n} values for {k} parameters"
     beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
     if rank < k:
-        return None, None, "model failed: the design is singular"
+        return None, None, f"{FAILED}: the design is singular"
     resid = y - X @ beta
     s2 = float(resid @ resid) / (n - k)
     if s2 <= 1e-20 * max(float(y @ y), 1.0):
         # e.g. a population absent from every sample: identical values, no error to estimate
-        return None, None, "model failed: no variation within the cells"
+        return None, None, f"{FAILED}: no variation within the cells"
     cov = s2 * np.linalg.inv(X.T @ X)
     return beta, cov, note
 
@@ -379,7 +384,7 @@ def model_failed(res: pd.DataFrame) -> bool:
         True when there are rows and none has a p-value for that reason.
     """
     return bool(len(res)) and bool(res["pvalue"].isna().all()) and bool(
-        res["warning"].astype(str).str.contains("model failed|too few").all())
+        res["warning"].astype(str).str.contains(f"{FAILED}|{TOO_FEW}").all())
 
 
 def add_fdr(table: pd.DataFrame, extra_keys: list[str] = ()) -> pd.DataFrame:
