@@ -185,12 +185,12 @@ def cluster_run(
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
             continue
-        adata = ad.read_h5ad(path)
+        adata = _read_without_layers(path)
         keep = [rng.permutation(idx)[:n] for _, idx in
                 adata.obs.groupby("sample_id", observed=True).indices.items()]
         if keep:
             by_panel.setdefault(panel_of[path], []).append(
-                (path, adata[np.concatenate(keep)].copy()))
+                (path, _lean(adata, np.concatenate(keep))))
         del adata
 
     counts, annotations, agreements = [], [], []
@@ -212,7 +212,7 @@ def cluster_run(
         pooled = pools[panel]
         cross = None
         for path, _ in parts:  # pass 3: map every event, write its labels beside the file
-            adata = ad.read_h5ad(path)
+            adata = _read_without_layers(path)
             flowsom_map(adata, pooled, key=KEY)
             result.h5ad.append(_write_labels(run, path, adata))
             counts.append(_sample_counts(adata, panel))
@@ -270,6 +270,25 @@ def _plain(value):
     if isinstance(value, list | tuple | np.ndarray):
         return [_plain(v) for v in value]
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _read_without_layers(path: Path) -> ad.AnnData:
+    """A timepoint's ``X``, ``obs``, ``var`` and ``uns``: mapping reads no layer (the
+    compensated values would double the file's memory)."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        return ad.AnnData(**{k: read_elem(f[k]) for k in ("X", "obs", "var", "uns") if k in f})
+
+
+def _lean(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
+    """The rows of ``adata`` with what fitting and annotating read: ``X``, the sample and
+    population of each event, ``var`` and ``uns`` (not the layers, nor every gate's column:
+    most of a timepoint's memory, and the pool held them for every file)."""
+    obs = adata.obs[[c for c in ("sample_id", "population") if c in adata.obs.columns]]
+    return ad.AnnData(X=np.asarray(adata.X[rows]), obs=obs.iloc[rows].copy(),
+                      var=adata.var.copy(), uns=adata.uns.copy())
 
 
 def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
