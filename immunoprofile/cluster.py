@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
+from anndata.io import read_elem
 
 from immunoprofile.assemble import assemble_run
 from immunoprofile.errors import ImmunoprofileError
@@ -275,9 +277,6 @@ def _plain(value):
 def _read_without_layers(path: Path) -> ad.AnnData:
     """A timepoint's ``X``, ``obs``, ``var`` and ``uns``: mapping reads no layer (the
     compensated values would double the file's memory)."""
-    import h5py
-    from anndata.io import read_elem
-
     with h5py.File(path, "r") as f:
         return ad.AnnData(**{k: read_elem(f[k]) for k in ("X", "obs", "var", "uns") if k in f})
 
