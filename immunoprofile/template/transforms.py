@@ -263,9 +263,10 @@ class FlowJoBiex(Transform):
     to its ends. The parameters are the workspace's ``neg``, ``width`` (the negative "width
     basis", e.g. -10), ``pos`` and ``maxRange`` attributes.
 
-    The map is non-decreasing and defined on all of R, but flat outside the table, so it is
-    not *strictly* increasing: range tests cannot be decided in linear space and the engine
-    computes transformed values exactly.
+    The map is non-decreasing and defined on all of R, but flat outside the table: a bound
+    strictly inside the table's outputs is decided in linear space (a clamped input stays on
+    its side), a bound at or beyond the ends takes the exact transform
+    (:func:`immunoprofile.gating.events.increasing_between`).
     """
 
     negative: float = 0.0
@@ -307,7 +308,8 @@ class FlowJoLog(Transform):
 
     Output runs from 0 at ``offset`` to 1 at ``offset · 10**decades``; values below
     ``offset`` are clamped to it (FlowJo's behaviour, as FlowKit's ``WSPLogTransform``).
-    Non-decreasing on R but flat below ``offset``, so, like biex, not strictly increasing.
+    Non-decreasing on R but flat below ``offset``: like biex, only bounds above 0 are decided
+    in linear space.
     """
 
     offset: float = 1.0
