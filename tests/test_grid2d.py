@@ -384,3 +384,63 @@ def test_members_equals_numpy_compress_and_scatter() -> None:
         expected = np.zeros(50_000, bool)
         expected[idx[hit]] = True
         assert np.array_equal(mask, expected) and np.array_equal(mine, idx[hit])
+
+
+@pytest.mark.filterwarnings("ignore:FCS file")
+def test_edge_cases_found_in_the_second_review(tmp_path) -> None:
+    """A bound whose inverse overflows (arcsinh(x/150) = 800, FlowJo log 100), values near
+    float32's maximum (the float32 approximate compensation overflows, the exact solve does
+    not), and flin with an offset so large that x + A loses linear precision: each equals the
+    exact test."""
+    rng = np.random.default_rng(0)
+    n = 30_000
+    events = np.column_stack([np.full(n, 6e4), np.full(n, 2e4),
+                              np.exp(rng.uniform(-5, 12, (n, 3)))])
+    spill = pd.DataFrame(np.eye(3) + np.array([[0, 0.12, 0.02], [0.05, 0, 0.2],
+                                               [0.01, 0.08, 0]]),
+                         index=PNN[2:], columns=PNN[2:])
+    for spec, bound in [({"type": "arcsinh", "cofactor": 150}, 800.0),
+                        (FLOWJO["log"], 100.0)]:
+        template = _template_with(spec, [
+            {"name": "open", "gate": {"range": {"CD3": [bound, None]}}},
+            {"name": "rect", "gate": {"rectangle": {"CD3": [bound, None], "CD4": [0.1, None]}}}])
+        for spillover in (None, spill):
+            space = _space(tmp_path, events, template, spillover)
+            idx = np.arange(n)
+            for pop in template.populations:
+                got = inside(space, pop.gate, idx)
+                assert np.array_equal(got, _exact_rect(space, pop.gate, idx)), pop.name
+                assert not got.any()
+
+    near_max = np.column_stack([np.full(1000, 6e4), np.full(1000, 2e4),
+                                rng.uniform(0, 1e38, (1000, 3))])
+    near_max[:10, 2:4] = 3e38  # compensated: 2e38 each (float64 solve), inf in float32
+    s = np.eye(3)
+    s[0, 1] = s[1, 0] = 0.5
+    template = _template_with("linear", [{"name": "poly", "gate": {"polygon": {
+        "dims": ["CD3", "CD4"], "vertices": [[-1e38, -1e38], [2.5e38, -1e38], [2.5e38, 2.5e38],
+                                             [-1e38, 2.5e38]]}}}])
+    space = _space(tmp_path, near_max, template,
+                   pd.DataFrame(s, index=PNN[2:], columns=PNN[2:]))
+    idx = np.arange(1000)
+    got = inside(space, template["poly"].gate, idx)
+    assert got[:10].all() and np.array_equal(got, _exact(space, template["poly"].gate, idx))
+
+    flin = {"type": "flin", "T": 1e6, "A": 1e12}
+    t = ip.template.transforms.transform_from_dict(flin)
+    lo, hi = t.apply(np.array([300.0, 3000.0]))
+    planted = np.concatenate([np.nextafter(np.float32(v), np.float32(d * np.inf)) * np.ones(3)
+                              for v in t.inverse(np.array([lo, hi])) for d in (-1, 0, 1)])
+    fl = np.concatenate([rng.uniform(0, 5000, n), planted])
+    events = np.column_stack([np.full(fl.size, 6e4), np.full(fl.size, 2e4), fl, fl,
+                              np.full(fl.size, 10.0)])
+    template = _template_with(flin, [
+        {"name": "range", "gate": {"range": {"CD3": [lo, hi]}}},
+        {"name": "poly", "gate": {"polygon": {"dims": ["CD3", "CD4"], "vertices": [
+            [lo, lo], [hi, lo], [hi, hi], [lo, hi]]}}}])
+    space = _space(tmp_path, events, template)
+    idx = np.arange(fl.size)
+    for pop in template.populations:
+        exact = (_exact_rect if isinstance(pop.gate, RectangleGate) else _exact)(
+            space, pop.gate, idx)
+        assert np.array_equal(inside(space, pop.gate, idx), exact), pop.name

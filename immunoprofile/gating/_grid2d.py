@@ -251,8 +251,11 @@ def _even_spacing(edges: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, n
     step = (last - first) / n
     even = first + step * np.arange(n + 1)
     off = np.abs(edges - even).max(axis=-1)
-    uniform = (step[..., 0] > 0) & (off <= 1e-6 * step[..., 0])
-    inv = np.where(uniform, 1.0 / np.where(step[..., 0] > 0, step[..., 0], 1.0), 0.0)
+    with np.errstate(divide="ignore", over="ignore"):
+        inverse = 1.0 / np.where(step[..., 0] > 0, step[..., 0], 1.0)
+    # a spacing so small that its inverse overflows: the search
+    uniform = (step[..., 0] > 0) & (off <= 1e-6 * step[..., 0]) & np.isfinite(inverse)
+    inv = np.where(uniform, inverse, 0.0)
     tol = (margins.max(axis=-1) + off) * inv + 1e-9
     return inv, tol
 

@@ -59,6 +59,9 @@ def total_monotonic(t: Transform) -> bool:
         return t.W <= 2.5
     if isinstance(t, Hyperlog):
         return t.W >= 0.25
+    if isinstance(t, GMLLinear):
+        # x + A rounds to ~1e-16 |A|: beyond ~1e9 that exceeds the margin of transform_margin
+        return abs(t.A) <= 1e9
     return isinstance(t, TOTAL_MONOTONIC)
 
 
@@ -333,7 +336,8 @@ class EventSpace:
             # Most events (gates near the root): one product over the contiguous matrix,
             # kept for the channel's next gates, costs less than gathering the rows.
             if key not in self._approx_all:
-                self._approx_all[key] = self.sample.events @ weights
+                with np.errstate(over="ignore"):  # ±inf near float32's top: settled exactly
+                    self._approx_all[key] = self.sample.events @ weights
             every = self._approx_all[key]
             if idx.size == every.size and bool(np.all(idx[1:] > idx[:-1])):
                 return every.astype(np.float64), bound  # all events in order: no gather
@@ -497,7 +501,11 @@ class EventSpace:
             Boolean, one per index: exactly the test on transformed values.
         """
         t = self.transform(dim)
-        if not linear_decidable(t, [b for b in (lo, hi) if b is not None]):
+        bounds = [b for b in (lo, hi) if b is not None]
+        inverse = {b: float(t.inverse(np.array([b], dtype=np.float64))[0]) for b in bounds
+                   } if linear_decidable(t, bounds) else {}
+        # A bound whose inverse overflows (arcsinh(x/150) = 800) cannot be compared linearly.
+        if len(inverse) < len(bounds) or not np.isfinite(list(inverse.values())).all():
             v = self.values(dim, idx)
             ok = np.ones(idx.size, bool)
             if lo is not None:
@@ -511,7 +519,7 @@ class EventSpace:
         for bound, is_lo in ((lo, True), (hi, False)):
             if bound is None:
                 continue
-            r = float(t.inverse(np.array([bound], dtype=np.float64))[0])
+            r = inverse[bound]
             m = transform_margin(r) + err
             if is_lo:
                 ok &= ~(x < r - m)  # NaN stays unsure and is settled exactly below
@@ -556,11 +564,15 @@ class EventSpace:
         if not sides:
             return np.ones(idx.size, bool)
         x, err = self.approx_linear_at(dim, idx)
+        # ±inf from the float32 product (values near its maximum) may be finite exactly: kept
+        finite = np.isfinite(x)
         keep = np.ones(idx.size, bool)
         if lo in sides:
             r = float(t.inverse(np.array([lo]))[0])
-            keep &= ~(x < r - transform_margin(r) - err)
+            if np.isfinite(r):
+                keep &= ~((x < r - transform_margin(r) - err) & finite)
         if hi in sides:
             r = float(t.inverse(np.array([hi]))[0])
-            keep &= ~(x > r + transform_margin(r) + err)
+            if np.isfinite(r):
+                keep &= ~((x > r + transform_margin(r) + err) & finite)
         return keep
