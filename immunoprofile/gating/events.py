@@ -13,6 +13,7 @@ caches hold the events computed, not every event of the file.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -65,6 +66,7 @@ def total_monotonic(t: Transform) -> bool:
     return isinstance(t, TOTAL_MONOTONIC)
 
 
+@functools.lru_cache(maxsize=256)  # biex's answer reads its 4,097-point table: once per setting
 def increasing_between(t: Transform) -> tuple[float, float] | None:
     """The open interval of transformed values on which ``t`` is strictly increasing, or None.
 
