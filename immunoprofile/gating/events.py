@@ -105,6 +105,30 @@ def linear_decidable(t: Transform, bounds) -> bool:
     return between is not None and all(between[0] < b < between[1] for b in bounds)
 
 
+def linear_bounds(t: Transform, bounds) -> np.ndarray | None:
+    """The bounds (transformed scale) taken back to linear values, or None when one of them
+    cannot be decided there: outside the part where ``t`` increases
+    (:func:`linear_decidable`), or with an inverse that overflows (arcsinh(x/150) = 800).
+
+    Parameters
+    ----------
+    t
+        A transform as applied to a channel.
+    bounds
+        Values on the transformed scale.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float64, one per bound.
+    """
+    if not linear_decidable(t, bounds):
+        return None
+    with np.errstate(all="ignore"):
+        linear = np.asarray(t.inverse(np.asarray(bounds, dtype=np.float64)), dtype=np.float64)
+    return linear if np.all(np.isfinite(linear)) else None
+
+
 def transform_margin(r: np.ndarray | float) -> np.ndarray | float:
     """How near a bound taken back to linear values (``r``) an event must be decided exactly.
 
@@ -503,11 +527,9 @@ class EventSpace:
             Boolean, one per index: exactly the test on transformed values.
         """
         t = self.transform(dim)
-        bounds = [b for b in (lo, hi) if b is not None]
-        inverse = {b: float(t.inverse(np.array([b], dtype=np.float64))[0]) for b in bounds
-                   } if linear_decidable(t, bounds) else {}
-        # A bound whose inverse overflows (arcsinh(x/150) = 800) cannot be compared linearly.
-        if len(inverse) < len(bounds) or not np.isfinite(list(inverse.values())).all():
+        sides = [(b, is_lo) for b, is_lo in ((lo, True), (hi, False)) if b is not None]
+        linear = linear_bounds(t, [b for b, _ in sides])
+        if linear is None:
             v = self.values(dim, idx)
             ok = np.ones(idx.size, bool)
             if lo is not None:
@@ -518,10 +540,7 @@ class EventSpace:
         x, err = self.approx_linear_at(dim, idx)
         ok = np.ones(idx.size, bool)
         unsure = np.zeros(idx.size, bool)
-        for bound, is_lo in ((lo, True), (hi, False)):
-            if bound is None:
-                continue
-            r = inverse[bound]
+        for (_, is_lo), r in zip(sides, linear):
             m = transform_margin(r) + err
             if is_lo:
                 ok &= ~(x < r - m)  # NaN stays unsure and is settled exactly below
@@ -562,19 +581,14 @@ class EventSpace:
         """
         t = self.transform(dim)
         # A side whose bound cannot be decided on linear values keeps every event there.
-        sides = [b for b in (lo, hi) if np.isfinite(b) and linear_decidable(t, [b])]
+        sides = [(float(r[0]), sign) for b, sign in ((lo, -1.0), (hi, 1.0))
+                 if np.isfinite(b) and (r := linear_bounds(t, [b])) is not None]
         if not sides:
             return np.ones(idx.size, bool)
         x, err = self.approx_linear_at(dim, idx)
         # ±inf from the float32 product (values near its maximum) may be finite exactly: kept
         finite = np.isfinite(x)
         keep = np.ones(idx.size, bool)
-        if lo in sides:
-            r = float(t.inverse(np.array([lo]))[0])
-            if np.isfinite(r):
-                keep &= ~((x < r - transform_margin(r) - err) & finite)
-        if hi in sides:
-            r = float(t.inverse(np.array([hi]))[0])
-            if np.isfinite(r):
-                keep &= ~((x > r + transform_margin(r) + err) & finite)
+        for r, sign in sides:
+            keep &= ~((sign * (x - r) > transform_margin(r) + err) & finite)
         return keep

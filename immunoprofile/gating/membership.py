@@ -24,7 +24,7 @@ from numba import njit
 from immunoprofile._pool import in_threads
 from immunoprofile.errors import TemplateError
 from immunoprofile.gating import _grid2d
-from immunoprofile.gating.events import EventSpace, linear_decidable, transform_margin
+from immunoprofile.gating.events import EventSpace, linear_bounds, transform_margin
 from immunoprofile.template.model import EllipseGate, Gate, PolygonGate, RectangleGate
 
 _BLOCK = 1 << 16  # points per call of FlowUtils' polygon and ellipse tests
@@ -105,12 +105,8 @@ def _axis(space: EventSpace, dim, bounds: np.ndarray) -> tuple | None:
     """(float64 weights, the bounds on the linear scale, their margins) of one axis, or None
     when the axis cannot be decided in linear space."""
     weights = space.linear_weights(dim)
-    t = space.transform(dim)
-    if weights is None or not linear_decidable(t, bounds):
-        return None
-    with np.errstate(all="ignore"):
-        linear = np.asarray(t.inverse(np.asarray(bounds, dtype=np.float64)), dtype=np.float64)
-    if not np.all(np.isfinite(linear)) or np.any(np.diff(linear) <= 0):
+    linear = None if weights is None else linear_bounds(space.transform(dim), bounds)
+    if linear is None or np.any(np.diff(linear) <= 0):
         return None
     return weights[0], linear, transform_margin(linear) + weights[1] * _FLOAT64
 
@@ -135,6 +131,7 @@ def _grid_plan(space: EventSpace, gate: Gate) -> tuple | None:
     return (*axes[0], *axes[1]), _cells(shape)
 
 
+@functools.lru_cache(maxsize=256)  # an ellipse's box inverts its form: once per gate
 def _grids(shape: tuple) -> tuple[np.ndarray, np.ndarray] | None:
     """The cell edges on the gate's own (transformed) axes: its box cut evenly."""
     if shape[0] == "polygon":
