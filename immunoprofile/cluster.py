@@ -182,7 +182,8 @@ def cluster_run(
 
     # Pass 2: each sample's events in a random order, the first n kept, pooled per panel.
     rng = np.random.default_rng(seed)
-    by_panel: dict[str, list[tuple[Path, ad.AnnData | None]]] = {}
+    drawn: dict[str, list[ad.AnnData]] = {}
+    paths_of: dict[str, list[Path]] = {}
     for path in files:
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
@@ -191,16 +192,14 @@ def cluster_run(
         keep = [rng.permutation(idx)[:n] for _, idx in
                 adata.obs.groupby("sample_id", observed=True).indices.items()]
         if keep:
-            by_panel.setdefault(panel_of[path], []).append(
-                (path, _lean(adata, np.concatenate(keep))))
+            drawn.setdefault(panel_of[path], []).append(_lean(adata, np.concatenate(keep)))
+            paths_of.setdefault(panel_of[path], []).append(path)
         del adata
 
     counts, annotations, agreements = [], [], []
-    pools = {}
-    for panel in list(by_panel):
-        pools[panel] = ad.concat([p for _, p in by_panel[panel]], merge="same",
-                                 uns_merge="first")
-        by_panel[panel] = [(path, None) for path, _ in by_panel[panel]]  # parts pooled: freed
+    # each panel's drawn parts freed as soon as they are pooled
+    pools = {panel: ad.concat(drawn.pop(panel), merge="same", uns_merge="first")
+             for panel in list(drawn)}
 
     def fit(pooled: ad.AnnData) -> None:
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
@@ -210,10 +209,10 @@ def cluster_run(
     # seeded on its own, so the clusters are those of one panel after another.
     with ThreadPoolExecutor(max_workers=min(len(pools), os.cpu_count() or 1) or 1) as pool:
         list(pool.map(fit, pools.values()))
-    for panel, parts in by_panel.items():
+    for panel, paths in paths_of.items():
         pooled = pools[panel]
         cross = None
-        for path, _ in parts:  # pass 3: map every event, write its labels beside the file
+        for path in paths:  # pass 3: map every event, write its labels beside the file
             adata = _read_without_layers(path)
             flowsom_map(adata, pooled, key=KEY)
             result.h5ad.append(_write_labels(run, path, adata))
