@@ -406,3 +406,43 @@ def test_scatter_skips_debris_and_is_stable_when_a_few_events_change() -> None:
         assert res.gate_positions["Lymphocytes"]["placed"]["center_x"] > 22_800  # not debris
         counts.append(int(res.counts.set_index("population").loc["Lymphocytes", "count"]))
     assert (max(counts) - min(counts)) / np.mean(counts) < 0.05, counts
+
+
+def test_among_finds_the_cut_on_another_population_and_applies_it_to_the_parent(
+        tmp_path) -> None:
+    """`among:` the cut is found on the parent's events that also belong to a population gated
+    earlier (the lymphocytes), then applied to every event of the parent (lymphocytes and
+    blasts): autofluorescent monocytes, which widen the CD19− peak, no longer move the cut
+    into the CD19-dim blasts, and the blasts outside the lymphocyte gate are still gated."""
+    rng = np.random.default_rng(11)
+    n_lym, n_mono, n_blast = 16_000, 10_000, 600
+    ssc = np.concatenate([rng.normal(15_000, 3_000, n_lym), rng.normal(50_000, 6_000, n_mono),
+                          rng.normal(40_000, 2_000, n_blast)])
+    cd19 = np.concatenate([
+        np.where(rng.random(n_lym) < 0.15, rng.normal(4.5, 0.4, n_lym),
+                 rng.normal(0.3, 0.5, n_lym)),
+        rng.normal(0.7, 0.5, n_mono),       # CD19− but autofluorescent
+        rng.normal(2.2, 0.25, n_blast)])    # CD19-dim blasts, outside the lymphocyte gate
+    cols = {"FSC-A": rng.normal(70_000, 8_000, ssc.size), "SSC-A": ssc, "CD19": _lin(cd19)}
+    spec = """
+  - name: Lymphocytes
+    gate: {range: {SSC-A: [null, 30000]}}
+  - name: B cells
+    parent: Lymphocytes
+    gate: {range: {CD19: [2.2, null]}}
+    adaptive: {method: tail, window: [1.0, 4.0], side: high, prefer_valley: false}
+  - name: B lineage
+    gate: {range: {CD19: [2.2, null]}}
+    adaptive: {method: tail, window: [1.0, 4.0], side: high, prefer_valley: false%s}
+"""
+    res = _gate(tmp_path, cols, spec % ", among: Lymphocytes")
+    pos = res.gate_positions
+    assert pos["B lineage"]["placed"]["CD19"] == pos["B cells"]["placed"]["CD19"]
+    assert pos["B lineage"]["n_events"] == ssc.size  # applied to every event of the parent
+    blasts = np.arange(ssc.size) >= n_lym + n_mono
+    kept = (res.membership["B lineage"] & blasts).sum() / n_blast
+    alone = _gate(tmp_path, cols, spec % "")
+    assert alone.gate_positions["B lineage"]["placed"]["CD19"] \
+        > pos["B lineage"]["placed"]["CD19"] + 0.3
+    kept_alone = (alone.membership["B lineage"] & blasts).sum() / n_blast
+    assert kept >= 0.95 and kept > kept_alone + 0.15, (kept, kept_alone)

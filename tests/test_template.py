@@ -117,10 +117,26 @@ def test_duplicate_id() -> None:
     assert "population 'T cells': duplicate name" in _problems(spec)
 
 
-def test_pct_of_must_be_an_ancestor() -> None:
+def test_pct_of_names_any_population_of_the_template() -> None:
+    """As FlowJo's frequency of any gate: a sibling works (the plasma template quotes its
+    plasmablasts, gated from lymphocytes and blasts, against the lymphocyte gate's B cells);
+    an unknown name is an error that says which."""
     spec = _with()
     spec["populations"][3]["pct_of"] = ["T cells"]
-    assert "'T cells' is not an ancestor of 'Not T'" in _problems(spec)
+    t = template_from_dict(spec)
+    assert t["Not T"].pct_of == ("T cells",)
+    spec["populations"][3]["pct_of"] = ["B cells"]
+    assert "population 'Not T'.pct_of: unknown population 'B cells'" in _problems(spec)
+
+
+def test_adaptive_references_must_name_populations() -> None:
+    """An unknown `reference` or `among` is reported (it used to hang the ordering)."""
+    for key in ("reference", "among"):
+        spec = _with()
+        spec["populations"][1]["adaptive"] = {"method": "tail", key: "Nope",
+                                              "window": [1, 3], "side": "low"}
+        assert f"population 'T cells'.adaptive.{key}: unknown population 'Nope'" \
+            in _problems(spec)
 
 
 def test_yaml_round_trip_gives_same_membership(tmp_path: Path) -> None:

@@ -193,7 +193,9 @@ class Placer:
         if key in self._groups:
             return self._groups[key]
         dims = spec.get("dims") or {pop.gate.dims[0].marker: {}}
-        shared = {k: v for k, v in spec.items() if k not in ("method", "dims", "within")}
+        shared = {k: v for k, v in spec.items()
+                  if k not in ("method", "dims", "within", "among")}
+        idx = self._among(pop, idx, spec.get("among"))
         cuts: dict[str, float] = {}
         info: dict[str, dict] = {}
         problems = []
@@ -213,6 +215,19 @@ class Placer:
         out = {"cuts": cuts, "info": info, "partial": "; ".join(problems)}
         self._groups[key] = out
         return out
+
+    def _among(self, pop: Population, idx: np.ndarray, other: str | None) -> np.ndarray:
+        """The events of ``idx`` that also belong to population ``other`` (gated earlier):
+        a cut found on the cells a gater would look at, while the gate applies to more (B
+        cells cut on CD19 where the lymphocytes' CD19− peak ends, applied to lymphocytes and
+        blasts, whose monocytes would move that end)."""
+        if other is None:
+            return idx
+        member = self.membership.get(str(other))
+        if member is None:
+            raise TemplateError(f"population {pop.name!r}: among: {other!r} is not a "
+                                "population gated before it")
+        return idx[member[idx]]
 
     def _within(self, gate: Gate, idx: np.ndarray, ranges: dict | None) -> np.ndarray:
         """The events of ``idx`` inside ``{marker: [lo, hi]}`` ranges of the gate's dims."""

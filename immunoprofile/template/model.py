@@ -372,13 +372,14 @@ class Template:
         -------
         list of str
             Its parent, the populations a Boolean gate refers to and an adaptive gate's
-            ``reference`` (direct dependencies only, possibly repeated).
+            ``reference`` or ``among`` (direct dependencies only, possibly repeated).
         """
         deps = [pop.parent] if pop.parent else []
         if isinstance(pop.gate, BooleanGate):
             deps += [ref for ref, _ in pop.gate.refs]
-        if pop.adaptive and pop.adaptive.get("reference"):
-            deps.append(str(pop.adaptive["reference"]))
+        for key in ("reference", "among"):
+            if pop.adaptive and pop.adaptive.get(key):
+                deps.append(str(pop.adaptive[key]))
         return deps
 
     def needed_markers(self, name: str) -> set[str]:

@@ -531,16 +531,15 @@ def _check_structure(t: Template, problems: _Problems, *, declared: bool) -> Non
         for ref in p.pct_of:
             if ref not in seen:
                 problems.add(f"{where}.pct_of", f"unknown population {ref!r}")
+        for key in ("reference", "among"):
+            ref = (p.adaptive or {}).get(key)
+            if ref is not None and str(ref) not in names:
+                problems.add(f"{where}.adaptive.{key}",
+                             f"unknown population {ref!r} (known: {', '.join(names)})")
     if t.compensation not in ("file", "none", *t.comp_matrices) \
             and not Path(t.compensation).suffix:
         problems.add("compensation", "use 'file', 'none' or a path to a matrix file")
     _check_cycles(t, problems)
-    if not problems:
-        for p in t.populations:
-            for ref in p.pct_of:
-                if ref != p.name and ref not in _ancestors(t, p.name):
-                    problems.add(f"population {p.name!r}.pct_of",
-                                 f"{ref!r} is not an ancestor of {p.name!r}")
     used = set(t.markers())
     for marker in t.transforms:
         if marker != "default" and declared and marker not in set(t.required_markers) | set(
@@ -592,6 +591,9 @@ def ordered_populations(t: Template) -> Template:
                 done[p.name] = p
                 pending.remove(p)
                 break
+        else:  # unknown names or a cycle, reported by the checks: keep the file's order
+            done.update((p.name, p) for p in pending)
+            break
     t.populations = list(done.values())
     return t
 
