@@ -64,7 +64,7 @@ def tail(tmp: Path) -> None:
 def relative(tmp: Path) -> None:
     sample = _tube("bcell", "fortessa", tmp, seed=6)
     res = ip.gate_sample(sample, "plasma")
-    b = "B cells"
+    b = "B lineage"  # the plasmablasts' parent: B cells and blasts
     x, y = _values(res, sample, b, "CD20"), _values(res, sample, b, "CD38")
     p = res.gate_positions["Plasmablasts"]["placed"]
     fig, ax = plt.subplots(figsize=(5, 4))
