@@ -23,6 +23,7 @@ from immunoprofile._version import __version__
 from immunoprofile.batch import BatchSettings, events_for_sample
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
+from immunoprofile.tables import read_parquet_columns, read_parquet_schema
 
 
 def RunFolder(run_dir: str | Path | Run) -> Run:
@@ -69,15 +70,15 @@ def _parent_column(columns: list[str], population: str | None, templates: dict) 
     return hits[0]
 
 
-def _deepest(frame: pd.DataFrame, member_cols: list[str], templates: dict) -> np.ndarray:
+def _deepest(members: np.ndarray, member_cols: list[str], templates: dict) -> np.ndarray:
     """Per event, the deepest population it is a member of (ties: template order)."""
-    label = np.full(len(frame), "", dtype=object)
-    best = np.full(len(frame), -1)
-    for col in member_cols:
+    label = np.full(len(members), "", dtype=object)
+    best = np.full(len(members), -1)
+    for j, col in enumerate(member_cols):
         tname, pop = col.split("/", 1)
         template = templates.get(tname)
         depth = template.depth(pop) if template is not None and pop in template else 0
-        hit = frame[col].to_numpy(bool) & (depth > best)
+        hit = members[:, j] & (depth > best)
         label[hit] = pop
         best[hit] = depth
     return label
@@ -142,59 +143,83 @@ def timepoint_anndata(
     templates = run.templates()
     rng = np.random.default_rng(seed)
 
-    frames, channels, parent_col = [], {}, None
-    for _, s in samples.iterrows():
-        frame, meta = run.events(s["sample_id"])
-        parent_col = _parent_column(list(frame.columns), population, templates)
-        frame = frame[frame[parent_col].to_numpy(bool)]
-        frames.append((s, frame))
+    # First pass: each sample's columns, channels and parent-population size (one column
+    # read), so the subsample is drawn before any sample's events are held.
+    columns: dict[str, None] = {}
+    channels: dict[str, set] = {}
+    parent_col, sizes = None, []
+    for sid in samples["sample_id"]:
+        names, meta = read_parquet_schema(run.events_path(sid))
+        parent_col = _parent_column(names, population, templates)
+        sizes.append(int(np.count_nonzero(read_parquet_columns(
+            run.events_path(sid), [parent_col])[parent_col].to_numpy(bool))))
+        columns.update(dict.fromkeys(names))
         for marker, pnn in meta.get("channels", {}).items():
             channels.setdefault(marker, set()).add(pnn)
-    available = min(len(f) for _, f in frames)
+    available = min(sizes)
     if n_per_sample is None:
         n_per_sample = available
-    kept_limit = max(len(f) for _, f in frames)
-    if n_per_sample > kept_limit and not proportional:
-        frames = _regate(run, frames, n_per_sample, parent_col, seed)
-
-    # Pieces hold event columns only: each sample's sheet metadata is expanded once, in
-    # _to_anndata, from the events' sample positions. Broadcasting it into every piece cost
-    # ~40% of the time for 200 samples x 10k events (pandas checks all-NA object columns
-    # value by value when concatenating) and a third of the peak memory.
-    pieces, sizes = [], []
-    while frames:
-        _, frame = frames.pop(0)  # drop each sample's kept events once its subsample is taken
+    regated = None
+    if n_per_sample > max(sizes) and not proportional:
+        regated = _regate(run, samples, n_per_sample, parent_col, seed)
+        sizes = [len(f) for f in regated]
+        columns = dict.fromkeys(c for f in regated for c in f.columns)
+    picks = []
+    for n in sizes:
         if proportional:
-            k = round(len(frame) * min(1.0, n_per_sample / max(available, 1)))
+            k = round(n * min(1.0, n_per_sample / max(available, 1)))
         else:
-            k = min(n_per_sample, len(frame))
-        pick = np.sort(rng.choice(len(frame), k, replace=False)) if k < len(frame) \
-            else np.arange(len(frame))
-        pieces.append(frame.iloc[pick])
-        sizes.append(k)
-    events = pd.concat(pieces, ignore_index=True)
-    del pieces
-    sample_pos = np.repeat(np.arange(len(sizes)), sizes)
-    return _to_anndata(events, samples.reset_index(drop=True), sample_pos, channels,
-                       templates, parent_col, {
+            k = min(n_per_sample, n)
+        picks.append(np.sort(rng.choice(n, k, replace=False)) if k < n else np.arange(n))
+
+    # Second pass: one sample's events at a time, straight into the output arrays (holding
+    # every sample's kept events, then their subsamples and their concatenation, took ~3x
+    # the output's memory).
+    markers = [c.split("/", 1)[1] for c in columns if c.startswith("transformed/")]
+    member_cols = [c for c in columns if "/" in c
+                   and not c.startswith(("transformed/", "compensated/"))]
+    total = sum(len(p) for p in picks)
+    X = np.full((total, len(markers)), np.nan, dtype=np.float32)
+    comp = np.full((total, len(markers)), np.nan, dtype=np.float32)
+    members = np.zeros((total, len(member_cols)), dtype=bool)
+    event_index = np.zeros(total, dtype=np.int64)
+    start = 0
+    for i, sid in enumerate(samples["sample_id"]):
+        if regated is not None:
+            frame, regated[i] = regated[i], None
+        else:
+            frame, _ = run.events(sid)
+            frame = frame[frame[parent_col].to_numpy(bool)]
+        rows = slice(start, start + len(picks[i]))
+        frame = frame.iloc[picks[i]]
+        for j, m in enumerate(markers):
+            if f"transformed/{m}" in frame.columns:
+                X[rows, j] = frame[f"transformed/{m}"].to_numpy(np.float32)
+            if f"compensated/{m}" in frame.columns:
+                comp[rows, j] = frame[f"compensated/{m}"].to_numpy(np.float32)
+        for j, col in enumerate(member_cols):  # a gate the sample lacks: not a member
+            if col in frame.columns:
+                members[rows, j] = frame[col].to_numpy(bool)
+        event_index[rows] = frame["event_index"].to_numpy(np.int64)
+        start = rows.stop
+    sample_pos = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
+    return _to_anndata(X, comp, markers, event_index, members, member_cols,
+                       samples.reset_index(drop=True), sample_pos, channels, templates,
+                       parent_col, {
         "timepoint": str(timepoint), "panel": panel or (panels.iloc[0] if len(panels) else ""),
         "population": parent_col, "n_per_sample": int(n_per_sample),
         "proportional": proportional, "seed": seed}, run)
 
 
-def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, sample_pos: np.ndarray,
-                channels: dict, templates: dict, parent_col: str, params: dict,
-                run: Run) -> ad.AnnData:
-    """``sample_pos``: each event's row in ``samples`` (whose metadata it gets)."""
-    markers = [c.split("/", 1)[1] for c in events.columns if c.startswith("transformed/")]
-    # Markers some tubes of the panel lack stay NaN for those samples.
-    X = events[[f"transformed/{m}" for m in markers]].to_numpy(np.float32)
-    comp = events[[f"compensated/{m}" for m in markers]].to_numpy(np.float32)
-    member_cols = [c for c in events.columns if "/" in c
-                   and not c.startswith(("transformed/", "compensated/"))]
+def _to_anndata(X: np.ndarray, comp: np.ndarray, markers: list[str], event_index: np.ndarray,
+                members: np.ndarray, member_cols: list[str], samples: pd.DataFrame,
+                sample_pos: np.ndarray, channels: dict, templates: dict, parent_col: str,
+                params: dict, run: Run) -> ad.AnnData:
+    """``sample_pos``: each event's row in ``samples`` (whose metadata it gets); ``members``:
+    events × ``member_cols`` gate membership."""
     sample_ids = samples["sample_id"].astype(str).to_numpy()
     obs = pd.DataFrame(index=pd.Index([f"{sid}:{i}" for sid, i in
-                                       zip(sample_ids[sample_pos], events["event_index"])],
+                                       zip(sample_ids[sample_pos], event_index)],
                                       name="cell"))
     obs["sample_id"] = pd.Categorical.from_codes(sample_pos, categories=list(sample_ids))
     # Per-sample values are converted once (one value per sample), then taken per event.
@@ -209,11 +234,10 @@ def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, sample_pos: np.ndar
             obs[col] = src.to_numpy()[sample_pos]
         else:
             obs[col] = pd.Categorical(src.astype(str).to_numpy()[sample_pos])
-    obs["event_index"] = events["event_index"].to_numpy(np.int64)
-    for col in member_cols:
-        obs[col] = events[col].to_numpy(bool)
-    labels = _deepest(events, member_cols, templates)
-    obs["population"] = pd.Categorical(labels)
+    obs["event_index"] = event_index
+    for j, col in enumerate(member_cols):
+        obs[col] = members[:, j]
+    obs["population"] = pd.Categorical(_deepest(members, member_cols, templates))
     var = pd.DataFrame(index=pd.Index(markers, name="marker"))
     var["channel"] = [";".join(sorted(channels.get(m, []))) for m in markers]
     adata = ad.AnnData(X=X, obs=obs, var=var, layers={"compensated": comp})
@@ -226,17 +250,19 @@ def _to_anndata(events: pd.DataFrame, samples: pd.DataFrame, sample_pos: np.ndar
     return adata
 
 
-def _regate(run: Run, frames: list, n: int, parent_col: str, seed: int) -> list:
-    """More events than the run kept: re-read, re-QC and re-gate each file."""
+def _regate(run: Run, samples: pd.DataFrame, n: int, parent_col: str, seed: int
+            ) -> list[pd.DataFrame]:
+    """More events than the run kept: re-read, re-QC and re-gate each file (the parent
+    population's events of each sample, in sheet order)."""
     settings = BatchSettings(**{**run.manifest.get("settings", {}), "keep_events": n,
                                 "seed": seed})
     templates = list(run.templates().values())
     paths = {i["sample_id"]: i["path"] for i in run.manifest.get("inputs", [])}
     out = []
-    for s, _ in frames:
+    for _, s in samples.iterrows():
         row = {**s.to_dict(), "path": paths[s["sample_id"]]}
         frame = events_for_sample(row, templates, settings)
-        out.append((s, frame[frame[parent_col].to_numpy(bool)]))
+        out.append(frame[frame[parent_col].to_numpy(bool)])
     return out
 
 

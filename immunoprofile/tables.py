@@ -343,6 +343,49 @@ def read_parquet_with_meta(path: Path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
+def read_parquet_schema(path: Path) -> tuple[list[str], dict]:
+    """The column names of a Parquet file and its ``immunoprofile`` metadata, without reading
+    its data.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    (columns, metadata)
+        As :func:`read_parquet_with_meta` gives them, the table's column names only.
+    """
+    schema = pq.read_schema(path)
+    meta = json.loads((schema.metadata or {}).get(b"immunoprofile", b"{}"))
+    return [n for n in schema.names if n not in _pandas_index_names(schema)], meta
+
+
+def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Some columns of a Parquet file (the others are not read).
+
+    Parameters
+    ----------
+    path
+        The file.
+    columns
+        Column names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Those columns.
+    """
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def _pandas_index_names(schema: pa.Schema) -> set[str]:
+    """Columns that store a pandas index (``__index_level_0__``), not table columns."""
+    pandas_meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
+    return {c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)}
+
+
 def csv_writer(table: pd.DataFrame, *, schema: tuple[Column, ...] | str | None = None,
                where: str = "table") -> Callable[[Path], None]:
     """What :func:`write_csv` writes, as a function of the file to write it to.

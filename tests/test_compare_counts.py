@@ -173,3 +173,31 @@ def test_headlines_count_exploratory_findings_on_the_main_question() -> None:
     lines = headline_findings(table, endpoints=["Treg"])["IL2"]
     assert lines[0].startswith("Treg up") and "within the arm" in lines[0]
     assert lines[-1].startswith("1 other population")
+
+
+def test_a_reference_the_template_quotes_is_tested_even_when_not_an_ancestor() -> None:
+    """pct_of may name a non-ancestor (the plasma template's plasmablasts, gated from
+    lymphocytes and blasts, per live lymphocyte): the frequency among it is tested when the
+    table quotes it (`pct_of_<reference>`) and its counts are never below the population's;
+    a population not quoted against it is not."""
+    sim = simulate_counts(seed=2).subsets
+    live = sim[sim["population"] == "Treg"].copy()
+    live["population"], live["count"] = "Live lymphocytes", live["parent_count"] * 10
+    live["parent_count"] = live["count"] * 2
+    table = pd.concat([sim, live], ignore_index=True)
+    pb = table["population"] == "Plasmablasts"
+    table.loc[pb, "parent"] = "B lineage"
+    by_sample = live.set_index("sample_id")["count"]
+    table.loc[pb, "pct_of_live_lymphocytes"] = (
+        100 * table.loc[pb, "count"] / table.loc[pb, "sample_id"].map(by_sample))
+    da = ip.tl.differential_abundance(table, control="SOC", baseline="W0",
+                                      reference=("parent", "Live lymphocytes"))
+    among_live = set(da.loc[da["reference"] == "Live lymphocytes", "population"])
+    assert among_live == {"Plasmablasts"}
+    # counts above the reference's somewhere: no binomial frequency, no rows
+    first = pb & (table["sample_id"] == table.loc[pb, "sample_id"].iloc[0])
+    table.loc[first, "parent_count"] = 10**9
+    table.loc[first, "count"] = 10**8
+    da = ip.tl.differential_abundance(table, control="SOC", baseline="W0",
+                                      reference=("parent", "Live lymphocytes"))
+    assert "Live lymphocytes" not in set(da["reference"])

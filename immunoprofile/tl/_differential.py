@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.gating import slug
 from immunoprofile.tl._glmm import binomial_glmm_fitter
 from immunoprofile.tl._models import (
     RESULT_COLUMNS,
@@ -112,7 +113,9 @@ def differential_abundance(
         counts, which the parent does not when the parent moves too), and ``"absolute"``
         (cells/µL, where the table has ``abs_per_ul``; skipped where it has none). Each
         reference gives its own rows (column ``reference``); a population is not tested
-        against itself or a reference it is not part of.
+        against itself or a reference it is not part of (an ancestor, or a population the
+        template quotes it against, ``pct_of_<reference>`` in the table, whose counts are
+        never below its own).
     populations
         Restrict to these populations (all by default).
     model
@@ -166,8 +169,8 @@ def differential_abundance(
                 continue
             if ref_name == "parent":
                 n = rows["parent_count"].astype(float).to_numpy()
-            elif ref_name == population or ref_name not in ancestry.get((template, population),
-                                                                         ()):
+            elif ref_name == population or not _quoted_against(
+                    rows, ref_name, ancestry.get((template, population), set())):
                 continue
             else:
                 ref = table[(table["template"] == template) & (table["population"] == ref_name)]
@@ -175,6 +178,8 @@ def differential_abundance(
                 n = n.to_numpy()
                 if ref_name == rows["parent"].iloc[0]:
                     continue  # the parent already gives these rows
+                if (rows["count"].astype(float).to_numpy() > n).any():
+                    continue  # not an ancestor and not always larger: no binomial frequency
             frame, note = _abundance_frame(rows, n, design)
             if model == "glmm_binomial":
                 jobs.append((frame, design, GLMM_MODEL, {
@@ -297,6 +302,17 @@ def _abundance_frame(rows: pd.DataFrame, n: np.ndarray, design: Design
     median = float(np.nanmedian(np.where(ok, count, np.nan))) if ok.any() else 0.0
     note = f"rare population (median count {median:g})" if median < RARE_MEDIAN_COUNT else ""
     return frame, note
+
+
+def _quoted_against(rows: pd.DataFrame, reference: str, ancestors: set[str]) -> bool:
+    """Whether a population's frequency among ``reference`` is a question: an ancestor, or
+    a population its template quotes it against (``pct_of`` may name a non-ancestor: the
+    plasma template's plasmablasts, gated from lymphocytes and blasts, per live
+    lymphocyte)."""
+    if reference in ancestors:
+        return True
+    column = f"pct_of_{slug(reference)}"
+    return column in rows.columns and bool(rows[column].notna().any())
 
 
 def _ancestry(table: pd.DataFrame) -> dict[tuple[str, str], set[str]]:
