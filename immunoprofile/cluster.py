@@ -188,7 +188,7 @@ def cluster_run(
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
             continue
-        adata = _read_without_layers(path)
+        adata = _read_lean(path)
         keep = [rng.permutation(idx)[:n] for _, idx in
                 adata.obs.groupby("sample_id", observed=True).indices.items()]
         if keep:
@@ -213,7 +213,7 @@ def cluster_run(
         pooled = pools[panel]
         cross = None
         for path in paths:  # pass 3: map every event, write its labels beside the file
-            adata = _read_without_layers(path)
+            adata = _read_lean(path)
             flowsom_map(adata, pooled, key=KEY)
             result.h5ad.append(_write_labels(run, path, adata))
             counts.append(_sample_counts(adata, panel))
@@ -273,19 +273,26 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _read_without_layers(path: Path) -> ad.AnnData:
-    """A timepoint's ``X``, ``obs``, ``var`` and ``uns``: mapping reads no layer (the
-    compensated values would double the file's memory)."""
+#: The obs columns clustering reads: each event's sample and deepest gate.
+_OBS_READ = ("sample_id", "population")
+
+
+def _read_lean(path: Path) -> ad.AnnData:
+    """A timepoint's ``X``, ``var``, ``uns`` and, of ``obs``, its names, samples and deepest
+    gates: clustering reads no layer and no gate column (the compensated values and the
+    ~40 gate columns were most of a file's memory)."""
     with h5py.File(path, "r") as f:
-        return ad.AnnData(**{k: read_elem(f[k]) for k in ("X", "obs", "var", "uns") if k in f})
+        group = f["obs"]
+        index = read_elem(group[group.attrs["_index"]])
+        obs = pd.DataFrame({c: read_elem(group[c]) for c in _OBS_READ if c in group},
+                           index=pd.Index(index, name=group.attrs["_index"]))
+        return ad.AnnData(X=read_elem(f["X"]), obs=obs,
+                          **{k: read_elem(f[k]) for k in ("var", "uns") if k in f})
 
 
 def _lean(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
-    """The rows of ``adata`` with what fitting and annotating read: ``X``, the sample and
-    population of each event, ``var`` and ``uns`` (not the layers, nor every gate's column:
-    most of a timepoint's memory, and the pool held them for every file)."""
-    obs = adata.obs[[c for c in ("sample_id", "population") if c in adata.obs.columns]]
-    return ad.AnnData(X=np.asarray(adata.X[rows]), obs=obs.iloc[rows].copy(),
+    """The rows of ``adata`` that fitting and annotating read (``X``, sample, population)."""
+    return ad.AnnData(X=np.asarray(adata.X[rows]), obs=adata.obs.iloc[rows].copy(),
                       var=adata.var.copy(), uns=adata.uns.copy())
 
 
