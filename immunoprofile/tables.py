@@ -339,8 +339,7 @@ def read_parquet_with_meta(path: Path) -> tuple[pd.DataFrame, dict]:
         what the writer added; empty when absent).
     """
     table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(b"immunoprofile", b"{}"))
-    return table.to_pandas(), meta
+    return table.to_pandas(), _stored_meta(table.schema, b"immunoprofile")
 
 
 def read_parquet_schema(path: Path) -> tuple[list[str], dict]:
@@ -350,7 +349,7 @@ def read_parquet_schema(path: Path) -> tuple[list[str], dict]:
     Parameters
     ----------
     path
-        The file.
+        A Parquet file (its footer only is read).
 
     Returns
     -------
@@ -358,8 +357,9 @@ def read_parquet_schema(path: Path) -> tuple[list[str], dict]:
         As :func:`read_parquet_with_meta` gives them, the table's column names only.
     """
     schema = pq.read_schema(path)
-    meta = json.loads((schema.metadata or {}).get(b"immunoprofile", b"{}"))
-    return [n for n in schema.names if n not in _pandas_index_names(schema)], meta
+    index = {c for c in _stored_meta(schema, b"pandas").get("index_columns", [])
+             if isinstance(c, str)}  # a stored pandas index, not a column of the table
+    return [n for n in schema.names if n not in index], _stored_meta(schema, b"immunoprofile")
 
 
 def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -368,9 +368,9 @@ def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
     Parameters
     ----------
     path
-        The file.
+        A Parquet file.
     columns
-        Column names.
+        Names of the columns to read.
 
     Returns
     -------
@@ -380,10 +380,9 @@ def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
     return pq.read_table(path, columns=columns).to_pandas()
 
 
-def _pandas_index_names(schema: pa.Schema) -> set[str]:
-    """Columns that store a pandas index (``__index_level_0__``), not table columns."""
-    pandas_meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
-    return {c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)}
+def _stored_meta(schema: pa.Schema, key: bytes) -> dict:
+    """A JSON entry of a Parquet schema's metadata (empty when absent)."""
+    return json.loads((schema.metadata or {}).get(key, b"{}"))
 
 
 def csv_writer(table: pd.DataFrame, *, schema: tuple[Column, ...] | str | None = None,
