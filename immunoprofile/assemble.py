@@ -23,7 +23,7 @@ from immunoprofile._version import __version__
 from immunoprofile.batch import BatchSettings, events_for_sample
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
-from immunoprofile.tables import read_parquet_columns, read_parquet_schema
+from immunoprofile.tables import read_parquet_arrays, read_parquet_columns, read_parquet_schema
 
 
 def RunFolder(run_dir: str | Path | Run) -> Run:
@@ -185,22 +185,22 @@ def timepoint_anndata(
     event_index = np.zeros(total, dtype=np.int64)
     start = 0
     for i, sid in enumerate(samples["sample_id"]):
-        if regated is not None:
+        if regated is not None:  # already the parent population's events
             frame, regated[i] = regated[i], None
+            cols, at = {c: frame[c].to_numpy() for c in frame.columns}, picks[i]
         else:
-            frame, _ = run.events(sid)
-            frame = frame[frame[parent_col].to_numpy(bool)]
-        rows = slice(start, start + len(picks[i]))
-        frame = frame.iloc[picks[i]]
+            cols = read_parquet_arrays(run.events_path(sid))
+            at = np.flatnonzero(cols[parent_col].astype(bool))[picks[i]]
+        rows = slice(start, start + at.size)
         for j, m in enumerate(markers):
-            if f"transformed/{m}" in frame.columns:
-                X[rows, j] = frame[f"transformed/{m}"].to_numpy(np.float32)
-            if f"compensated/{m}" in frame.columns:
-                comp[rows, j] = frame[f"compensated/{m}"].to_numpy(np.float32)
+            if f"transformed/{m}" in cols:
+                X[rows, j] = cols[f"transformed/{m}"][at]
+            if f"compensated/{m}" in cols:
+                comp[rows, j] = cols[f"compensated/{m}"][at]
         for j, col in enumerate(member_cols):  # a gate the sample lacks: not a member
-            if col in frame.columns:
-                members[rows, j] = frame[col].to_numpy(bool)
-        event_index[rows] = frame["event_index"].to_numpy(np.int64)
+            if col in cols:
+                members[rows, j] = cols[col][at].astype(bool)
+        event_index[rows] = cols["event_index"][at]
         start = rows.stop
     sample_pos = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
     return _to_anndata(X, comp, markers, event_index, members, member_cols,

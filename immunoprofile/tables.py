@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -378,6 +379,24 @@ def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
         Those columns.
     """
     return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_parquet_arrays(path: Path) -> dict[str, np.ndarray]:
+    """A Parquet file's columns as NumPy arrays (no DataFrame is built: numeric columns
+    without nulls are not even copied).
+
+    Parameters
+    ----------
+    path
+        A Parquet file of plain columns (nulls become NaN or None).
+
+    Returns
+    -------
+    dict
+        ``{column: array}`` in the file's order.
+    """
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def _stored_meta(schema: pa.Schema, key: bytes) -> dict:
