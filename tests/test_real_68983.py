@@ -104,8 +104,8 @@ def test_the_run_exported_to_flowjo_gives_flowkit_its_counts(imported, run_name,
 
 def test_plasma_templates_front_on_the_real_file_against_flowjo_b_cells() -> None:
     """The shipped plasma template's first gates (lymphocytes and blasts → singlets → live,
-    cut among the lymphocytes → B lineage, CD3/CD19 cut among the live lymphocytes; and the
-    lymphocyte gate's B cells) on a real file, against the B cells FlowJo's workspace labels
+    cut among the singlet lymphocytes → B lineage, CD3/CD19 cut among the live lymphocytes;
+    and the lymphocyte gate's B cells) on a real file, against the B cells FlowJo's workspace labels
     event by event (gatingResult.csv). The file lacks CD20/CD27/CD38, so plasmablasts are not
     gated; what is shown is that the wider gate recovers B cells the lymphocyte ellipse
     leaves out without taking in other cells."""
@@ -119,8 +119,8 @@ def test_plasma_templates_front_on_the_real_file_against_flowjo_b_cells() -> Non
     from immunoprofile.template.yaml_io import template_from_dict
 
     spec = yaml.safe_load(Path(load_template("plasma").source).read_text())
-    front = ("Lymphocytes and blasts", "Singlets", "Live lymphocytes and blasts", "Lymphocytes",
-             "Live lymphocytes", "B cells", "B lineage")
+    front = ("Lymphocytes", "Singlets", "Live lymphocytes", "B cells", "Lymphocytes and blasts",
+             "Singlet lymphocytes and blasts", "Live lymphocytes and blasts", "B lineage")
     spec["populations"] = [{k: v for k, v in p.items() if k != "pct_of"}
                            for p in spec["populations"] if p["name"] in front]
     spec["markers"] = {"required": ["FSC-A", "SSC-A", "viability", "CD3", "CD19"],

@@ -224,9 +224,8 @@ class Placer:
         if other is None:
             return idx
         member = self.membership.get(str(other))
-        if member is None:
-            raise TemplateError(f"population {pop.name!r}: among: {other!r} is not a "
-                                "population gated before it")
+        if member is None:  # the template names it (checked on loading): not measured here
+            raise _Fallback(f"among: {other!r} was not gated in this sample")
         return idx[member[idx]]
 
     def _within(self, gate: Gate, idx: np.ndarray, ranges: dict | None) -> np.ndarray:
