@@ -12,13 +12,18 @@ compensated ones; ``obs`` carries ``sample_id``, the sample metadata as categori
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
+from anndata.io import write_elem
 
 from immunoprofile._atomic import atomic_write
+from immunoprofile._h5ad_rows import grow_rows, row_datasets
 from immunoprofile._version import __version__
 from immunoprofile.batch import BatchSettings, events_for_sample
 from immunoprofile.errors import ImmunoprofileError
@@ -72,14 +77,20 @@ def _parent_column(columns: list[str], population: str | None, templates: dict) 
 
 def _deepest(members: np.ndarray, member_cols: list[str], templates: dict) -> np.ndarray:
     """Per event, the deepest population it is a member of (ties: template order)."""
-    label = np.full(len(members), "", dtype=object)
+    names = np.array(["", *(c.split("/", 1)[1] for c in member_cols)], dtype=object)
+    return names[_deepest_index(members, member_cols, templates)]
+
+
+def _deepest_index(members: np.ndarray, member_cols: list[str], templates: dict) -> np.ndarray:
+    """As :func:`_deepest`, as 1 + the column's position (0: no gate)."""
+    label = np.zeros(len(members), dtype=np.int32)
     best = np.full(len(members), -1)
     for j, col in enumerate(member_cols):
         tname, pop = col.split("/", 1)
         template = templates.get(tname)
         depth = template.depth(pop) if template is not None and pop in template else 0
         hit = members[:, j] & (depth > best)
-        label[hit] = pop
+        label[hit] = j + 1
         best[hit] = depth
     return label
 
@@ -126,7 +137,42 @@ def timepoint_anndata(
     anndata.AnnData
         Events × markers of the timepoint (see the module's description of the slots).
     """
-    seed = random_state if seed is None else seed
+    plan = _draw_plan(run_dir, timepoint, population=population, panel=panel,
+                      n_per_sample=n_per_sample, proportional=proportional,
+                      seed=random_state if seed is None else seed)
+    total = sum(p.size for p in plan.picks)
+    X = np.full((total, len(plan.markers)), np.nan, dtype=np.float32)
+    comp = np.full((total, len(plan.markers)), np.nan, dtype=np.float32)
+    members = np.zeros((total, len(plan.member_cols)), dtype=bool)
+    event_index = np.zeros(total, dtype=np.int64)
+    for _, rows, drawn in _drawn(plan):
+        X[rows], comp[rows], members[rows], event_index[rows] = drawn
+    sample_pos = np.repeat(np.arange(len(plan.picks)), [p.size for p in plan.picks])
+    return _to_anndata(plan, X, comp, event_index, members, sample_pos)
+
+
+@dataclass
+class _DrawPlan:
+    """What a timepoint's AnnData draws: its samples, the rows of each (``picks``, within its
+    parent population's kept events) and the columns they give."""
+
+    run: Run
+    samples: pd.DataFrame
+    templates: dict
+    channels: dict
+    parent_col: str
+    markers: list[str]
+    member_cols: list[str]
+    picks: list[np.ndarray]
+    regated: list[pd.DataFrame] | None
+    params: dict
+
+
+def _draw_plan(run_dir: str | Path, timepoint: str, *, population: str | None,
+               panel: str | None, n_per_sample: int | None, proportional: bool,
+               seed: int) -> _DrawPlan:
+    """Each sample's columns, channels and parent-population size (one column read), and the
+    rows drawn from it: the subsample is decided before any sample's events are held."""
     run = Run.open(run_dir)
     samples = run.samples()
     samples = samples[samples["timepoint"].astype(str) == str(timepoint)]
@@ -142,12 +188,9 @@ def timepoint_anndata(
         raise ImmunoprofileError(f"no samples of panel {panel!r} at {timepoint!r}")
     templates = run.templates()
     rng = np.random.default_rng(seed)
-
-    # First pass: each sample's columns, channels and parent-population size (one column
-    # read), so the subsample is drawn before any sample's events are held.
     columns: dict[str, None] = {}
     channels: dict[str, set] = {}
-    parent_col, sizes = None, []
+    parent_col, sizes = "", []
     for sid in samples["sample_id"]:
         names, meta = read_parquet_schema(run.events_path(sid))
         parent_col = _parent_column(names, population, templates)
@@ -171,52 +214,53 @@ def timepoint_anndata(
         else:
             k = min(n_per_sample, n)
         picks.append(np.sort(rng.choice(n, k, replace=False)) if k < n else np.arange(n))
+    return _DrawPlan(
+        run=run, samples=samples.reset_index(drop=True), templates=templates,
+        channels=channels, parent_col=parent_col,
+        markers=[c.split("/", 1)[1] for c in columns if c.startswith("transformed/")],
+        member_cols=[c for c in columns if "/" in c
+                     and not c.startswith(("transformed/", "compensated/"))],
+        picks=picks, regated=regated, params={
+            "timepoint": str(timepoint),
+            "panel": panel or (panels.iloc[0] if len(panels) else ""),
+            "population": parent_col, "n_per_sample": int(n_per_sample),
+            "proportional": proportional, "seed": seed})
 
-    # Second pass: one sample's events at a time, straight into the output arrays (holding
-    # every sample's kept events, then their subsamples and their concatenation, took ~3x
-    # the output's memory).
-    markers = [c.split("/", 1)[1] for c in columns if c.startswith("transformed/")]
-    member_cols = [c for c in columns if "/" in c
-                   and not c.startswith(("transformed/", "compensated/"))]
-    total = sum(len(p) for p in picks)
-    X = np.full((total, len(markers)), np.nan, dtype=np.float32)
-    comp = np.full((total, len(markers)), np.nan, dtype=np.float32)
-    members = np.zeros((total, len(member_cols)), dtype=bool)
-    event_index = np.zeros(total, dtype=np.int64)
+
+def _drawn(plan: _DrawPlan) -> Iterator[tuple[int, slice, tuple[np.ndarray, ...]]]:
+    """Per sample, its rows of the output and their ``X``, compensated values, gate
+    membership and event numbers: one sample's events read at a time (holding every
+    sample's kept events, then their subsamples and their concatenation, took ~3x the
+    output's memory)."""
     start = 0
-    for i, sid in enumerate(samples["sample_id"]):
-        if regated is not None:  # already the parent population's events
-            frame, regated[i] = regated[i], None
-            cols, at = {c: frame[c].to_numpy() for c in frame.columns}, picks[i]
+    for i, sid in enumerate(plan.samples["sample_id"]):
+        if plan.regated is not None:  # already the parent population's events
+            frame, plan.regated[i] = plan.regated[i], None
+            cols, at = {c: frame[c].to_numpy() for c in frame.columns}, plan.picks[i]
         else:
-            cols = read_parquet_arrays(run.events_path(sid))
-            at = np.flatnonzero(cols[parent_col].astype(bool))[picks[i]]
-        rows = slice(start, start + at.size)
-        for j, m in enumerate(markers):
+            cols = read_parquet_arrays(plan.run.events_path(sid))
+            at = np.flatnonzero(cols[plan.parent_col].astype(bool))[plan.picks[i]]
+        X = np.full((at.size, len(plan.markers)), np.nan, dtype=np.float32)
+        comp = np.full((at.size, len(plan.markers)), np.nan, dtype=np.float32)
+        for j, m in enumerate(plan.markers):
             if f"transformed/{m}" in cols:
-                X[rows, j] = cols[f"transformed/{m}"][at]
+                X[:, j] = cols[f"transformed/{m}"][at]
             if f"compensated/{m}" in cols:
-                comp[rows, j] = cols[f"compensated/{m}"][at]
-        for j, col in enumerate(member_cols):  # a gate the sample lacks: not a member
+                comp[:, j] = cols[f"compensated/{m}"][at]
+        members = np.zeros((at.size, len(plan.member_cols)), dtype=bool)
+        for j, col in enumerate(plan.member_cols):  # a gate the sample lacks: not a member
             if col in cols:
-                members[rows, j] = cols[col][at].astype(bool)
-        event_index[rows] = cols["event_index"][at]
+                members[:, j] = cols[col][at].astype(bool)
+        rows = slice(start, start + at.size)
         start = rows.stop
-    sample_pos = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
-    return _to_anndata(X, comp, markers, event_index, members, member_cols,
-                       samples.reset_index(drop=True), sample_pos, channels, templates,
-                       parent_col, {
-        "timepoint": str(timepoint), "panel": panel or (panels.iloc[0] if len(panels) else ""),
-        "population": parent_col, "n_per_sample": int(n_per_sample),
-        "proportional": proportional, "seed": seed}, run)
+        yield i, rows, (X, comp, members, cols["event_index"][at].astype(np.int64))
 
 
-def _to_anndata(X: np.ndarray, comp: np.ndarray, markers: list[str], event_index: np.ndarray,
-                members: np.ndarray, member_cols: list[str], samples: pd.DataFrame,
-                sample_pos: np.ndarray, channels: dict, templates: dict, parent_col: str,
-                params: dict, run: Run) -> ad.AnnData:
-    """``sample_pos``: each event's row in ``samples`` (whose metadata it gets); ``members``:
-    events × ``member_cols`` gate membership."""
+def _to_anndata(plan: _DrawPlan, X: np.ndarray, comp: np.ndarray, event_index: np.ndarray,
+                members: np.ndarray, sample_pos: np.ndarray) -> ad.AnnData:
+    """``sample_pos``: each event's row in ``plan.samples`` (whose metadata it gets);
+    ``members``: events × ``plan.member_cols`` gate membership."""
+    samples, markers, member_cols = plan.samples, plan.markers, plan.member_cols
     sample_ids = samples["sample_id"].astype(str).to_numpy()
     obs = pd.DataFrame(index=pd.Index([f"{sid}:{i}" for sid, i in
                                        zip(sample_ids[sample_pos], event_index)],
@@ -237,17 +281,80 @@ def _to_anndata(X: np.ndarray, comp: np.ndarray, markers: list[str], event_index
     obs["event_index"] = event_index
     for j, col in enumerate(member_cols):
         obs[col] = members[:, j]
-    obs["population"] = pd.Categorical(_deepest(members, member_cols, templates))
+    obs["population"] = pd.Categorical(_deepest(members, member_cols, plan.templates))
     var = pd.DataFrame(index=pd.Index(markers, name="marker"))
-    var["channel"] = [";".join(sorted(channels.get(m, []))) for m in markers]
+    var["channel"] = [";".join(sorted(plan.channels.get(m, []))) for m in markers]
     adata = ad.AnnData(X=X, obs=obs, var=var, layers={"compensated": comp})
     adata.uns["immunoprofile"] = {
-        "version": __version__, "run": str(run.path.resolve()),
-        "schema_version": run.manifest.get("schema_version", ""),
-        "templates": {n: {"version": t.version} for n, t in templates.items()},
-        **params,
+        "version": __version__, "run": str(plan.run.path.resolve()),
+        "schema_version": plan.run.manifest.get("schema_version", ""),
+        "templates": {n: {"version": t.version} for n, t in plan.templates.items()},
+        **plan.params,
     }
     return adata
+
+
+def write_timepoint_h5ad(path: str | Path, run_dir: str | Path, timepoint: str, *,
+                         population: str | None = None, panel: str | None = None,
+                         n_per_sample: int | None = None, proportional: bool = False,
+                         random_state: int = 0) -> Path:
+    """Write :func:`timepoint_anndata`'s AnnData to ``path`` without holding it: the file is
+    laid out by anndata with one row per sample, then its event rows are written one sample
+    at a time (memory does not grow with the study). Reading it back gives the same AnnData.
+
+    Parameters
+    ----------
+    path
+        Destination ``.h5ad`` (written to a temporary file, then moved into place).
+    run_dir, timepoint, population, panel, n_per_sample, proportional, random_state
+        As :func:`timepoint_anndata`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    plan = _draw_plan(run_dir, timepoint, population=population, panel=panel,
+                      n_per_sample=n_per_sample, proportional=proportional, seed=random_state)
+    sizes = np.array([p.size for p in plan.picks])
+    total = int(sizes.sum())
+    here = np.flatnonzero(sizes)  # samples that give events: one row each in the layout
+    width = len(plan.markers)
+    layout = _to_anndata(plan, np.zeros((here.size, width), np.float32),
+                         np.zeros((here.size, width), np.float32), np.zeros(here.size, np.int64),
+                         np.zeros((here.size, len(plan.member_cols)), bool), here)
+    row_of = {int(i): r for r, i in enumerate(here)}
+
+    def write(tmp: Path) -> None:
+        write_h5ad(layout, tmp)
+        with h5py.File(tmp, "r+") as f:
+            obs = f["obs"]
+            index = obs.attrs["_index"]
+            per_sample = [c for c in layout.obs.columns
+                          if c not in ("event_index", "population", *plan.member_cols)]
+            # the layout's per-sample values, before its datasets grow to every event
+            kept = {d.name: d[()] for c in per_sample for d in row_datasets(obs[c])}
+            grown = {key: grow_rows(f, key, total) for key in
+                     ("X", "layers/compensated", f"obs/{index}", "obs/event_index",
+                      *(f"obs/{c}" for c in plan.member_cols), *kept)}
+            labels = np.zeros(total, dtype=np.int32)
+            for i, rows, (X, comp, members, event_index) in _drawn(plan):
+                grown["X"][rows] = X
+                grown["layers/compensated"][rows] = comp
+                grown["obs/event_index"][rows] = event_index
+                for j, c in enumerate(plan.member_cols):
+                    grown[f"obs/{c}"][rows] = members[:, j]
+                for key, values in kept.items():
+                    grown[key][rows] = values[row_of[i]]
+                sid = str(plan.samples["sample_id"].iloc[i])
+                grown[f"obs/{index}"][rows] = np.array([f"{sid}:{e}" for e in event_index],
+                                                       dtype=object)
+                labels[rows] = _deepest_index(members, plan.member_cols, plan.templates)
+            names = ["", *(c.split("/", 1)[1] for c in plan.member_cols)]
+            del obs["population"]
+            write_elem(obs, "population", pd.Categorical(np.array(names, dtype=object)[labels]))
+
+    return atomic_write(Path(path), write)
 
 
 def _regate(run: Run, samples: pd.DataFrame, n: int, parent_col: str, seed: int
@@ -379,8 +486,8 @@ def assemble_run(run_dir: str | Path, out: str | Path | None = None, *,
             continue
         for panel in (sorted(panels[here].unique()) if several else [None]):
             name = run.timepoint_h5ad(str(tp), panel).name
-            adata = timepoint_anndata(run, str(tp), panel=panel, population=population,
-                                      n_per_sample=n_per_sample)
-            written.append(write_h5ad(adata, out / name))
+            written.append(write_timepoint_h5ad(out / name, run, str(tp), panel=panel,
+                                                population=population,
+                                                n_per_sample=n_per_sample))
     written.append(write_h5ad(sample_anndata(run), out / run.samples_h5ad.name))
     return written

@@ -115,3 +115,27 @@ def test_written_file_reads_back(small_run: ip.Run, tmp_path: Path) -> None:
     back = ad.read_h5ad(write_h5ad(adata, tmp_path / "w0.h5ad"))
     np.testing.assert_array_equal(back.X, adata.X)
     pd.testing.assert_frame_equal(back.obs, adata.obs)
+
+
+@pytest.mark.parametrize("options", [
+    {"panel": "bcell"}, {"panel": "treg", "n_per_sample": 300, "proportional": True},
+    {"panel": "bcell", "population": "plasma/B lineage", "random_state": 4},
+    {"panel": "treg", "n_per_sample": 2 * KEEP}])
+def test_the_file_written_a_sample_at_a_time_is_the_anndata(small_run: ip.Run, tmp_path: Path,
+                                                            options: dict) -> None:
+    """`assemble` writes each timepoint without holding it (one sample's rows at a time);
+    read back, the file is the AnnData `timepoint_anndata` builds in memory."""
+    import anndata as ad
+
+    from immunoprofile.assemble import write_h5ad, write_timepoint_h5ad
+
+    built = ad.read_h5ad(write_h5ad(timepoint_anndata(small_run, "W0", **options),
+                                    tmp_path / "m.h5ad"))
+    streamed = ad.read_h5ad(write_timepoint_h5ad(tmp_path / "s.h5ad", small_run, "W0",
+                                                 **options))
+    np.testing.assert_array_equal(streamed.X, built.X)
+    np.testing.assert_array_equal(streamed.layers["compensated"], built.layers["compensated"])
+    assert list(streamed.layers) == ["compensated"]
+    pd.testing.assert_frame_equal(streamed.obs, built.obs)
+    pd.testing.assert_frame_equal(streamed.var, built.var)
+    assert streamed.uns["immunoprofile"] == built.uns["immunoprofile"]
