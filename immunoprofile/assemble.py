@@ -160,7 +160,7 @@ class _DrawPlan:
     samples: pd.DataFrame
     templates: dict
     channels: dict
-    parent_col: str
+    parent_cols: list[str]
     markers: list[str]
     member_cols: list[str]
     picks: list[np.ndarray]
@@ -190,12 +190,12 @@ def _draw_plan(run_dir: str | Path, timepoint: str, *, population: str | None,
     rng = np.random.default_rng(seed)
     columns: dict[str, None] = {}
     channels: dict[str, set] = {}
-    parent_col, sizes = "", []
+    parents, sizes = [], []  # a sample some template failed on has another reference column
     for sid in samples["sample_id"]:
         names, meta = read_parquet_schema(run.events_path(sid))
-        parent_col = _parent_column(names, population, templates)
+        parents.append(_parent_column(names, population, templates))
         sizes.append(int(np.count_nonzero(read_parquet_columns(
-            run.events_path(sid), [parent_col])[parent_col].to_numpy(bool))))
+            run.events_path(sid), [parents[-1]])[parents[-1]].to_numpy(bool))))
         columns.update(dict.fromkeys(names))
         for marker, pnn in meta.get("channels", {}).items():
             channels.setdefault(marker, set()).add(pnn)
@@ -204,7 +204,7 @@ def _draw_plan(run_dir: str | Path, timepoint: str, *, population: str | None,
         n_per_sample = available
     regated = None
     if n_per_sample > max(sizes) and not proportional:
-        regated = _regate(run, samples, n_per_sample, parent_col, seed)
+        regated = _regate(run, samples, n_per_sample, parents, seed)
         sizes = [len(f) for f in regated]
         columns = dict.fromkeys(c for f in regated for c in f.columns)
     picks = []
@@ -216,14 +216,14 @@ def _draw_plan(run_dir: str | Path, timepoint: str, *, population: str | None,
         picks.append(np.sort(rng.choice(n, k, replace=False)) if k < n else np.arange(n))
     return _DrawPlan(
         run=run, samples=samples.reset_index(drop=True), templates=templates,
-        channels=channels, parent_col=parent_col,
+        channels=channels, parent_cols=parents,
         markers=[c.split("/", 1)[1] for c in columns if c.startswith("transformed/")],
         member_cols=[c for c in columns if "/" in c
                      and not c.startswith(("transformed/", "compensated/"))],
         picks=picks, regated=regated, params={
             "timepoint": str(timepoint),
             "panel": panel or (panels.iloc[0] if len(panels) else ""),
-            "population": parent_col, "n_per_sample": int(n_per_sample),
+            "population": parents[-1], "n_per_sample": int(n_per_sample),
             "proportional": proportional, "seed": seed})
 
 
@@ -239,7 +239,7 @@ def _drawn(plan: _DrawPlan) -> Iterator[tuple[int, slice, tuple[np.ndarray, ...]
             cols, at = {c: frame[c].to_numpy() for c in frame.columns}, plan.picks[i]
         else:
             cols = read_parquet_arrays(plan.run.events_path(sid))
-            at = np.flatnonzero(cols[plan.parent_col].astype(bool))[plan.picks[i]]
+            at = np.flatnonzero(cols[plan.parent_cols[i]].astype(bool))[plan.picks[i]]
         X = np.full((at.size, len(plan.markers)), np.nan, dtype=np.float32)
         comp = np.full((at.size, len(plan.markers)), np.nan, dtype=np.float32)
         for j, m in enumerate(plan.markers):
@@ -357,7 +357,7 @@ def write_timepoint_h5ad(path: str | Path, run_dir: str | Path, timepoint: str, 
     return atomic_write(Path(path), write)
 
 
-def _regate(run: Run, samples: pd.DataFrame, n: int, parent_col: str, seed: int
+def _regate(run: Run, samples: pd.DataFrame, n: int, parent_cols: list[str], seed: int
             ) -> list[pd.DataFrame]:
     """More events than the run kept: re-read, re-QC and re-gate each file (the parent
     population's events of each sample, in sheet order)."""
@@ -366,7 +366,7 @@ def _regate(run: Run, samples: pd.DataFrame, n: int, parent_col: str, seed: int
     templates = list(run.templates().values())
     paths = {i["sample_id"]: i["path"] for i in run.manifest.get("inputs", [])}
     out = []
-    for _, s in samples.iterrows():
+    for (_, s), parent_col in zip(samples.iterrows(), parent_cols):
         row = {**s.to_dict(), "path": paths[s["sample_id"]]}
         frame = events_for_sample(row, templates, settings)
         out.append(frame[frame[parent_col].to_numpy(bool)])

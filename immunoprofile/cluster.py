@@ -283,9 +283,10 @@ def _read_lean(path: Path) -> ad.AnnData:
     ~40 gate columns were most of a file's memory)."""
     with h5py.File(path, "r") as f:
         group = f["obs"]
-        index = read_elem(group[group.attrs["_index"]])
+        key = group.attrs["_index"]
         obs = pd.DataFrame({c: read_elem(group[c]) for c in _OBS_READ if c in group},
-                           index=pd.Index(index, name=group.attrs["_index"]))
+                           index=pd.Index(read_elem(group[key]),
+                                          name=None if key == "_index" else key))
         return ad.AnnData(X=read_elem(f["X"]), obs=obs,
                           **{k: read_elem(f[k]) for k in ("var", "uns") if k in f})
 

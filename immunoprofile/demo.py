@@ -27,7 +27,8 @@ from immunoprofile.run import CytokineRun, Run
 
 # Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
 UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes",
-                            "Lymphocytes and blasts", "Live lymphocytes and blasts"})
+                            "Lymphocytes and blasts", "Singlet lymphocytes and blasts",
+                            "Live lymphocytes and blasts"})
 #: The simulated trial's pre-specified endpoints: what IL-2 (Treg) and telitacicept (B cells,
 #: plasmablasts, plasma cells) are expected to move. The headlines report these; findings in
 #: other populations are exploratory and counted, as a trial report would.

@@ -439,6 +439,7 @@ def test_among_finds_the_cut_on_another_population_and_applies_it_to_the_parent(
     pos = res.gate_positions
     assert pos["B lineage"]["placed"]["CD19"] == pos["B cells"]["placed"]["CD19"]
     assert pos["B lineage"]["n_events"] == ssc.size  # applied to every event of the parent
+    assert pos["B lineage"]["n_among"] == res.membership["Lymphocytes"].sum()  # found on these
     blasts = np.arange(ssc.size) >= n_lym + n_mono
     kept = (res.membership["B lineage"] & blasts).sum() / n_blast
     alone = _gate(tmp_path, cols, spec % "")

@@ -139,3 +139,31 @@ def test_the_file_written_a_sample_at_a_time_is_the_anndata(small_run: ip.Run, t
     pd.testing.assert_frame_equal(streamed.obs, built.obs)
     pd.testing.assert_frame_equal(streamed.var, built.var)
     assert streamed.uns["immunoprofile"] == built.uns["immunoprofile"]
+
+
+def test_a_sample_a_template_failed_on_draws_from_its_own_reference(small_run: ip.Run,
+                                                                    tmp_path: Path) -> None:
+    """A sample whose `bcell` gating failed has only the `plasma` columns: its events come
+    from its own reference population, and it lacks the bcell gates (not a member)."""
+    import shutil
+
+    import anndata as ad
+    import pyarrow.parquet as pq
+
+    from immunoprofile.assemble import write_timepoint_h5ad
+
+    copy = Path(shutil.copytree(small_run.path, tmp_path / "run"))
+    run = ip.Run.open(copy)
+    sid = str(run.samples().query("panel == 'bcell' and timepoint == 'W0'")["sample_id"].iloc[0])
+    table = pq.read_table(run.events_path(sid))
+    pq.write_table(table.drop([c for c in table.column_names if c.startswith("bcell/")]),
+                   run.events_path(sid))
+    adata = timepoint_anndata(run, "W0", panel="bcell")
+    mine = adata.obs["sample_id"] == sid
+    assert mine.sum() == adata.obs["sample_id"].value_counts().min() > 0
+    assert adata.obs.loc[mine, "plasma/Live lymphocytes"].all()
+    assert not adata.obs.loc[mine, "bcell/Live lymphocytes"].any()
+    assert adata.obs.loc[~mine, "bcell/Live lymphocytes"].all()
+    streamed = ad.read_h5ad(write_timepoint_h5ad(tmp_path / "w0.h5ad", run, "W0",
+                                                 panel="bcell"))
+    pd.testing.assert_frame_equal(streamed.obs, adata.obs)

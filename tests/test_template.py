@@ -137,6 +137,11 @@ def test_adaptive_references_must_name_populations() -> None:
                                               "window": [1, 3], "side": "low"}
         assert f"population 'T cells'.adaptive.{key}: unknown population 'Nope'" \
             in _problems(spec)
+    spec = _with()
+    spec["populations"][1]["adaptive"] = {"method": "reference", "marker": "CD3",
+                                          "reference": "Cells", "among": "Cells"}
+    assert "only valley and tail cuts are found among another population, not 'reference'" \
+        in _problems(spec)
 
 
 def test_yaml_round_trip_gives_same_membership(tmp_path: Path) -> None:

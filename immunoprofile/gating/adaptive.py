@@ -41,6 +41,12 @@ Methods (``adaptive: {method: …}``):
     on the peak's clean half (away from ``side``); ``valley``, only a real valley. With
     ``prefer_valley`` (default true) a real valley next to the peak wins (``rule: valley``).
     Bounds move as for ``valley``; the cut must land inside ``window``.
+
+``valley`` and ``tail`` take ``among: POPULATION``: the cut is found on the parent's events
+that also belong to that population (gated earlier; recorded as ``n_among``), and applied to
+all of the parent's events. The plasma template finds its viability and CD3/CD19 cuts among
+the lymphocyte gate's events and applies them to lymphocytes and blasts, whose monocytes
+would move them.
 ``relative``
     Bounds relative to a reference population of the same sample, in its robust SDs:
     ``{method: relative, reference: B cells, dims: {CD20: {below: 3}, CD27: {above: 2},
@@ -145,6 +151,7 @@ class Placer:
         self.space = space
         self.membership = membership
         self._groups: dict[str, dict[str, Any]] = {}
+        self._n_among: dict[str, int] = {}
 
     def values(self, dim: Dimension, idx: np.ndarray) -> np.ndarray:
         return self.space.values(dim, idx)
@@ -181,6 +188,8 @@ class Placer:
             record.update(fallback=True, reason=str(why))
             return pop.gate, record
         record["placed"] = placed
+        if (pop.group or pop.name) in self._n_among:
+            record["n_among"] = self._n_among[pop.group or pop.name]
         return gate, record
 
     # -- methods ---------------------------------------------------------------------------
@@ -195,7 +204,9 @@ class Placer:
         dims = spec.get("dims") or {pop.gate.dims[0].marker: {}}
         shared = {k: v for k, v in spec.items()
                   if k not in ("method", "dims", "within", "among")}
-        idx = self._among(pop, idx, spec.get("among"))
+        if spec.get("among") is not None:
+            idx = self._among(idx, spec["among"])
+            self._n_among[key] = int(idx.size)
         cuts: dict[str, float] = {}
         info: dict[str, dict] = {}
         problems = []
@@ -216,13 +227,11 @@ class Placer:
         self._groups[key] = out
         return out
 
-    def _among(self, pop: Population, idx: np.ndarray, other: str | None) -> np.ndarray:
+    def _among(self, idx: np.ndarray, other: str) -> np.ndarray:
         """The events of ``idx`` that also belong to population ``other`` (gated earlier):
         a cut found on the cells a gater would look at, while the gate applies to more (B
         cells cut on CD19 where the lymphocytes' CD19− peak ends, applied to lymphocytes and
         blasts, whose monocytes would move that end)."""
-        if other is None:
-            return idx
         member = self.membership.get(str(other))
         if member is None:  # the template names it (checked on loading): not measured here
             raise _Fallback(f"among: {other!r} was not gated in this sample")

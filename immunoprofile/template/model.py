@@ -162,7 +162,8 @@ class Population:
     gate
         Where the population lies within its parent (the default position for adaptive gates).
     pct_of
-        Reference populations (ancestors) the population is also quoted as a percentage of.
+        Populations of the template it is also quoted as a percentage of (usually
+        ancestors; any population, as FlowJo's frequency of any gate).
     mfi
         Markers whose median intensity (compensated, linear) is reported for this population.
     adaptive

@@ -536,6 +536,10 @@ def _check_structure(t: Template, problems: _Problems, *, declared: bool) -> Non
             if ref is not None and str(ref) not in names:
                 problems.add(f"{where}.adaptive.{key}",
                              f"unknown population {ref!r} (known: {', '.join(names)})")
+        if (p.adaptive or {}).get("among") is not None \
+                and p.adaptive.get("method") not in ("valley", "tail"):
+            problems.add(f"{where}.adaptive.among", "only valley and tail cuts are found "
+                         f"among another population, not {p.adaptive.get('method')!r}")
     if t.compensation not in ("file", "none", *t.comp_matrices) \
             and not Path(t.compensation).suffix:
         problems.add("compensation", "use 'file', 'none' or a path to a matrix file")
@@ -550,15 +554,6 @@ def _check_structure(t: Template, problems: _Problems, *, declared: bool) -> Non
         for marker in sorted(used - known):
             problems.add("markers", f"gate or mfi uses marker {marker!r} that is not declared "
                                     "under markers.required or markers.optional")
-
-
-def _ancestors(t: Template, name: str) -> list[str]:
-    by_name = {p.name: p for p in t.populations}
-    out, parent = [], by_name[name].parent
-    while parent is not None and parent not in out:
-        out.append(parent)
-        parent = by_name[parent].parent if parent in by_name else None
-    return out
 
 
 def _check_cycles(t: Template, problems: _Problems) -> None:
