@@ -338,18 +338,36 @@ def write_timepoint_h5ad(path: str | Path, run_dir: str | Path, timepoint: str, 
                      ("X", "layers/compensated", f"obs/{index}", "obs/event_index",
                       *(f"obs/{c}" for c in plan.member_cols), *kept)}
             labels = np.zeros(total, dtype=np.int32)
-            for i, rows, (X, comp, members, event_index) in _drawn(plan):
-                grown["X"][rows] = X
-                grown["layers/compensated"][rows] = comp
+            sample_ids = plan.samples["sample_id"].astype(str).to_numpy()
+            # Samples' rows are written ~64k at a time (one write per sample and column
+            # cost more than drawing them).
+            pending: list[tuple[int, slice, tuple[np.ndarray, ...]]] = []
+
+            def flush() -> None:
+                if not pending:
+                    return
+                rows = slice(pending[0][1].start, pending[-1][1].stop)
+                X, comp, members, event_index = (np.concatenate(parts) for parts in
+                                                 zip(*(d for _, _, d in pending)))
+                grown["X"][rows], grown["layers/compensated"][rows] = X, comp
                 grown["obs/event_index"][rows] = event_index
                 for j, c in enumerate(plan.member_cols):
                     grown[f"obs/{c}"][rows] = members[:, j]
+                sample_rows = np.repeat([row_of[i] for i, _, _ in pending],
+                                        [r.stop - r.start for _, r, _ in pending])
                 for key, values in kept.items():
-                    grown[key][rows] = values[row_of[i]]
-                sid = str(plan.samples["sample_id"].iloc[i])
-                grown[f"obs/{index}"][rows] = np.array([f"{sid}:{e}" for e in event_index],
-                                                       dtype=object)
+                    grown[key][rows] = values[sample_rows]
+                grown[f"obs/{index}"][rows] = np.array(
+                    [f"{sid}:{e}" for i, _, d in pending for sid in (sample_ids[i],)
+                     for e in d[3]], dtype=object)
                 labels[rows] = _deepest_index(members, plan.member_cols, plan.templates)
+                pending.clear()
+
+            for drawn in _drawn(plan):
+                pending.append(drawn)
+                if pending[-1][1].stop - pending[0][1].start >= 65_536:
+                    flush()
+            flush()
             names = ["", *(c.split("/", 1)[1] for c in plan.member_cols)]
             del obs["population"]
             write_elem(obs, "population", pd.Categorical(np.array(names, dtype=object)[labels]))
