@@ -22,7 +22,7 @@ and to map), so memory holds one timepoint plus the pooled subsample.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,13 @@ from anndata.io import read_elem
 from immunoprofile.assemble import assemble_run
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
-from immunoprofile.tables import Column, register, write_csv, write_parquet
+from immunoprofile.tables import (
+    Column,
+    register,
+    write_csv,
+    write_parquet,
+    write_parquet_chunks,
+)
 from immunoprofile.tl import (
     SOM_GRID,
     agreement_table,
@@ -165,13 +171,11 @@ def cluster_run(
     sizes: dict[str, list[pd.Series]] = {}
     panel_of: dict[Path, str] = {}
     for path in files:
-        backed = ad.read_h5ad(path, backed="r")
-        try:
-            panel_of[path] = _panel(backed)
-            sizes.setdefault(panel_of[path], []).append(
-                backed.obs["sample_id"].astype(str).value_counts())
-        finally:
-            backed.file.close()
+        with h5py.File(path, "r") as f:
+            panel_of[path] = _panel(ad.AnnData(uns=read_elem(f["uns"]) if "uns" in f else {}))
+            codes = f["obs"]["sample_id"]["codes"][()]
+        sizes.setdefault(panel_of[path], []).append(
+            pd.Series(np.bincount(codes[codes >= 0])).pipe(lambda n: n[n > 0]))
     result = ClusterRunResult()
     for panel, found in sizes.items():
         per_sample = pd.concat(found)
@@ -188,13 +192,16 @@ def cluster_run(
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
             continue
-        adata = _read_lean(path)
-        keep = [rng.permutation(idx)[:n] for _, idx in
-                adata.obs.groupby("sample_id", observed=True).indices.items()]
+        with h5py.File(path, "r") as f:
+            codes = f["obs"]["sample_id"]["codes"][()]
+        # each sample's rows (ascending), samples in category order, as a groupby gives them
+        order = np.argsort(codes, kind="stable")
+        starts = np.flatnonzero(np.diff(codes[order], prepend=-2))
+        keep = [rng.permutation(idx)[:n] for idx in np.split(order, starts[1:])
+                if idx.size and codes[idx[0]] >= 0]
         if keep:
-            drawn.setdefault(panel_of[path], []).append(_lean(adata, np.concatenate(keep)))
+            drawn.setdefault(panel_of[path], []).append(_read_rows(path, np.concatenate(keep)))
             paths_of.setdefault(panel_of[path], []).append(path)
-        del adata
 
     counts, annotations, agreements = [], [], []
     # each panel's drawn parts freed as soon as they are pooled
@@ -213,15 +220,14 @@ def cluster_run(
         pooled = pools[panel]
         cross = None
         for path in paths:  # pass 3: map every event, write its labels beside the file
-            adata = _read_lean(path)
-            flowsom_map(adata, pooled, key=KEY)
-            result.h5ad.append(_write_labels(run, path, adata))
-            counts.append(_sample_counts(adata, panel))
-            if "population" in adata.obs:
-                here = pd.crosstab(adata.obs[KEY], adata.obs["population"].astype(str),
-                                   dropna=False)
+            per_sample: list[pd.DataFrame] = []
+            crosses: list[pd.DataFrame] = []
+            result.h5ad.append(write_parquet_chunks(
+                _mapped(path, pooled, per_sample, crosses), run.labels_path(path),
+                metadata=_labels_meta(path, pooled)))
+            counts.append(_sample_counts(per_sample, panel))
+            for here in crosses:
                 cross = here if cross is None else cross.add(here, fill_value=0)
-            del adata
         agreement = agreement_table(cross) if cross is not None else None
         thresholds = marker_thresholds(pooled, pooled.uns[KEY]["params"]["markers"])
         table = annotate_clusters(pooled, KEY, thresholds=thresholds, agreement=agreement,
@@ -250,18 +256,38 @@ def cluster_run(
     return result
 
 
-def _write_labels(run: Run, h5ad: Path, adata: ad.AnnData) -> Path:
-    """Each event's metacluster and SOM node, with the model, beside its ``.h5ad``."""
-    labels = pd.DataFrame({"cell": adata.obs_names.astype(str),
-                           KEY: adata.obs[KEY].astype(str).to_numpy(),
-                           f"{KEY}_node": adata.obs[f"{KEY}_node"].to_numpy(np.int64)})
-    model = adata.uns[KEY]
-    meta = {"h5ad": h5ad.name, "categorical": [KEY],
-            "categories": {KEY: list(adata.obs[KEY].cat.categories)},
-            "uns": {KEY: {"params": _plain(model["params"]),
-                          "codes": np.asarray(model["codes"]).tolist(),
-                          "node_metacluster": np.asarray(model["node_metacluster"]).tolist()}}}
-    return write_parquet(labels, run.labels_path(h5ad), metadata=meta)
+def _mapped(path: Path, pooled: ad.AnnData, per_sample: list[pd.DataFrame],
+            crosses: list[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """A file's labels table a chunk of rows at a time (memory stays flat), each chunk's
+    events per sample × cluster and cluster × deepest gate appended to ``per_sample`` and
+    ``crosses`` as it is mapped."""
+    for chunk in _chunks(path):
+        flowsom_map(chunk, pooled, key=KEY)
+        per_sample.append(cluster_abundance(chunk, KEY))
+        if "population" in chunk.obs:
+            crosses.append(pd.crosstab(chunk.obs[KEY], chunk.obs["population"].astype(str),
+                                       dropna=False))
+        yield _labels_table(chunk)
+
+
+def _labels_table(adata: ad.AnnData) -> pd.DataFrame:
+    """Each event's metacluster and SOM node (written beside its ``.h5ad``)."""
+    return pd.DataFrame({"cell": adata.obs_names.astype(str),
+                         KEY: adata.obs[KEY].astype(str).to_numpy(),
+                         f"{KEY}_node": adata.obs[f"{KEY}_node"].to_numpy(np.int64)})
+
+
+def _labels_meta(h5ad: Path, pooled: ad.AnnData) -> dict:
+    """The labels file's metadata: its ``.h5ad``, the label column's categories and the
+    model (as :func:`~immunoprofile.tl.flowsom_map` copies it)."""
+    model = pooled.uns[KEY]
+    n_clusters = int(model["params"]["n_clusters"])
+    return {"h5ad": h5ad.name, "categorical": [KEY],
+            "categories": {KEY: [str(i) for i in range(n_clusters)]},
+            "uns": {KEY: {"params": _plain(dict(model["params"])),
+                          "codes": np.asarray(model["codes"], dtype=np.float64).tolist(),
+                          "node_metacluster": np.asarray(model["node_metacluster"],
+                                                         dtype=np.int64).tolist()}}}
 
 
 def _plain(value):
@@ -275,30 +301,70 @@ def _plain(value):
 
 #: The obs columns clustering reads: each event's sample and deepest gate.
 _OBS_READ = ("sample_id", "population")
+#: Rows of a timepoint file read at a time.
+_CHUNK = 65_536
 
 
-def _read_lean(path: Path) -> ad.AnnData:
-    """A timepoint's ``X``, ``var``, ``uns`` and, of ``obs``, its names, samples and deepest
-    gates: clustering reads no layer and no gate column (the compensated values and the
-    ~40 gate columns were most of a file's memory)."""
+def _chunks(path: Path, rows: np.ndarray | None = None) -> Iterator[ad.AnnData]:
+    """A timepoint file's ``X``, ``var``, ``uns`` and, of ``obs``, its names, samples and
+    deepest gates, ``_CHUNK`` rows at a time (``rows``: only those, ascending). Clustering
+    reads no layer and no gate column, and never a whole file."""
     with h5py.File(path, "r") as f:
-        group = f["obs"]
+        group, n = f["obs"], f["X"].shape[0]
         key = group.attrs["_index"]
-        obs = pd.DataFrame({c: read_elem(group[c]) for c in _OBS_READ if c in group},
-                           index=pd.Index(read_elem(group[key]),
-                                          name=None if key == "_index" else key))
-        return ad.AnnData(X=read_elem(f["X"]), obs=obs,
-                          **{k: read_elem(f[k]) for k in ("var", "uns") if k in f})
+        var, uns = read_elem(f["var"]), read_elem(f["uns"]) if "uns" in f else {}
+        columns = {c: _column_reader(group[c]) for c in _OBS_READ if c in group}
+        for a in range(0, max(n, 1), _CHUNK):  # an empty file still gives its columns
+            b = min(n, a + _CHUNK)
+            at = slice(a, b) if rows is None else rows[(rows >= a) & (rows < b)]
+            if rows is not None and not at.size:
+                continue
+            names = group[key].asstr()[a:b] if rows is None else group[key].asstr()[a:b][at - a]
+            obs = pd.DataFrame({c: read(a, b, at) for c, read in columns.items()},
+                               index=pd.Index(names, name=None if key == "_index" else key))
+            X = f["X"][a:b] if rows is None else f["X"][a:b][at - a]
+            yield ad.AnnData(X=X, obs=obs, var=var, uns=uns)
 
 
-def _lean(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
-    """The rows of ``adata`` that fitting and annotating read (``X``, sample, population)."""
-    return ad.AnnData(X=np.asarray(adata.X[rows]), obs=adata.obs.iloc[rows].copy(),
-                      var=adata.var.copy(), uns=adata.uns.copy())
+def _column_reader(node: h5py.Group | h5py.Dataset):
+    """``read(a, b, at)``: an obs column's values at rows ``at`` of the block ``a:b`` (a
+    categorical keeps every category, as anndata reads it)."""
+    if node.attrs.get("encoding-type") == "categorical":
+        categories = read_elem(node["categories"])
+        ordered = bool(node.attrs.get("ordered", False))
+
+        def read(a: int, b: int, at: slice | np.ndarray) -> pd.Categorical:
+            codes = node["codes"][a:b]
+            codes = codes if isinstance(at, slice) else codes[at - a]
+            return pd.Categorical.from_codes(codes, categories=categories, ordered=ordered)
+        return read
+
+    def read_plain(a: int, b: int, at: slice | np.ndarray) -> np.ndarray:
+        values = node[a:b]
+        return values if isinstance(at, slice) else values[at - a]
+    return read_plain
 
 
-def _sample_counts(adata: ad.AnnData, panel: str) -> pd.DataFrame:
-    long = cluster_abundance(adata, KEY)
+def _read_rows(path: Path, rows: np.ndarray) -> ad.AnnData:
+    """The given rows of a timepoint file, in the given order (what fitting and annotating
+    read), read a chunk at a time."""
+    ascending = np.sort(rows)
+    parts = list(_chunks(path, ascending))
+    got = ad.concat(parts, merge="same", uns_merge="first") if len(parts) > 1 else parts[0]
+    return got[np.searchsorted(ascending, rows)].copy()
+
+
+def _sample_counts(parts: list[pd.DataFrame], panel: str) -> pd.DataFrame:
+    """One file's events per sample × cluster from its chunks' (:func:`cluster_abundance`
+    tables): samples sorted, clusters in order, as one table of the whole file."""
+    long = pd.concat(parts, ignore_index=True)
+    long = long.groupby(["sample_id", "cluster"], sort=False, as_index=False)["count"].sum()
+    long = long.iloc[np.argsort(long["sample_id"].to_numpy(str), kind="stable")]
+    long = long.reset_index(drop=True)
+    long["count"] = long["count"].astype(np.int64)
+    long["parent_count"] = long["sample_id"].map(
+        long.groupby("sample_id", sort=False)["count"].sum()).astype(np.int64)
+    long["pct"] = 100 * long["count"] / long["parent_count"].replace(0, np.nan)
     long.insert(1, "panel", panel)
     return long
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +288,47 @@ def write_csv(table: pd.DataFrame, path: Path, *,
         The path written.
     """
     return atomic_write(path, csv_writer(table, schema=schema, where=str(path)))
+
+
+def write_parquet_chunks(tables: Iterable[pd.DataFrame], path: Path, *,
+                         metadata: dict | None = None) -> Path:
+    """As :func:`write_parquet` for a table given in pieces of the same columns, each written
+    as its own row group as it comes (the pieces are never held together).
+
+    Parameters
+    ----------
+    tables
+        The pieces, in order (at least one; a generator is consumed while the file is
+        written); their indexes are not written.
+    path
+        Destination; parent folders are created and the file is replaced atomically.
+    metadata
+        JSON-serialisable entries stored with ``schema_version`` under the ``immunoprofile``
+        key.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    def write(tmp: Path) -> None:
+        out = None
+        try:
+            for table in tables:
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+                if out is None:
+                    meta = dict(arrow.schema.metadata or {})
+                    meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
+                                                         **(metadata or {})}).encode()
+                    out = pq.ParquetWriter(tmp, arrow.schema.with_metadata(meta))
+                out.write_table(arrow.replace_schema_metadata(out.schema.metadata))
+        finally:
+            if out is not None:
+                out.close()
+        if out is None:
+            raise ValueError(f"{path}: no table to write")
+
+    return atomic_write(path, write)
 
 
 def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,

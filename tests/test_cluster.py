@@ -302,19 +302,25 @@ def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:
     assert "data saved" not in logs[1] and "data loaded" in logs[1], logs[1]
 
 
-def test_a_second_clustering_gives_the_same_labels(run, tmp_path) -> None:
+def test_a_second_clustering_gives_the_same_labels(run, tmp_path, monkeypatch) -> None:
     """The panels' SOMs train at once in threads; each is seeded on its own, so clustering the
-    run again (in a copy) gives every event the same label and the same tables."""
+    run again (in a copy) gives every event the same label and the same tables. The copy is
+    read and mapped 997 rows at a time (files are never read whole; samples straddle the
+    chunks): the same again."""
     import shutil
 
+    from immunoprofile import cluster
     from immunoprofile.cluster import cluster_run
 
     copy = tmp_path / "run"
     shutil.copytree(run[1], copy)
+    monkeypatch.setattr(cluster, "_CHUNK", 997)
     cluster_run(copy, n_clusters=N_CLUSTERS)
     first = pd.read_parquet(run[1] / "clusters.parquet")
     again = pd.read_parquet(copy / "clusters.parquet")
     pd.testing.assert_frame_equal(first, again)
+    for name in ("cluster_annotation.csv", "cluster_agreement.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(run[1] / name), pd.read_csv(copy / name))
     for labels in sorted((run[1] / "clusters").glob("*.parquet")):
         pd.testing.assert_frame_equal(pd.read_parquet(labels),
                                       pd.read_parquet(copy / "clusters" / labels.name))
