@@ -301,10 +301,9 @@ def write_parquet_chunks(tables: Iterable[pd.DataFrame], path: Path, *,
         The pieces, in order (at least one; a generator is consumed while the file is
         written); their indexes are not written.
     path
-        Destination; parent folders are created and the file is replaced atomically.
+        Destination, replaced atomically (parent folders created).
     metadata
-        JSON-serialisable entries stored with ``schema_version`` under the ``immunoprofile``
-        key.
+        Entries stored as in :func:`write_parquet`.
 
     Returns
     -------
@@ -317,10 +316,7 @@ def write_parquet_chunks(tables: Iterable[pd.DataFrame], path: Path, *,
             for table in tables:
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
                 if out is None:
-                    meta = dict(arrow.schema.metadata or {})
-                    meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
-                                                         **(metadata or {})}).encode()
-                    out = pq.ParquetWriter(tmp, arrow.schema.with_metadata(meta))
+                    out = pq.ParquetWriter(tmp, _stamped(arrow.schema, metadata))
                 out.write_table(arrow.replace_schema_metadata(out.schema.metadata))
         finally:
             if out is not None:
@@ -359,11 +355,16 @@ def parquet_writer(table: pd.DataFrame, *, metadata: dict | None = None,
     if schema is not None:
         validate(table, schema, where=where)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
+    arrow = arrow.replace_schema_metadata(_stamped(arrow.schema, metadata).metadata)
+    return lambda tmp: pq.write_table(arrow, tmp)
+
+
+def _stamped(schema: pa.Schema, metadata: dict | None) -> pa.Schema:
+    """``schema`` with ``schema_version`` and ``metadata`` under the ``immunoprofile`` key."""
+    meta = dict(schema.metadata or {})
     meta[b"immunoprofile"] = json.dumps({"schema_version": SCHEMA_VERSION,
                                          **(metadata or {})}).encode()
-    arrow = arrow.replace_schema_metadata(meta)
-    return lambda tmp: pq.write_table(arrow, tmp)
+    return schema.with_metadata(meta)
 
 
 def read_parquet_with_meta(path: Path) -> tuple[pd.DataFrame, dict]:
