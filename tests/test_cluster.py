@@ -272,14 +272,33 @@ def test_som_equals_flowsoms_estimator() -> None:
     rng = np.random.default_rng(3)
     X = np.vstack([rng.normal(m, 0.7, size=(800, 5)) for m in (0.0, 2.0, 4.0, 6.0)])
     adata = ad.AnnData(X=X, var=pd.DataFrame(index=[f"M{i}" for i in range(5)]))
-    for seed in (0, 11):
-        ip.tl.flowsom(adata, xdim=6, ydim=6, rlen=4, n_clusters=5, random_state=seed)
-        reference = FlowSOMEstimator(xdim=6, ydim=6, rlen=4, seed=seed, n_clusters=5)
+    # 6 × 6 and 20 × 20 codes take the eight-lane minimum, 3 × 3 the plain one
+    for seed, grid in ((0, 6), (11, 6), (5, 3), (2, 20)):
+        ip.tl.flowsom(adata, xdim=grid, ydim=grid, rlen=4, n_clusters=5, random_state=seed)
+        reference = FlowSOMEstimator(xdim=grid, ydim=grid, rlen=4, seed=seed, n_clusters=5)
         labels = reference.fit_predict(X)
         assert np.array_equal(adata.uns["flowsom"]["codes"], reference.cluster_model.codes)
         assert np.array_equal(adata.obs["flowsom_node"].to_numpy(),
                               reference.cluster_model.labels_.astype(int))
         assert np.array_equal(adata.obs["flowsom"].astype(int).to_numpy(), labels)
+
+
+def test_nearest_code_is_the_first_of_equal_square_roots() -> None:
+    """FlowSOM compares square roots: of two squared distances one rounding step apart with the
+    same root, the first code wins even when the smaller square comes later."""
+    from immunoprofile.tl._som import _first_nearest
+
+    rng = np.random.default_rng(0)
+    pairs = [(np.nextafter(a, np.inf), a) for a in rng.uniform(1.0, 50.0, 2000)
+             if np.sqrt(np.nextafter(a, np.inf)) == np.sqrt(a)]
+    assert len(pairs) > 100
+    for bigger, smaller in pairs[:50]:
+        for n_codes in (5, 40):  # the plain search and the eight-lane one
+            squared = rng.uniform(60.0, 90.0, n_codes)
+            squared[[1, n_codes - 2]] = bigger, smaller
+            assert _first_nearest(squared) == 1
+            squared[1] = smaller + 1.0
+            assert _first_nearest(squared) == n_codes - 2
 
 
 def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:

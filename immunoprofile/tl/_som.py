@@ -29,6 +29,10 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
     their start to their end values; the radius never falls below 0.5 (the winner alone).
     As FlowSOM, a pass whose total movement was under 1 sets the rate to its end value for
     the first step of the next pass.
+
+    The codes are held transposed (marker × code) so that every step's distances and moves
+    run over all codes at once in vector registers; each number is the same operation in
+    the same order as FlowSOM's code-by-code loop, so the codes are equal, not close.
     """
     np.random.seed(seed)  # noqa: NPY002 - numba's per-thread state, as flowsom draws
     n, px = data.shape
@@ -37,7 +41,10 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
     threshold = radius_start
     step = (radius_start - radius_end) / niter
     change = 1.0
-    dists = np.zeros(ncodes)
+    by_marker = np.ascontiguousarray(codes.T)
+    squared = np.empty(ncodes)
+    event = np.empty(px, data.dtype)
+    moves = np.empty(ncodes, np.bool_)
     for k in range(niter):
         at = k
         if k % n == 0:
@@ -45,27 +52,92 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
                 at = niter
             change = 0.0
         i = np.random.randint(n)  # noqa: NPY002
-        nearest = 0
-        for cd in range(ncodes):
-            d = 0.0
-            for j in range(px):
-                diff = data[i, j] - codes[cd, j]
-                d += diff * diff
-            dists[cd] = np.sqrt(d)
-            if dists[cd] < dists[nearest]:
-                nearest = cd
+        for j in range(px):
+            event[j] = data[i, j]
+        _squared_distances(event, by_marker, squared)
+        nearest = _first_nearest(squared)
         if threshold < 1.0:
             threshold = 0.5
         alpha = alpha_start - (alpha_start - alpha_end) * at / niter
+        first = ncodes
+        last = -1
         for cd in range(ncodes):
-            if nhbrdist[cd, nearest] > threshold:
-                continue
-            for j in range(px):
-                diff = data[i, j] - codes[cd, j]
-                change += abs(diff)
-                codes[cd, j] += diff * alpha
+            inside = not nhbrdist[nearest, cd] > threshold
+            moves[cd] = inside
+            # integer minima and maxima: vectorised, no branch
+            first = min(first, cd if inside else ncodes)
+            last = max(last, cd if inside else -1)
+        # The pass's total movement only decides "under 1": once it is reached no later
+        # (non-negative) term can undo it, so it is summed, in FlowSOM's order, until then.
+        if change < 1.0:
+            for cd in range(first, last + 1):
+                if moves[cd]:
+                    for j in range(px):
+                        change += abs(event[j] - by_marker[j, cd])
+                    if change >= 1.0:
+                        break
+        between = moves[first:last + 1]  # the codes that move, and those between them
+        for j in range(px):
+            x = event[j]
+            row = by_marker[j, first:last + 1]
+            for cd in range(row.shape[0]):
+                c = row[cd]
+                row[cd] = c + (x - c) * alpha if between[cd] else c
         threshold -= step
+    codes[:, :] = by_marker.T
     return codes
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _squared_distances(event: np.ndarray, by_marker: np.ndarray, out: np.ndarray) -> None:
+    # marker by marker over all codes (vectorised), each code's sum in marker order as
+    # FlowSOM's per-code loop adds it
+    px, ncodes = by_marker.shape
+    x = event[0]
+    for cd in range(ncodes):
+        diff = x - by_marker[0, cd]
+        out[cd] = diff * diff
+    for j in range(1, px):
+        x = event[j]
+        row = by_marker[j]
+        for cd in range(ncodes):
+            diff = x - row[cd]
+            out[cd] += diff * diff
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_nearest(squared: np.ndarray) -> int:
+    """The first code whose distance is the smallest, where FlowSOM compares the square
+    roots (two squared distances one rounding step apart can share a root: the first wins)."""
+    ncodes = squared.shape[0]
+    best = squared[0]
+    if ncodes >= 16:
+        # eight independent running minima: the exact minimum, without a chain of compares
+        lanes = np.empty(8)
+        for lane in range(8):
+            lanes[lane] = squared[lane]
+        whole = ncodes - ncodes % 8
+        for b in range(8, whole, 8):
+            for lane in range(8):
+                v = squared[b + lane]
+                lanes[lane] = v if v < lanes[lane] else lanes[lane]
+        for lane in range(8):
+            if lanes[lane] < best:
+                best = lanes[lane]
+        for cd in range(whole, ncodes):
+            if squared[cd] < best:
+                best = squared[cd]
+    else:
+        for cd in range(1, ncodes):
+            if squared[cd] < best:
+                best = squared[cd]
+    root = np.sqrt(best)
+    # a square root equal to the smallest one needs a square within two rounding steps of it
+    near = best * (1.0 + 1e-15)
+    for cd in range(ncodes):
+        if squared[cd] <= near and np.sqrt(squared[cd]) == root:
+            return cd
+    return 0
 
 
 def nearest_codes(data: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,18 +152,13 @@ def nearest_codes(data: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
 @njit(cache=True, nogil=True)
 def _nearest(start: int, stop: int, data: np.ndarray, codes: np.ndarray, nodes: np.ndarray,
              dists: np.ndarray) -> None:
-    ncodes, px = codes.shape
+    by_marker = np.ascontiguousarray(codes.T)
+    squared = np.empty(codes.shape[0])
+    event = np.empty(codes.shape[1], data.dtype)
     for i in range(start, stop):
-        best = -1
-        best_d = np.inf
-        for cd in range(ncodes):
-            d = 0.0
-            for j in range(px):
-                diff = data[i, j] - codes[cd, j]
-                d += diff * diff
-            d = np.sqrt(d)
-            if d < best_d:
-                best_d = d
-                best = cd
+        for j in range(event.shape[0]):
+            event[j] = data[i, j]
+        _squared_distances(event, by_marker, squared)
+        best = _first_nearest(squared)
         nodes[i] = best
-        dists[i] = best_d
+        dists[i] = np.sqrt(squared[best])
