@@ -88,16 +88,20 @@ def simulate(out: Path, patients_per_arm: int, events: int, visits: str, seed: i
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--patients-per-arm", type=click.IntRange(3, 50), default=8, show_default=True)
 @click.option("--events", type=click.IntRange(5_000, 1_000_000), default=20_000,
-              show_default=True, help="Events per FCS file.")
+              show_default=True, help="Events per Treg-tube FCS file.")
+@click.option("--bcell-events", type=click.IntRange(5_000, 3_000_000), default=None,
+              help="Events per B-cell-tube FCS file (plasmablasts are rare) "
+                   "[default: 3 × --events].")
 @click.option("--workers", type=click.IntRange(1, 512), default=None,
               help="Local worker processes [default: all cores].")
-def demo(out: Path, seed: int, patients_per_arm: int, events: int, workers: int | None) -> None:
+def demo(out: Path, seed: int, patients_per_arm: int, events: int, bcell_events: int | None,
+         workers: int | None) -> None:
     """Run the whole pipeline on a small simulated trial and write an HTML report."""
     # start-up time: each command loads only what it runs
     from immunoprofile.demo import run_demo
 
     result = run_demo(out, seed=seed, patients_per_arm=patients_per_arm, n_events=events,
-                      workers=workers, say=click.echo)
+                      bcell_events=bcell_events, workers=workers, say=click.echo)
     click.echo("")
     click.echo(f"Report: {result.report.resolve()}")
     click.echo("Headline findings on the trial's endpoints (changes from W0 at FDR < 0.05, "

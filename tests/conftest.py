@@ -41,7 +41,8 @@ def sim_cohort(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     """The whole journey once per session, exactly as `immunoprofile demo` runs it (8
-    patients per arm, weeks 0, 2, 12, 20k events per file): the story it tells is tested.
+    patients per arm, weeks 0, 2, 12, 20k events per Treg file and 60k per B-cell file): the
+    story it tells is tested.
     Returns the DemoResult."""
     from immunoprofile.demo import run_demo
 

@@ -220,6 +220,24 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
                            shallow=False)
 
 
+def test_events_per_tube(tmp_path):
+    """A tube of rare populations acquires more events: ``n_events`` per tube name; the same
+    count for both tubes gives the same bytes as one number; a missing tube is an error that
+    names the tubes."""
+    kw = {"patients_per_arm": 1, "visits": (0,), "arms": ("TEL",), "seed": 2}
+    cohort = simulate_cohort(tmp_path / "a", n_events={"treg": 2000, "bcell": 5000}, **kw)
+    sheet = pd.read_csv(cohort.out / "samplesheet.csv")
+    sizes = {row.panel: fk.Sample(cohort.out / row.path).event_count
+             for row in sheet.itertuples()}
+    assert sizes == {"treg": 2000, "bcell": 5000}
+    same = simulate_cohort(tmp_path / "b", n_events={"treg": 2000, "bcell": 2000}, **kw)
+    one = simulate_cohort(tmp_path / "c", n_events=2000, **kw)
+    for f in (same.out / "fcs").glob("*.fcs"):
+        assert filecmp.cmp(f, one.out / "fcs" / f.name, shallow=False), f.name
+    with pytest.raises(ValueError, match=r"treg.*bcell|bcell.*treg"):
+        simulate_cohort(tmp_path / "d", n_events={"bcell": 5000}, **kw)
+
+
 def test_cli_simulate(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -256,7 +256,7 @@ def simulate_cohort(
     out: str | Path,
     *,
     patients_per_arm: int = 8,
-    n_events: int = 50_000,
+    n_events: int | Mapping[str, int] = 50_000,
     visits: Sequence[float] = (0, 2, 4, 12, 24),
     seed: int = 0,
     arms: Sequence[str] = ("TEL", "IL2", "COMBO", "SOC"),
@@ -278,7 +278,9 @@ def simulate_cohort(
     patients_per_arm
         Patients randomised to each arm.
     n_events
-        Events acquired per tube (all of them are written unless ``export`` keeps a subset).
+        Events acquired per tube (all of them are written unless ``export`` keeps a subset),
+        or per tube name, e.g. ``{"treg": 20_000, "bcell": 60_000}``: labs acquire more
+        events in a tube whose populations are rare (plasmablasts are ~0.2% of events).
     visits
         Visit weeks (week 0 is the pre-treatment baseline).
     seed
@@ -328,6 +330,11 @@ def simulate_cohort(
                                          else instruments)]
     if not insts:
         raise ValueError("instruments must name at least one instrument")
+    events_of = (dict.fromkeys(TUBES, int(n_events)) if not isinstance(n_events, Mapping)
+                 else {t: int(n) for t, n in n_events.items()})
+    if set(events_of) != set(TUBES):
+        raise ValueError(f"n_events names tubes {sorted(events_of)}; give one count for each "
+                         f"of {list(TUBES)} (or one count for both)")
     out = Path(out)
     (out / "fcs").mkdir(parents=True, exist_ok=True)
     weeks = sorted({float(w) for w in visits})
@@ -367,7 +374,7 @@ def simulate_cohort(
                                     realistic=realistic, instrument=inst.name, export=export)
                 if realistic:  # drawn only here, so default cohorts keep their bytes
                     params.pauses = int(rng.random() < PAUSE_RATE)
-                sim = simulate_tube(tube, n_events, rng=rng, params=params)
+                sim = simulate_tube(tube, events_of[tube], rng=rng, params=params)
                 n_total += sim.events.shape[0]
                 date = start + _dt.timedelta(days=int(run_day))
                 btim = _dt.datetime(2024, 1, 1, 9, 0) + _dt.timedelta(minutes=7 * t_idx)
