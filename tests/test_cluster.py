@@ -281,6 +281,12 @@ def test_som_equals_flowsoms_estimator() -> None:
         assert np.array_equal(adata.obs["flowsom_node"].to_numpy(),
                               reference.cluster_model.labels_.astype(int))
         assert np.array_equal(adata.obs["flowsom"].astype(int).to_numpy(), labels)
+    # float32 events (as assembled) are used without a float64 copy: they widen exactly
+    single = ad.AnnData(X=X.astype(np.float32), var=adata.var)
+    ip.tl.flowsom(single, xdim=6, ydim=6, rlen=4, n_clusters=5, random_state=0)
+    reference = FlowSOMEstimator(xdim=6, ydim=6, rlen=4, seed=0, n_clusters=5)
+    reference.fit_predict(X.astype(np.float32).astype(np.float64))
+    assert np.array_equal(single.uns["flowsom"]["codes"], reference.cluster_model.codes)
 
 
 def test_nearest_code_is_the_first_of_equal_square_roots() -> None:

@@ -92,16 +92,30 @@ def fluorescence_markers(adata: AnnData) -> list[str]:
 
 
 def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
-                  layer: str | None = None) -> tuple[list[str], np.ndarray]:
+                  layer: str | None = None,
+                  dtype: type[np.floating] | None = np.float64) -> tuple[list[str], np.ndarray]:
     """Resolve ``markers`` (default: :func:`fluorescence_markers`) and return them with their
-    values as a C-contiguous float64 matrix (what the numba SOM code expects)."""
+    values as a C-contiguous matrix of ``dtype`` (float64 by default; ``None`` keeps float32
+    values float32: the SOM loops compute in float64 either way, and float32 widens exactly,
+    so they give the same codes without a float64 copy of every event)."""
     markers = fluorescence_markers(adata) if markers is None else [str(m) for m in markers]
     missing = [m for m in markers if m not in adata.var_names]
     if missing:
         raise ImmunoprofileError(f"markers {missing} are not in var_names "
                                  f"({', '.join(map(str, adata.var_names))})")
-    values = adata[:, markers].layers[layer] if layer else adata[:, markers].X
-    X = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+    if adata.var_names.is_unique:
+        # columns taken from the stored matrix: an AnnData view of the columns copied them
+        # into a strided array that took ~1 s to make contiguous at a million events
+        values = adata.layers[layer] if layer else adata.X
+        values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
+        cols = adata.var_names.get_indexer(markers)
+        if not np.array_equal(cols, np.arange(values.shape[1])):
+            values = np.take(values, cols, axis=1)
+    else:
+        values = np.asarray(adata[:, markers].layers[layer] if layer else adata[:, markers].X)
+    if dtype is None:
+        dtype = np.float32 if values.dtype == np.float32 else np.float64
+    X = np.ascontiguousarray(values, dtype=dtype)
     if np.isnan(X).any():
         bad = [m for m, col in zip(markers, X.T) if np.isnan(col).any()]
         raise ImmunoprofileError(f"markers {bad} have missing values (a tube without them?): "
@@ -176,7 +190,7 @@ def flowsom(
 
     seed = random_state if seed is None else seed
     adata = adata.copy() if copy else adata
-    markers, X = marker_matrix(adata, markers)
+    markers, X = marker_matrix(adata, markers, dtype=None)
     if xdim * ydim > X.shape[0]:
         raise ImmunoprofileError(f"{X.shape[0]} events cannot train a {xdim}×{ydim} SOM: "
                                  "use a smaller grid or more events")
@@ -194,7 +208,8 @@ def flowsom(
     grid = [(x, y) for x in range(xdim) for y in range(ydim)]
     nhbrdist = squareform(pdist(grid, metric="chebyshev"))
     start = np.random.RandomState(seed).choice(train.shape[0], xdim * ydim, replace=False)
-    codes = train_codes(train, np.ascontiguousarray(train[start]), nhbrdist, 0.05, 0.01,
+    codes = train_codes(train, np.ascontiguousarray(train[start], dtype=np.float64),
+                        nhbrdist, 0.05, 0.01,
                         float(np.quantile(nhbrdist, 0.67)), 0.0, int(rlen), int(seed))
     # FlowSOMEstimator's metaclustering of the codes (its fit_predict is the final
     # average-linkage clustering; the consensus resampling runs only in its fit()).
@@ -243,7 +258,7 @@ def flowsom_map(
     adata = adata.copy() if copy else adata
     params = dict(model["params"])
     markers = [str(m) for m in params["markers"]]
-    _, X = marker_matrix(adata, markers)
+    _, X = marker_matrix(adata, markers, dtype=None)
     model = {"params": params, "codes": np.asarray(model["codes"], dtype=np.float64),
              "node_metacluster": np.asarray(model["node_metacluster"], dtype=np.int64)}
     _assign(adata, X, model, key_added or key)
