@@ -332,13 +332,17 @@ def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
               help="Events from every sample in the pooled subsample the model is fitted on "
               "[default: the smallest sample's, at most 500,000 pooled per panel]; all events "
               "are mapped.")
+@click.option("--max-events", type=click.IntRange(1_000, None), default=500_000,
+              show_default=True,
+              help="Most pooled fitting events per panel when --events-per-sample is not "
+              "given: bounds the stage's memory and the SOM's training time.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--xdim", type=click.IntRange(2, 100), default=20, show_default=True,
               help="SOM grid width.")
 @click.option("--ydim", type=click.IntRange(2, 100), default=20, show_default=True,
               help="SOM grid height.")
-def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, seed: int,
-            xdim: int, ydim: int) -> None:
+def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, max_events: int,
+            seed: int, xdim: int, ydim: int) -> None:
     """FlowSOM per panel, fitted once on all timepoints and mapped onto every event.
 
     Writes each .h5ad file's labels into RUN_DIR/clusters/ (assembling the files first when
@@ -348,7 +352,7 @@ def cluster(run_dir: Path, n_clusters: int, events_per_sample: int | None, seed:
     from immunoprofile.cluster import cluster_run
 
     result = cluster_run(run_dir, n_clusters=n_clusters, events_per_sample=events_per_sample,
-                         random_state=seed, xdim=xdim, ydim=ydim)
+                         max_events=max_events, random_state=seed, xdim=xdim, ydim=ydim)
     for panel, n in result.events_per_sample.items():
         click.echo(f"panel {panel or '(single)'}: fitted on {n} events per sample")
     for path in [*result.h5ad, *result.paths.values()]:

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import immunoprofile as ip
 from immunoprofile.cli import main
 from immunoprofile.datasets import population_members
+from immunoprofile.tables import read_parquet_with_meta
 
 _BUILT: dict[str, tuple[Path, Path]] = {}
 N_CLUSTERS = 20
@@ -349,3 +350,21 @@ def test_a_second_clustering_gives_the_same_labels(run, tmp_path, monkeypatch) -
     for labels in sorted((run[1] / "clusters").glob("*.parquet")):
         pd.testing.assert_frame_equal(pd.read_parquet(labels),
                                       pd.read_parquet(copy / "clusters" / labels.name))
+
+
+def test_max_events_caps_the_pooled_fitting_events(run, tmp_path) -> None:
+    """``cluster --max-events`` bounds each panel's pool (its memory and SOM time): every
+    sample gives max_events // samples events; the stored parameters say so."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run[1], copy)
+    result = CliRunner().invoke(main, ["cluster", str(copy), "--n-clusters", str(N_CLUSTERS),
+                                       "--max-events", "1000"])
+    assert result.exit_code == 0, result.output
+    table, meta = read_parquet_with_meta(copy / "clusters.parquet")
+    n_samples = table.groupby("panel")["sample_id"].nunique()
+    per_sample = meta["events_per_sample"]
+    for panel, n in n_samples.items():
+        assert per_sample[panel] == 1000 // n
+        assert f"panel {panel}: fitted on {1000 // n} events per sample" in result.output
