@@ -227,3 +227,21 @@ def test_cli_import_export(tmp_path: Path) -> None:
     b = ip.gate_sample(sample, back).counts.set_index("population")
     assert b.loc["T_cells", "count"] == a.loc["T cells", "count"]
     assert b.loc["CD4pos_CD20-", "count"] == a.loc["CD4+ CD20-", "count"]
+
+
+def test_template_hash_follows_the_content_not_the_object() -> None:
+    """--resume compares template hashes: an equal template loaded again hashes the same, a
+    changed one (even the same object, changed in place) differently, cached or not."""
+    import copy
+    import dataclasses
+
+    from immunoprofile.template.yaml_io import template_hash
+
+    treg = load_template("treg")
+    first = template_hash(treg)
+    assert template_hash(load_template("treg")) == first
+    assert template_hash(copy.deepcopy(treg)) == first
+    changed = dataclasses.replace(treg, version=treg.version + ".1")
+    assert template_hash(changed) != first
+    treg.version = treg.version + ".2"
+    assert template_hash(treg) not in (first, template_hash(changed))
