@@ -447,3 +447,31 @@ def test_among_finds_the_cut_on_another_population_and_applies_it_to_the_parent(
         > pos["B lineage"]["placed"]["CD19"] + 0.3
     kept_alone = (alone.membership["B lineage"] & blasts).sum() / n_blast
     assert kept >= 0.95 and kept > kept_alone + 0.15, (kept, kept_alone)
+
+
+def test_mixture_cloud_fits_each_window_once_and_answers_the_same() -> None:
+    """Templates gating one file fit the same scatter window again (B-cell and plasma
+    lymphocytes): the kept fit gives the same cloud as a fresh one; another window is fitted
+    anew; the kept arrays cannot be changed by a caller."""
+    from immunoprofile.gating import landmarks
+
+    rng = np.random.default_rng(4)
+    pts = np.vstack([rng.normal([60e3, 15e3], [8e3, 4e3], (4000, 2)),
+                     rng.normal([100e3, 50e3], [12e3, 10e3], (1500, 2))])
+    peak = np.array([60e3, 15e3])
+    landmarks._MIXTURES.clear()
+    fresh = landmarks.mixture_cloud(pts, peak)
+    again = landmarks.mixture_cloud(pts.copy(), peak, merge_distance=3.0)
+    assert len(landmarks._MIXTURES) == 1
+    np.testing.assert_array_equal(fresh[0], again[0])
+    np.testing.assert_array_equal(fresh[1], again[1])
+    assert fresh[2] == again[2]
+    landmarks._MIXTURES.clear()
+    assert np.array_equal(landmarks.mixture_cloud(pts, peak)[1], fresh[1])  # fit again: same
+    other = pts.copy()
+    other[0, 0] += 1.0
+    landmarks.mixture_cloud(other, peak)
+    assert len(landmarks._MIXTURES) == 2
+    weights, _, _ = landmarks._mixture(np.ascontiguousarray(pts), 5)
+    with pytest.raises(ValueError):
+        weights[0] = 1.0
