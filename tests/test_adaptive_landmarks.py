@@ -475,3 +475,24 @@ def test_mixture_cloud_fits_each_window_once_and_answers_the_same() -> None:
     weights, _, _ = landmarks._mixture(np.ascontiguousarray(pts), 5)
     with pytest.raises(ValueError):
         weights[0] = 1.0
+
+
+def test_mixture_cloud_in_threads() -> None:
+    """Samples gated in threads (a dask worker's) share the kept fits: eight threads fitting
+    more windows than are kept get the answers of a fit made alone, and nothing breaks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from immunoprofile.gating import landmarks
+
+    rng = np.random.default_rng(9)
+    windows = [rng.normal([60e3, 15e3], [8e3, 4e3], (600, 2)) for _ in range(6)]
+    peak = np.array([60e3, 15e3])
+    landmarks._MIXTURES.clear()
+    alone = [landmarks.mixture_cloud(w, peak)[1] for w in windows]
+    landmarks._MIXTURES.clear()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: landmarks.mixture_cloud(windows[i % 6], peak)[1],
+                            range(48)))
+    for i, cov in enumerate(got):
+        np.testing.assert_array_equal(cov, alone[i % 6])
+    assert len(landmarks._MIXTURES) <= 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from typing import Any
 
 import numpy as np
@@ -553,8 +554,9 @@ def _mixture(pts: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, 
     from sklearn.mixture import GaussianMixture
 
     key = (hashlib.sha256(pts.tobytes()).digest(), pts.shape, pts.dtype.str, components)
-    if key in _MIXTURES:
-        return _MIXTURES[key]
+    kept = _MIXTURES.get(key)
+    if kept is not None:
+        return kept
     # Fitted on standardised axes: FSC and SSC differ in scale by up to an order of magnitude.
     scale = np.std(pts, axis=0) + 1e-12
     gmm = GaussianMixture(n_components=components, random_state=0,
@@ -562,10 +564,12 @@ def _mixture(pts: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, 
     fitted = (gmm.weights_, gmm.means_ * scale, gmm.covariances_ * np.outer(scale, scale))
     for array in fitted:  # shared by every caller of the same window
         array.setflags(write=False)
-    while len(_MIXTURES) >= 4:
-        _MIXTURES.pop(next(iter(_MIXTURES)))
-    _MIXTURES[key] = fitted
+    with _MIXTURES_LOCK:  # samples may be gated in threads (a dask worker's)
+        while len(_MIXTURES) >= 4:
+            _MIXTURES.pop(next(iter(_MIXTURES)))
+        _MIXTURES[key] = fitted
     return fitted
 
 
 _MIXTURES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_MIXTURES_LOCK = threading.Lock()

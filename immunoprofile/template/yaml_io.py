@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import threading
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -75,15 +76,19 @@ def template_hash(template: Template) -> str:
     # Every sample of a batch asks for the same templates' hashes: the YAML dump (~5 ms) is
     # done once per template content, found by its pickle (~0.1 ms; equal for equal content).
     content = hashlib.sha256(pickle.dumps(template)).digest()
-    if content not in _HASHES:
-        if len(_HASHES) >= 256:
-            _HASHES.clear()
+    digest = _HASHES.get(content)
+    if digest is None:
         text = yaml.safe_dump(template_to_dict(template), sort_keys=True)
-        _HASHES[content] = hashlib.sha256(text.encode()).hexdigest()
-    return _HASHES[content]
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        with _HASHES_LOCK:  # samples may be gated in threads (a dask worker's)
+            if len(_HASHES) >= 256:
+                _HASHES.clear()
+            _HASHES[content] = digest
+    return digest
 
 
 _HASHES: dict[bytes, str] = {}
+_HASHES_LOCK = threading.Lock()
 
 
 def load_template(source: str | Path | Template) -> Template:
