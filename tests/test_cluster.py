@@ -306,6 +306,11 @@ def test_nearest_code_is_the_first_of_equal_square_roots() -> None:
             assert _first_nearest(squared) == 1
             squared[1] = smaller + 1.0
             assert _first_nearest(squared) == n_codes - 2
+    # a code gone NaN is passed over, in either search, and hides no other code
+    for n_codes, nan_at, smallest in ((40, 3, 11), (5, 0, 3)):
+        squared = rng.uniform(60.0, 90.0, n_codes)
+        squared[nan_at], squared[smallest] = np.nan, 1.0
+        assert _first_nearest(squared) == smallest
 
 
 def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:

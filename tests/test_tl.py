@@ -81,10 +81,35 @@ def test_flowsom_refuses_bad_input(treg):
     gappy = treg[:500].copy()
     gappy.X[:10, list(gappy.var_names).index("CD25")] = np.nan
     assert "CD25" not in ip.tl.fluorescence_markers(gappy)
-    with pytest.raises(ImmunoprofileError, match="missing values"):
+    with pytest.raises(ImmunoprofileError, match="missing or infinite values"):
         ip.tl.flowsom(gappy, markers=["CD4", "CD25"], xdim=3, ydim=3, n_clusters=3)
+    # an infinite value has no finite distance to any SOM code: refused by name, not mapped
+    # to an arbitrary node
+    endless = treg[:500].copy()
+    endless.X[3, list(endless.var_names).index("CD4")] = np.inf
+    with pytest.raises(ImmunoprofileError, match=r"\['CD4'\].*infinite"):
+        ip.tl.flowsom(endless, markers=["CD4", "CD3"], xdim=3, ydim=3, n_clusters=3)
+    with pytest.raises(ImmunoprofileError, match="no markers"):
+        ip.tl.flowsom(treg, markers=[], xdim=3, ydim=3, n_clusters=3)
     with pytest.raises(ImmunoprofileError, match="no FlowSOM model"):
         ip.tl.flowsom_map(treg, treg)
+
+
+def test_marker_matrix_is_a_copy_in_marker_order(treg):
+    """Columns come in the order asked, as float64 by default or float32 kept with dtype=None,
+    and never as the AnnData's own matrix (a caller may change its copy)."""
+    from immunoprofile.tl._flowsom import marker_matrix
+
+    names = list(treg.var_names)
+    small = treg[:200].copy()
+    small.X = np.ascontiguousarray(small.X, dtype=np.float32)
+    _, same = marker_matrix(small, names, dtype=None)
+    assert same.dtype == np.float32 and not np.shares_memory(same, small.X)
+    np.testing.assert_array_equal(same, small.X)
+    order = [names[2], names[0]]
+    _, two = marker_matrix(small, order)
+    assert two.dtype == np.float64 and two.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(two, small[:, order].X.astype(np.float64))
 
 
 def test_leiden_then_umap_share_the_graph(small):

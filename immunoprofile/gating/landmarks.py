@@ -526,7 +526,7 @@ def mixture_cloud(pts: np.ndarray, peak: np.ndarray, *, components: int = 5,
         Centre, covariance, and a record (``center_x/y``, ``peak_x/y``, ``components``,
         ``weight``).
     """
-    weights, means, covs = _mixture(np.ascontiguousarray(pts), components)
+    weights, means, covs = _mixture(pts, components)
     ok = weights >= min_weight
     dist = np.array([mahalanobis(peak, m, c) for m, c in zip(means, covs)])
     if not np.any(ok & (dist < 3.0)):
@@ -553,7 +553,10 @@ def _mixture(pts: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, 
     # start-up time: a heavy library, loaded on first use
     from sklearn.mixture import GaussianMixture
 
-    key = (hashlib.sha256(pts.tobytes()).digest(), pts.shape, pts.dtype.str, components)
+    # the key from the values in C order, the fit on ``pts`` as given (the order of np.std's
+    # sums, hence the scale's last bits, follows the array's layout)
+    key = (hashlib.sha256(np.ascontiguousarray(pts).tobytes()).digest(), pts.shape,
+           pts.dtype.str, pts.strides, components)
     kept = _MIXTURES.get(key)
     if kept is not None:
         return kept

@@ -99,6 +99,9 @@ def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
     values float32: the SOM loops compute in float64 either way, and float32 widens exactly,
     so they give the same codes without a float64 copy of every event)."""
     markers = fluorescence_markers(adata) if markers is None else [str(m) for m in markers]
+    if not markers:
+        raise ImmunoprofileError("no markers to cluster on: name them with markers= (the "
+                                 "data has no fluorescence channel in var['kind'])")
     missing = [m for m in markers if m not in adata.var_names]
     if missing:
         raise ImmunoprofileError(f"markers {missing} are not in var_names "
@@ -106,8 +109,8 @@ def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
     if adata.var_names.is_unique:
         # columns taken from the stored matrix: an AnnData view of the columns copied them
         # into a strided array that took ~1 s to make contiguous at a million events
-        values = adata.layers[layer] if layer else adata.X
-        values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
+        stored = adata.layers[layer] if layer else adata.X
+        values = stored.toarray() if hasattr(stored, "toarray") else np.asarray(stored)
         cols = adata.var_names.get_indexer(markers)
         if not np.array_equal(cols, np.arange(values.shape[1])):
             values = np.take(values, cols, axis=1)
@@ -116,10 +119,14 @@ def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
     if dtype is None:
         dtype = np.float32 if values.dtype == np.float32 else np.float64
     X = np.ascontiguousarray(values, dtype=dtype)
-    if np.isnan(X).any():
-        bad = [m for m, col in zip(markers, X.T) if np.isnan(col).any()]
-        raise ImmunoprofileError(f"markers {bad} have missing values (a tube without them?): "
-                                 "leave them out of markers=")
+    if adata.var_names.is_unique and isinstance(stored, np.ndarray) \
+            and np.shares_memory(X, stored):
+        X = X.copy()  # the caller's own matrix, never the AnnData's
+    if not np.isfinite(X.sum()) and not np.isfinite(X).all():
+        # NaN: a tube without the marker; inf: no distance to a SOM code is finite
+        bad = [m for m, col in zip(markers, X.T) if not np.isfinite(col).all()]
+        raise ImmunoprofileError(f"markers {bad} have missing or infinite values (a tube "
+                                 "without them?): leave them out of markers=")
     return markers, X
 
 

@@ -110,14 +110,12 @@ def _first_nearest(squared: np.ndarray) -> int:
     """The first code whose distance is the smallest, where FlowSOM compares the square
     roots (two squared distances one rounding step apart can share a root: the first wins)."""
     ncodes = squared.shape[0]
-    best = squared[0]
+    best = np.inf  # a NaN distance (a code gone NaN) is passed over, as FlowSOM's compare does
     if ncodes >= 16:
         # eight independent running minima: the exact minimum, without a chain of compares
-        lanes = np.empty(8)
-        for lane in range(8):
-            lanes[lane] = squared[lane]
+        lanes = np.full(8, np.inf)
         whole = ncodes - ncodes % 8
-        for b in range(8, whole, 8):
+        for b in range(0, whole, 8):
             for lane in range(8):
                 v = squared[b + lane]
                 lanes[lane] = v if v < lanes[lane] else lanes[lane]
@@ -128,7 +126,7 @@ def _first_nearest(squared: np.ndarray) -> int:
             if squared[cd] < best:
                 best = squared[cd]
     else:
-        for cd in range(1, ncodes):
+        for cd in range(ncodes):
             if squared[cd] < best:
                 best = squared[cd]
     root = np.sqrt(best)
@@ -137,7 +135,7 @@ def _first_nearest(squared: np.ndarray) -> int:
     for cd in range(ncodes):
         if squared[cd] <= near and np.sqrt(squared[cd]) == root:
             return cd
-    return 0
+    return 0  # no finite distance: events must be finite (marker_matrix refuses others)
 
 
 def nearest_codes(data: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
