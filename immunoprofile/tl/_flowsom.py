@@ -97,7 +97,10 @@ def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
     """Resolve ``markers`` (default: :func:`fluorescence_markers`) and return them with their
     values as a C-contiguous matrix of ``dtype`` (float64 by default; ``None`` keeps float32
     values float32: the SOM loops compute in float64 either way, and float32 widens exactly,
-    so they give the same codes without a float64 copy of every event)."""
+    so they give the same codes without a float64 copy of every event).
+
+    When no column is dropped or moved and no conversion is needed, the matrix is the
+    AnnData's own (no copy of a million events): read it, do not write into it."""
     markers = fluorescence_markers(adata) if markers is None else [str(m) for m in markers]
     if not markers:
         raise ImmunoprofileError("no markers to cluster on: name them with markers= (the "
@@ -119,10 +122,7 @@ def marker_matrix(adata: AnnData, markers: Sequence[str] | None, *,
     if dtype is None:
         dtype = np.float32 if values.dtype == np.float32 else np.float64
     X = np.ascontiguousarray(values, dtype=dtype)
-    if adata.var_names.is_unique and isinstance(stored, np.ndarray) \
-            and np.shares_memory(X, stored):
-        X = X.copy()  # the caller's own matrix, never the AnnData's
-    if not np.isfinite(X.sum()) and not np.isfinite(X).all():
+    if not np.isfinite(X).all():
         # NaN: a tube without the marker; inf: no distance to a SOM code is finite
         bad = [m for m, col in zip(markers, X.T) if not np.isfinite(col).all()]
         raise ImmunoprofileError(f"markers {bad} have missing or infinite values (a tube "

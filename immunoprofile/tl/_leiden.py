@@ -30,8 +30,8 @@ def marker_neighbors(adata: AnnData, *, markers: Sequence[str] | None = None,
     import scanpy as sc
 
     cache_numba()
-    markers, X = marker_matrix(adata, markers)
-    scratch = AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=adata.obs_names.copy()))
+    markers, X = marker_matrix(adata, markers, dtype=np.float32)  # read only, as neighbors do
+    scratch = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()))
     wanted = {"markers": list(markers), "n_neighbors": int(n_neighbors),
               "random_state": int(random_state)}
     have = adata.uns.get("neighbors", {}).get("params", {})
