@@ -168,18 +168,19 @@ def cluster_run(
 
     # Pass 1, the files' sample sizes only (obs): the pooled subsample's size per sample is
     # known before any events are held (holding every file's events grew with the study).
-    sizes: dict[str, list[pd.Series]] = {}
+    sizes: dict[str, list[np.ndarray]] = {}
     panel_of: dict[Path, str] = {}
+    codes_of: dict[Path, np.ndarray] = {}  # each event's sample (a few bytes an event)
     for path in files:
         with h5py.File(path, "r") as f:
             panel_of[path] = _panel(ad.AnnData(uns=read_elem(f["uns"]) if "uns" in f else {}))
-            codes = f["obs"]["sample_id"]["codes"][()]
-        sizes.setdefault(panel_of[path], []).append(
-            pd.Series(np.bincount(codes[codes >= 0])).pipe(lambda n: n[n > 0]))
+            codes_of[path] = codes = f["obs"]["sample_id"]["codes"][()]
+        n = np.bincount(codes[codes >= 0])
+        sizes.setdefault(panel_of[path], []).append(n[n > 0])
     result = ClusterRunResult()
     for panel, found in sizes.items():
-        per_sample = pd.concat(found)
-        if per_sample.empty:
+        per_sample = np.concatenate(found)
+        if not per_sample.size:
             continue
         cap = events_per_sample or max(1, max_events // len(per_sample))
         result.events_per_sample[panel] = int(min(cap, per_sample.min()))
@@ -192,8 +193,7 @@ def cluster_run(
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
             continue
-        with h5py.File(path, "r") as f:
-            codes = f["obs"]["sample_id"]["codes"][()]
+        codes = codes_of.pop(path)
         # each sample's rows (ascending), samples in category order, as a groupby gives them
         order = np.argsort(codes, kind="stable")
         starts = np.flatnonzero(np.diff(codes[order], prepend=-2))
@@ -281,9 +281,8 @@ def _labels_meta(h5ad: Path, pooled: ad.AnnData) -> dict:
     """The labels file's metadata: its ``.h5ad``, the label column's categories and the
     model (as :func:`~immunoprofile.tl.flowsom_map` copies it)."""
     model = pooled.uns[KEY]
-    n_clusters = int(model["params"]["n_clusters"])
     return {"h5ad": h5ad.name, "categorical": [KEY],
-            "categories": {KEY: [str(i) for i in range(n_clusters)]},
+            "categories": {KEY: [str(c) for c in pooled.obs[KEY].cat.categories]},
             "uns": {KEY: {"params": _plain(dict(model["params"])),
                           "codes": np.asarray(model["codes"], dtype=np.float64).tolist(),
                           "node_metacluster": np.asarray(model["node_metacluster"],
