@@ -294,6 +294,10 @@ def _to_anndata(plan: _DrawPlan, X: np.ndarray, comp: np.ndarray, event_index: n
     return adata
 
 
+#: Rows gathered before a write (one h5py write per sample and column cost more than drawing).
+_WRITE_ROWS = 65_536
+
+
 def write_timepoint_h5ad(path: str | Path, run_dir: str | Path, timepoint: str, *,
                          population: str | None = None, panel: str | None = None,
                          n_per_sample: int | None = None, proportional: bool = False,
@@ -365,7 +369,7 @@ def write_timepoint_h5ad(path: str | Path, run_dir: str | Path, timepoint: str, 
 
             for drawn in _drawn(plan):
                 pending.append(drawn)
-                if pending[-1][1].stop - pending[0][1].start >= 65_536:
+                if pending[-1][1].stop - pending[0][1].start >= _WRITE_ROWS:
                     flush()
             flush()
             names = ["", *(c.split("/", 1)[1] for c in plan.member_cols)]

@@ -122,12 +122,16 @@ def test_written_file_reads_back(small_run: ip.Run, tmp_path: Path) -> None:
     {"panel": "bcell", "population": "plasma/B lineage", "random_state": 4},
     {"panel": "treg", "n_per_sample": 2 * KEEP}])
 def test_the_file_written_a_sample_at_a_time_is_the_anndata(small_run: ip.Run, tmp_path: Path,
-                                                            options: dict) -> None:
-    """`assemble` writes each timepoint without holding it (one sample's rows at a time);
+                                                            options: dict, monkeypatch) -> None:
+    """`assemble` writes each timepoint without holding it (one sample's rows at a time,
+    written a few samples at a time: here every 500 rows, so writes span samples);
     read back, the file is the AnnData `timepoint_anndata` builds in memory."""
     import anndata as ad
 
+    from immunoprofile import assemble
     from immunoprofile.assemble import write_h5ad, write_timepoint_h5ad
+
+    monkeypatch.setattr(assemble, "_WRITE_ROWS", 500)
 
     built = ad.read_h5ad(write_h5ad(timepoint_anndata(small_run, "W0", **options),
                                     tmp_path / "m.h5ad"))
