@@ -28,7 +28,7 @@ from immunoprofile._version import __version__
 from immunoprofile.batch import BatchSettings, events_for_sample
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
-from immunoprofile.tables import read_parquet_arrays, read_parquet_columns, read_parquet_schema
+from immunoprofile.tables import read_parquet_arrays, read_parquet_schema
 
 
 def RunFolder(run_dir: str | Path | Run) -> Run:
@@ -194,8 +194,8 @@ def _draw_plan(run_dir: str | Path, timepoint: str, *, population: str | None,
     for sid in samples["sample_id"]:
         names, meta = read_parquet_schema(run.events_path(sid))
         parents.append(_parent_column(names, population, templates))
-        sizes.append(int(np.count_nonzero(read_parquet_columns(
-            run.events_path(sid), [parents[-1]])[parents[-1]].to_numpy(bool))))
+        sizes.append(int(np.count_nonzero(read_parquet_arrays(
+            run.events_path(sid), [parents[-1]])[parents[-1]])))
         columns.update(dict.fromkeys(names))
         for marker, pnn in meta.get("channels", {}).items():
             channels.setdefault(marker, set()).add(pnn)

@@ -399,31 +399,12 @@ def read_parquet_schema(path: Path) -> tuple[list[str], dict]:
     (columns, metadata)
         As :func:`read_parquet_with_meta` gives them, the table's column names only.
     """
-    schema = pq.read_schema(path)
-    index = {c for c in _stored_meta(schema, b"pandas").get("index_columns", [])
-             if isinstance(c, str)}  # a stored pandas index, not a column of the table
-    return [n for n in schema.names if n not in index], _stored_meta(schema, b"immunoprofile")
+    schema = pq.read_schema(path)  # tables are written without their index
+    return list(schema.names), _stored_meta(schema, b"immunoprofile")
 
 
-def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Some columns of a Parquet file (the others are not read).
-
-    Parameters
-    ----------
-    path
-        A Parquet file.
-    columns
-        Names of the columns to read.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Those columns.
-    """
-    return pq.read_table(path, columns=columns).to_pandas()
-
-
-def read_parquet_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_parquet_arrays(path: Path, columns: list[str] | None = None
+                        ) -> dict[str, np.ndarray]:
     """A Parquet file's columns as NumPy arrays (no DataFrame is built: numeric columns
     without nulls are not even copied).
 
@@ -431,13 +412,15 @@ def read_parquet_arrays(path: Path) -> dict[str, np.ndarray]:
     ----------
     path
         A Parquet file of plain columns (nulls become NaN or None).
+    columns
+        Names of the columns to read (the others are not read); default all.
 
     Returns
     -------
     dict
         ``{column: array}`` in the file's order.
     """
-    table = pq.read_table(path)
+    table = pq.read_table(path, columns=columns)
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
