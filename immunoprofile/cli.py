@@ -330,7 +330,7 @@ def assemble(run_dir: Path, out: Path | None, n_per_sample: int | None,
               help="FlowSOM metaclusters per panel.")
 @click.option("--events-per-sample", type=click.IntRange(10, None), default=None,
               help="Events from every sample in the pooled subsample the model is fitted on "
-              "[default: the smallest sample's, at most 500,000 pooled per panel]; all events "
+              "[default: the smallest sample's, at most --max-events pooled per panel]; all events "
               "are mapped.")
 @click.option("--max-events", type=click.IntRange(1_000, None), default=500_000,
               show_default=True,

@@ -232,9 +232,14 @@ def compare_run(
     out = Path(out) if out else run.compare_dir
     subsets = run.subsets
     pairs, covariates = list(pairs), list(covariates)
-    # frequencies among each template's declared lymphocyte reference, besides the parent
-    references = dict.fromkeys(t.reference_population for t in run.templates().values()
+    # frequencies among each template's declared lymphocyte reference, besides the parent,
+    # and among what a template quotes a population against outside its ancestry (plasma:
+    # plasmablasts, gated from lymphocytes and blasts, as % of B cells)
+    templates = list(run.templates().values())
+    references = dict.fromkeys(t.reference_population for t in templates
                                if t.reference_population)
+    references |= dict.fromkeys(ref for t in templates for pop in t for ref in pop.pct_of
+                                if ref not in t.ancestors(pop.name))
     if "abs_per_ul" in subsets.columns and subsets["abs_per_ul"].notna().any():
         references["absolute"] = None  # cells/µL: not compositional
     da = differential_abundance(subsets, control=control, baseline=baseline, pairs=pairs,

@@ -28,7 +28,10 @@ from immunoprofile.run import CytokineRun, Run
 # Scatter, singlet and viability gates are sample quality, not immunology: no headlines.
 UPSTREAM_GATES = frozenset({"Lymphocytes", "Singlets", "Live lymphocytes",
                             "Lymphocytes and blasts", "Singlet lymphocytes and blasts",
-                            "Live lymphocytes and blasts"})
+                            "Live lymphocytes and blasts",
+                            # the plasma template's B cells again, with the blasts: a step
+                            # to plasmablasts, not a finding of its own
+                            "B lineage"})
 #: The simulated trial's pre-specified endpoints: what IL-2 (Treg) and telitacicept (B cells,
 #: plasmablasts, plasma cells) are expected to move. The headlines report these; findings in
 #: other populations are exploratory and counted, as a trial report would.
@@ -56,9 +59,9 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
     (``change_from_baseline``), said so. For the control arm, its own changes from baseline
     (a trial's control should have none). Each population is reported once, at its most
     significant visit, preferring cells/µL (``reference`` ``absolute``: not compositional),
-    then frequency among lymphocytes, then within its parent. Complement rows (the mirror of
-    another population's test), cluster rows, the baseline-locked sensitivity rows and the
-    upstream gates are left out.
+    then frequency among lymphocytes, then within its parent, then among another reference.
+    Complement rows (the mirror of another population's test), cluster rows, the
+    baseline-locked sensitivity rows and the upstream gates are left out.
 
     Parameters
     ----------
@@ -90,7 +93,11 @@ def headline_findings(abundance: pd.DataFrame, *, fdr: float = 0.05,
         "parent", index=table.index)
     if "pvalue" not in table.columns:
         table["pvalue"] = np.nan
-    table["_rank"] = np.select([ref_col == "absolute", ref_col != "parent"], [0, 1], 2)
+    # cells/µL, then among lymphocytes, then within the parent, then among another population
+    # a template quotes it against (plasmablasts among B cells)
+    lymphocytes = ref_col.astype(str).str.endswith("lymphocytes")
+    table["_rank"] = np.select([ref_col == "absolute", lymphocytes, ref_col == "parent"],
+                               [0, 1, 2], 3)
     out: dict[str, list[str]] = {}
     treated = set(table.loc[table["contrast_type"] == "change_vs_control", "arm"])
     controls = set(table.loc[table["contrast_type"] == "change_vs_control", "reference_arm"])
@@ -128,7 +135,8 @@ def _headline(r: pd.Series, note: str) -> str:
     if r["_rank"] == 0:
         where, measure = "in cells/µL", "fold change"
     else:
-        where = "among lymphocytes" if r["_rank"] == 1 else "within its parent"
+        where = {1: "among lymphocytes", 2: "within its parent"}.get(
+            r["_rank"], f"among {r['reference']}")
         measure = "odds ratio"
     return (f"{r['population']} {arrow} from {r['baseline']} to {r['timepoint']} {where} "
             f"({measure} {np.exp(r['estimate']):.2f}, {note}, FDR {r['fdr']:.2g})")

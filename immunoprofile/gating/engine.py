@@ -134,6 +134,12 @@ class GatingResult:
                 f"{len(self.membership)} populations, {self.n_events} events)")
 
 
+def pct_of_column(reference: str) -> str:
+    """The subset table's column of a population's percentage of ``reference``
+    (``pct_of_<slug>``, a template's ``pct_of``)."""
+    return f"pct_of_{slug(reference)}"
+
+
 def _boolean(gate: BooleanGate, membership: dict[str, np.ndarray]) -> np.ndarray:
     arrays = [~membership[r] if neg else membership[r] for r, neg in gate.refs]
     if gate.op == "not":
@@ -290,7 +296,7 @@ def _counts_table(template: Template, membership: dict[str, np.ndarray], notes: 
         row["parent_count"] = parent_count if measured else None
         row["pct_parent"] = _pct(count, parent_count) if measured else np.nan
         for ref in pop.pct_of:
-            row[f"pct_of_{slug(ref)}"] = _pct(count, totals.get(ref)) if measured else np.nan
+            row[pct_of_column(ref)] = _pct(count, totals.get(ref)) if measured else np.nan
         for marker in pop.mfi:
             value = np.nan
             if measured and marker in space.channel_of and count:

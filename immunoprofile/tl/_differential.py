@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.gating import slug
+from immunoprofile.gating import pct_of_column
 from immunoprofile.tl._glmm import binomial_glmm_fitter
 from immunoprofile.tl._models import (
     RESULT_COLUMNS,
@@ -178,7 +178,8 @@ def differential_abundance(
                 n = n.to_numpy()
                 if ref_name == rows["parent"].iloc[0]:
                     continue  # the parent already gives these rows
-                if (rows["count"].astype(float).to_numpy() > n).any():
+                if ref_name not in ancestry.get((template, population), set()) \
+                        and (rows["count"].astype(float).to_numpy() > n).any():
                     continue  # not an ancestor and not always larger: no binomial frequency
             frame, note = _abundance_frame(rows, n, design)
             if model == "glmm_binomial":
@@ -311,7 +312,7 @@ def _quoted_against(rows: pd.DataFrame, reference: str, ancestors: set[str]) -> 
     lymphocyte)."""
     if reference in ancestors:
         return True
-    column = f"pct_of_{slug(reference)}"
+    column = pct_of_column(reference)
     return column in rows.columns and bool(rows[column].notna().any())
 
 
