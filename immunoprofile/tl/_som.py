@@ -16,6 +16,8 @@ from numba import njit
 
 from immunoprofile._pool import in_threads
 
+_AHEAD = 256  # events fetched ahead while training
+
 
 @njit(cache=True, nogil=True)
 def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha_start: float,
@@ -43,19 +45,27 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
     change = 1.0
     by_marker = np.ascontiguousarray(codes.T)
     squared = np.empty(ncodes)
-    event = np.empty(px, data.dtype)
+    lanes = np.empty(8)
     moves = np.empty(ncodes, np.bool_)
+    ahead = np.empty((_AHEAD, px))
     for k in range(niter):
         at = k
         if k % n == 0:
             if change < 1.0:
                 at = niter
             change = 0.0
-        i = np.random.randint(n)  # noqa: NPY002
-        for j in range(px):
-            event[j] = data[i, j]
+        slot = k % _AHEAD
+        if slot == 0:
+            # The next steps' events, drawn as FlowSOM draws them one step at a time, fetched
+            # together: independent reads overlap, where one event per step waited on memory
+            # (events picked at random from a million are rarely in cache).
+            for s in range(min(_AHEAD, niter - k)):
+                i = np.random.randint(n)  # noqa: NPY002
+                for j in range(px):
+                    ahead[s, j] = data[i, j]
+        event = ahead[slot]
         _squared_distances(event, by_marker, squared)
-        nearest = _first_nearest(squared)
+        nearest = _first_nearest(squared, lanes)
         if threshold < 1.0:
             threshold = 0.5
         alpha = alpha_start - (alpha_start - alpha_end) * at / niter
@@ -106,14 +116,15 @@ def _squared_distances(event: np.ndarray, by_marker: np.ndarray, out: np.ndarray
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _first_nearest(squared: np.ndarray) -> int:
+def _first_nearest(squared: np.ndarray, lanes: np.ndarray) -> int:
     """The first code whose distance is the smallest, where FlowSOM compares the square
-    roots (two squared distances one rounding step apart can share a root: the first wins)."""
+    roots (two squared distances one rounding step apart can share a root: the first wins).
+    ``lanes`` is scratch space for eight numbers (allocating it here cost every step)."""
     ncodes = squared.shape[0]
     best = np.inf  # a NaN distance (a code gone NaN) is passed over, as FlowSOM's compare does
     if ncodes >= 16:
         # eight independent running minima: the exact minimum, without a chain of compares
-        lanes = np.full(8, np.inf)
+        lanes[:] = np.inf
         whole = ncodes - ncodes % 8
         for b in range(0, whole, 8):
             for lane in range(8):
@@ -152,11 +163,12 @@ def _nearest(start: int, stop: int, data: np.ndarray, codes: np.ndarray, nodes: 
              dists: np.ndarray) -> None:
     by_marker = np.ascontiguousarray(codes.T)
     squared = np.empty(codes.shape[0])
+    lanes = np.empty(8)
     event = np.empty(codes.shape[1], data.dtype)
     for i in range(start, stop):
         for j in range(event.shape[0]):
             event[j] = data[i, j]
         _squared_distances(event, by_marker, squared)
-        best = _first_nearest(squared)
+        best = _first_nearest(squared, lanes)
         nodes[i] = best
         dists[i] = np.sqrt(squared[best])
