@@ -273,12 +273,14 @@ def test_som_equals_flowsoms_estimator() -> None:
     rng = np.random.default_rng(3)
     X = np.vstack([rng.normal(m, 0.7, size=(800, 5)) for m in (0.0, 2.0, 4.0, 6.0)])
     adata = ad.AnnData(X=X, var=pd.DataFrame(index=[f"M{i}" for i in range(5)]))
-    # 6 × 6 and 20 × 20 codes take the eight-lane minimum, 3 × 3 the plain one; 3,197 events
-    # × 4 passes are not a whole number of the events fetched ahead (256 at a time)
-    for seed, grid, n in ((0, 6, 3200), (11, 6, 3197), (5, 3, 3200), (2, 20, 3200)):
+    # grids of 36, 9 (one code beyond the four lanes), 400 and 28 codes (4 × 7: rows and
+    # columns of the neighbourhood differ); 3,197 events × 4 passes are not a whole number
+    # of the events fetched ahead (256 at a time)
+    for seed, xdim, ydim, n in ((0, 6, 6, 3200), (11, 6, 6, 3197), (5, 3, 3, 3200),
+                                (2, 20, 20, 3200), (4, 4, 7, 3200), (6, 7, 4, 3200)):
         part = adata[:n].copy()
-        ip.tl.flowsom(part, xdim=grid, ydim=grid, rlen=4, n_clusters=5, random_state=seed)
-        reference = FlowSOMEstimator(xdim=grid, ydim=grid, rlen=4, seed=seed, n_clusters=5)
+        ip.tl.flowsom(part, xdim=xdim, ydim=ydim, rlen=4, n_clusters=5, random_state=seed)
+        reference = FlowSOMEstimator(xdim=xdim, ydim=ydim, rlen=4, seed=seed, n_clusters=5)
         labels = reference.fit_predict(X[:n])
         assert np.array_equal(part.uns["flowsom"]["codes"], reference.cluster_model.codes)
         assert np.array_equal(part.obs["flowsom_node"].to_numpy(),
@@ -302,17 +304,17 @@ def test_nearest_code_is_the_first_of_equal_square_roots() -> None:
              if np.sqrt(np.nextafter(a, np.inf)) == np.sqrt(a)]
     assert len(pairs) > 100
     for bigger, smaller in pairs[:50]:
-        for n_codes in (5, 40):  # the plain search and the eight-lane one
+        for n_codes in (5, 7, 40, 42):  # four lanes, and the codes left over from them
             squared = rng.uniform(60.0, 90.0, n_codes)
             squared[[1, n_codes - 2]] = bigger, smaller
-            assert _first_nearest(squared, np.empty(8)) == 1
+            assert _first_nearest(squared) == 1
             squared[1] = smaller + 1.0
-            assert _first_nearest(squared, np.empty(8)) == n_codes - 2
+            assert _first_nearest(squared) == n_codes - 2
     # a code gone NaN is passed over, in either search, and hides no other code
-    for n_codes, nan_at, smallest in ((40, 3, 11), (5, 0, 3)):
+    for n_codes, nan_at, smallest in ((40, 3, 11), (5, 0, 3), (42, 41, 40), (7, 1, 6)):
         squared = rng.uniform(60.0, 90.0, n_codes)
         squared[nan_at], squared[smallest] = np.nan, 1.0
-        assert _first_nearest(squared, np.empty(8)) == smallest
+        assert _first_nearest(squared) == smallest
 
 
 def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:
@@ -325,8 +327,7 @@ def test_som_code_is_compiled_once_across_processes(tmp_path) -> None:
     script = ("import numpy as np\n"
               "from immunoprofile.tl._som import train_codes, nearest_codes\n"
               "X = np.random.default_rng(0).normal(size=(500, 3))\n"
-              "nh = np.abs(np.subtract.outer(np.arange(9.0), np.arange(9.0)))\n"
-              "c = train_codes(X, X[:9].copy(), nh, 0.05, 0.01, 2.0, 0.0, 2, 0)\n"
+              "c = train_codes(X, X[:9].copy(), 3, 3, 0.05, 0.01, 2.0, 0.0, 2, 0)\n"
               "nearest_codes(X, c)\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
     logs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,

@@ -218,7 +218,7 @@ def flowsom(
     nhbrdist = squareform(pdist(grid, metric="chebyshev"))
     start = np.random.RandomState(seed).choice(train.shape[0], xdim * ydim, replace=False)
     codes = train_codes(train, np.ascontiguousarray(train[start], dtype=np.float64),
-                        nhbrdist, 0.05, 0.01,
+                        int(xdim), int(ydim), 0.05, 0.01,
                         float(np.quantile(nhbrdist, 0.67)), 0.0, int(rlen), int(seed))
     # FlowSOMEstimator's metaclustering of the codes (its fit_predict is the final
     # average-linkage clustering; the consensus resampling runs only in its fit()).

@@ -20,33 +20,32 @@ _AHEAD = 256  # events fetched ahead while training
 
 
 @njit(cache=True, nogil=True)
-def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha_start: float,
+def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha_start: float,
                 alpha_end: float, radius_start: float, radius_end: float, rlen: int,
                 seed: int) -> np.ndarray:
     """Train ``codes`` in place on ``rlen`` passes of random events (Kohonen's online SOM).
 
     Each step draws one event, finds its nearest code (Euclidean) and moves every code
-    within the current radius of it on the grid (``nhbrdist``) towards the event by the
-    current learning rate. Rate and radius fall linearly over the ``rlen × n`` steps from
+    within the current radius of it on the ``xdim × ydim`` grid towards the event by the
+    current learning rate. Code ``x * ydim + y`` sits at grid point (x, y) and grid
+    distances are Chebyshev's, as FlowSOM's ``nhbrdist``: the codes within a radius form a
+    square of whole rows. Rate and radius fall linearly over the ``rlen × n`` steps from
     their start to their end values; the radius never falls below 0.5 (the winner alone).
     As FlowSOM, a pass whose total movement was under 1 sets the rate to its end value for
     the first step of the next pass.
 
     The codes are held transposed (marker × code) so that every step's distances and moves
-    run over all codes at once in vector registers; each number is the same operation in
+    run over many codes at once in vector registers; each number is the same operation in
     the same order as FlowSOM's code-by-code loop, so the codes are equal, not close.
     """
     np.random.seed(seed)  # noqa: NPY002 - numba's per-thread state, as flowsom draws
     n, px = data.shape
-    ncodes = codes.shape[0]
     niter = rlen * n
     threshold = radius_start
     step = (radius_start - radius_end) / niter
     change = 1.0
     by_marker = np.ascontiguousarray(codes.T)
-    squared = np.empty(ncodes)
-    lanes = np.empty(8)
-    moves = np.empty(ncodes, np.bool_)
+    squared = np.empty(codes.shape[0])
     ahead = np.empty((_AHEAD, px))
     for k in range(niter):
         at = k
@@ -65,34 +64,39 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
                     ahead[s, j] = data[i, j]
         event = ahead[slot]
         _squared_distances(event, by_marker, squared)
-        nearest = _first_nearest(squared, lanes)
+        nearest = _first_nearest(squared)
         if threshold < 1.0:
             threshold = 0.5
         alpha = alpha_start - (alpha_start - alpha_end) * at / niter
-        first = ncodes
-        last = -1
-        for cd in range(ncodes):
-            inside = not nhbrdist[nearest, cd] > threshold
-            moves[cd] = inside
-            # integer minima and maxima: vectorised, no branch
-            first = min(first, cd if inside else ncodes)
-            last = max(last, cd if inside else -1)
+        # Chebyshev distances are whole numbers: within the radius <=> within its floor on
+        # both axes. Unsigned indices spare every element numba's negative-index check.
+        reach = int(threshold)
+        wx = nearest // ydim
+        wy = nearest - wx * ydim
+        x0 = max(wx - reach, 0)
+        x1 = min(wx + reach, xdim - 1)
+        y0 = np.uint64(max(wy - reach, 0))
+        width = np.uint64(min(wy + reach, ydim - 1) + 1) - y0
         # The pass's total movement only decides "under 1": once it is reached no later
         # (non-negative) term can undo it, so it is summed, in FlowSOM's order, until then.
         if change < 1.0:
-            for cd in range(first, last + 1):
-                if moves[cd]:
+            for gx in range(x0, x1 + 1):
+                start = np.uint64(gx * ydim) + y0
+                for cd in range(start, start + width):
                     for j in range(px):
                         change += abs(event[j] - by_marker[j, cd])
                     if change >= 1.0:
                         break
-        between = moves[first:last + 1]  # the codes that move, and those between them
+                if change >= 1.0:
+                    break
         for j in range(px):
             x = event[j]
-            row = by_marker[j, first:last + 1]
-            for cd in range(row.shape[0]):
-                c = row[cd]
-                row[cd] = c + (x - c) * alpha if between[cd] else c
+            row = by_marker[j]
+            for gx in range(x0, x1 + 1):
+                start = np.uint64(gx * ydim) + y0
+                for cd in range(start, start + width):
+                    c = row[cd]
+                    row[cd] = c + (x - c) * alpha
         threshold -= step
     codes[:, :] = by_marker.T
     return codes
@@ -100,50 +104,66 @@ def train_codes(data: np.ndarray, codes: np.ndarray, nhbrdist: np.ndarray, alpha
 
 @njit(cache=True, nogil=True, inline="always")
 def _squared_distances(event: np.ndarray, by_marker: np.ndarray, out: np.ndarray) -> None:
-    # marker by marker over all codes (vectorised), each code's sum in marker order as
-    # FlowSOM's per-code loop adds it
+    # Over all codes at once (vectorised), each code's sum in marker order as FlowSOM's
+    # per-code loop adds it; four markers per pass over the codes, so the running sums are
+    # loaded and stored a quarter as often (the same additions, in the same order).
     px, ncodes = by_marker.shape
     x = event[0]
+    row = by_marker[0]
     for cd in range(ncodes):
-        diff = x - by_marker[0, cd]
+        diff = x - row[cd]
         out[cd] = diff * diff
-    for j in range(1, px):
+    j = 1
+    while j + 4 <= px:
+        xa, xb, xc, xd = event[j], event[j + 1], event[j + 2], event[j + 3]
+        ra, rb, rc, rd = by_marker[j], by_marker[j + 1], by_marker[j + 2], by_marker[j + 3]
+        for cd in range(ncodes):
+            da = xa - ra[cd]
+            db = xb - rb[cd]
+            dc = xc - rc[cd]
+            dd = xd - rd[cd]
+            out[cd] = (((out[cd] + da * da) + db * db) + dc * dc) + dd * dd
+        j += 4
+    while j < px:
         x = event[j]
         row = by_marker[j]
         for cd in range(ncodes):
             diff = x - row[cd]
             out[cd] += diff * diff
+        j += 1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _first_nearest(squared: np.ndarray, lanes: np.ndarray) -> int:
+def _first_nearest(squared: np.ndarray) -> int:
     """The first code whose distance is the smallest, where FlowSOM compares the square
-    roots (two squared distances one rounding step apart can share a root: the first wins).
-    ``lanes`` is scratch space for eight numbers (allocating it here cost every step)."""
+    roots (two squared distances one rounding step apart can share a root: the first wins)."""
     ncodes = squared.shape[0]
-    best = np.inf  # a NaN distance (a code gone NaN) is passed over, as FlowSOM's compare does
-    if ncodes >= 16:
-        # eight independent running minima: the exact minimum, without a chain of compares
-        lanes[:] = np.inf
-        whole = ncodes - ncodes % 8
-        for b in range(0, whole, 8):
-            for lane in range(8):
-                v = squared[b + lane]
-                lanes[lane] = v if v < lanes[lane] else lanes[lane]
-        for lane in range(8):
-            if lanes[lane] < best:
-                best = lanes[lane]
-        for cd in range(whole, ncodes):
-            if squared[cd] < best:
-                best = squared[cd]
-    else:
-        for cd in range(ncodes):
-            if squared[cd] < best:
-                best = squared[cd]
+    # four independent running minima in registers: the exact minimum without one long
+    # chain of compares; a NaN distance (a code gone NaN) is passed over, as FlowSOM's
+    # compare does
+    whole = ncodes - ncodes % 4
+    m0 = m1 = m2 = m3 = np.inf
+    for b in range(0, whole, 4):
+        v = squared[b]
+        m0 = v if v < m0 else m0
+        v = squared[b + 1]
+        m1 = v if v < m1 else m1
+        v = squared[b + 2]
+        m2 = v if v < m2 else m2
+        v = squared[b + 3]
+        m3 = v if v < m3 else m3
+    best = min(min(m0, m1), min(m2, m3))
+    for cd in range(whole, ncodes):
+        if squared[cd] < best:
+            best = squared[cd]
     root = np.sqrt(best)
-    # a square root equal to the smallest one needs a square within two rounding steps of it
+    # a square root equal to the smallest one needs a square within two rounding steps of
+    # it: the first such square (a vectorised search), then the first with an equal root
     near = best * (1.0 + 1e-15)
+    first = ncodes
     for cd in range(ncodes):
+        first = min(first, cd if squared[cd] <= near else ncodes)
+    for cd in range(first, ncodes):
         if squared[cd] <= near and np.sqrt(squared[cd]) == root:
             return cd
     return 0  # no finite distance: events must be finite (marker_matrix refuses others)
@@ -163,12 +183,11 @@ def _nearest(start: int, stop: int, data: np.ndarray, codes: np.ndarray, nodes: 
              dists: np.ndarray) -> None:
     by_marker = np.ascontiguousarray(codes.T)
     squared = np.empty(codes.shape[0])
-    lanes = np.empty(8)
     event = np.empty(codes.shape[1], data.dtype)
     for i in range(start, stop):
         for j in range(event.shape[0]):
             event[j] = data[i, j]
         _squared_distances(event, by_marker, squared)
-        best = _first_nearest(squared, lanes)
+        best = _first_nearest(squared)
         nodes[i] = best
         dists[i] = np.sqrt(squared[best])
