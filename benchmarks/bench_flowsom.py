@@ -49,12 +49,14 @@ def main() -> None:
     for name, kwargs in (("full, seed 0", {"random_state": 0}),
                          ("full, seed 1", {"random_state": 1}),
                          (f"n_train={args.n_train:,}, seed 0",
-                          {"random_state": 0, "n_train": args.n_train})):
+                          {"random_state": 0, "n_train": args.n_train}),
+                         ("full, seed 0, 10 x 10 grid (FlowSOM's default)",
+                          {"random_state": 0, "xdim": 10, "ydim": 10})):
         t0 = time.perf_counter()
-        fitted = ip.tl.flowsom(adata, markers=markers, copy=True, **kwargs)
-        fits[name] = (time.perf_counter() - t0, fitted.obs["flowsom"].to_numpy())
+        ip.tl.flowsom(adata, markers=markers, **kwargs)  # in place, as a notebook calls it
+        fits[name] = (time.perf_counter() - t0, adata.obs["flowsom"].to_numpy().copy())
         print(f"{name}: {fits[name][0]:.1f} s", flush=True)
-    names = list(fits)
+    names = list(fits)[:3]
     rows = [{"pair": f"{a} vs {b}", "mean F1": round(mean_f1(fits[a][1], fits[b][1]), 3)}
             for a, b in ((names[0], names[1]), (names[0], names[2]))]
     rows += [{"pair": f"{n} vs truth", "mean F1": round(mean_f1(truth, fits[n][1]), 3)}

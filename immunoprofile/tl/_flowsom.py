@@ -181,9 +181,9 @@ def flowsom(
     n_train
         Train the SOM on a seeded random subsample of this many events, then map every
         event to its nearest node (``params['n_train']``); None trains on all. The online
-        SOM's time grows with the events it sees (~1.3 µs per event and pass on a 20 × 20
-        grid and 15 markers): a million events train in ~14 s, 100,000 in ~1.5 s, and
-        mapping a million takes ~0.5 s more on two cores. A subsample's clusters differ
+        SOM's time grows with the events it sees (~0.95 µs per event and pass on a 20 × 20
+        grid and 15 markers): a million events train in ~9.5 s, 100,000 in ~1 s, and
+        mapping a million takes ~0.4 s more on two cores. A subsample's clusters differ
         from the full fit's about as much as another seed's do (benchmarks/README.md).
 
     Returns
