@@ -208,12 +208,16 @@ def cluster_run(
     pools = {panel: ad.concat(drawn.pop(panel), merge="same", uns_merge="first")
              for panel in list(drawn)}
 
+    # The panels' SOMs train at once (the compiled loop releases the GIL), each in one
+    # thread; a single panel's SOM shares its steps between two (flowsom's n_jobs). Each
+    # model is seeded on its own, and threads never change codes, so the clusters are those
+    # of one panel after another.
+    som_jobs = 1 if len(pools) > 1 else -1
+
     def fit(pooled: ad.AnnData) -> None:
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
-                random_state=seed, key_added=KEY)
+                random_state=seed, key_added=KEY, n_jobs=som_jobs)
 
-    # The panels' SOMs train at once (the compiled loop releases the GIL); each model is
-    # seeded on its own, so the clusters are those of one panel after another.
     with ThreadPoolExecutor(max_workers=min(len(pools), os.cpu_count() or 1) or 1) as pool:
         list(pool.map(fit, pools.values()))
     for panel, paths in paths_of.items():

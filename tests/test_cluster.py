@@ -276,22 +276,76 @@ def test_som_equals_flowsoms_estimator() -> None:
     # grids of 36, 9 (one code beyond the four lanes), 400 and 28 codes (4 × 7: rows and
     # columns of the neighbourhood differ); 3,197 events × 4 passes are not a whole number
     # of the events fetched ahead (256 at a time)
+    # One thread and two (every other grid row each, odd row counts too), the same codes.
     for seed, xdim, ydim, n in ((0, 6, 6, 3200), (11, 6, 6, 3197), (5, 3, 3, 3200),
                                 (2, 20, 20, 3200), (4, 4, 7, 3200), (6, 7, 4, 3200)):
-        part = adata[:n].copy()
-        ip.tl.flowsom(part, xdim=xdim, ydim=ydim, rlen=4, n_clusters=5, random_state=seed)
         reference = FlowSOMEstimator(xdim=xdim, ydim=ydim, rlen=4, seed=seed, n_clusters=5)
         labels = reference.fit_predict(X[:n])
-        assert np.array_equal(part.uns["flowsom"]["codes"], reference.cluster_model.codes)
-        assert np.array_equal(part.obs["flowsom_node"].to_numpy(),
-                              reference.cluster_model.labels_.astype(int))
-        assert np.array_equal(part.obs["flowsom"].astype(int).to_numpy(), labels)
+        for n_jobs in (1, 2):
+            part = adata[:n].copy()
+            ip.tl.flowsom(part, xdim=xdim, ydim=ydim, rlen=4, n_clusters=5, random_state=seed,
+                          n_jobs=n_jobs)
+            assert np.array_equal(part.uns["flowsom"]["codes"], reference.cluster_model.codes)
+            assert np.array_equal(part.obs["flowsom_node"].to_numpy(),
+                                  reference.cluster_model.labels_.astype(int))
+            assert np.array_equal(part.obs["flowsom"].astype(int).to_numpy(), labels)
     # float32 events (as assembled) are used without a float64 copy: they widen exactly
     single = ad.AnnData(X=X.astype(np.float32), var=adata.var)
     ip.tl.flowsom(single, xdim=6, ydim=6, rlen=4, n_clusters=5, random_state=0)
     reference = FlowSOMEstimator(xdim=6, ydim=6, rlen=4, seed=0, n_clusters=5)
     reference.fit_predict(X.astype(np.float32).astype(np.float64))
     assert np.array_equal(single.uns["flowsom"]["codes"], reference.cluster_model.codes)
+
+
+def test_two_threads_pick_the_nearest_code_a_single_search_picks() -> None:
+    """Each thread's nearest code, combined, is the one FlowSOM's search over all codes
+    picks: the smaller root distance, the lower code of equal ones, none (NaN) loses."""
+    from immunoprofile.tl._som import first_of_two
+
+    nan = float("nan")
+    assert first_of_two(1.0, 7, 2.0, 3) == 7
+    assert first_of_two(2.0, 3, 1.0, 7) == 7
+    assert first_of_two(1.5, 7, 1.5, 3) == 3 and first_of_two(1.5, 3, 1.5, 7) == 3
+    assert first_of_two(nan, 0, 4.0, 9) == 9 and first_of_two(4.0, 9, nan, 0) == 9
+    assert first_of_two(nan, 0, nan, 1) == 0
+    assert first_of_two(np.inf, 5, np.inf, 2) == 2 and first_of_two(np.inf, 5, 3.0, 8) == 8
+
+
+def test_som_threads_follow_n_jobs_and_the_machine(monkeypatch) -> None:
+    """n_jobs=None or 1: one thread; 2 or more: two; -1: two only for grids of 200 codes or
+    more with two cores free, and one inside a pool worker (one core each)."""
+    import os
+
+    from immunoprofile.tl._flowsom import _som_threads
+
+    assert _som_threads(None, 400) == 1 and _som_threads(1, 400) == 1
+    assert _som_threads(2, 36) == 2 and _som_threads(8, 400) == 2
+    assert _som_threads(-1, 100) == 1
+    free = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert _som_threads(-1, 400) == (2 if free >= 2 else 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _som_threads(-1, 400) == 1
+
+
+def test_two_threads_on_a_busy_machine_give_the_same_codes() -> None:
+    """Two 2-thread trainings at once (four threads on this machine's cores): a thread
+    waiting for its partner gives its core away, and the codes stay those of one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from immunoprofile.tl._som import train_codes
+
+    rng = np.random.default_rng(8)
+    X = np.vstack([rng.normal(m, 0.7, size=(1500, 6)) for m in (0.0, 3.0)])
+    start = X[rng.choice(len(X), 400, replace=False)]
+
+    def train(threads: int, seed: int) -> np.ndarray:
+        return train_codes(X, start.copy(), 20, 20, 0.05, 0.01, 7.0, 0.0, 2, seed,
+                           threads=threads)
+
+    single = [train(1, seed) for seed in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        shared = list(pool.map(lambda seed: train(2, seed), (0, 1)))
+    assert all(np.array_equal(a, b) for a, b in zip(single, shared))
 
 
 def test_nearest_code_is_the_first_of_equal_square_roots() -> None:
