@@ -318,6 +318,8 @@ def test_som_threads_follow_n_jobs_and_the_machine(monkeypatch) -> None:
 
     from immunoprofile.tl._flowsom import _som_threads
 
+    # (dask's nanny leaves OMP_NUM_THREADS=1 in a process that started a LocalCluster)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert _som_threads(None, 400) == 1 and _som_threads(1, 400) == 1
     assert _som_threads(2, 36) == 2 and _som_threads(8, 400) == 2
     assert _som_threads(-1, 100) == 1
