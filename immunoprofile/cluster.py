@@ -15,8 +15,9 @@ For each panel (tube) of a run, :func:`cluster_run`
 4. writes ``clusters.parquet`` (sample × cluster counts, which ``compare`` tests like gated
    populations), ``cluster_annotation.csv`` and ``cluster_agreement.csv``.
 
-Files are read one at a time (their sample sizes first, then the events twice: to subsample
-and to map), so memory holds one timepoint plus the pooled subsample.
+Files are read a chunk of rows at a time (their sample sizes first, then the events twice: to
+subsample and to map), so memory holds the pooled subsample's events (``X`` only) and one
+chunk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from anndata.io import read_elem
 
 from immunoprofile.assemble import assemble_run
@@ -187,8 +189,7 @@ def cluster_run(
 
     # Pass 2: each sample's events in a random order, the first n kept, pooled per panel.
     rng = np.random.default_rng(seed)
-    drawn: dict[str, list[ad.AnnData]] = {}
-    paths_of: dict[str, list[Path]] = {}
+    drawn: dict[str, list[tuple[Path, np.ndarray]]] = {}
     for path in files:
         n = result.events_per_sample.get(panel_of[path])
         if n is None:
@@ -200,13 +201,11 @@ def cluster_run(
         keep = [rng.permutation(idx)[:n] for idx in np.split(order, starts[1:])
                 if idx.size and codes[idx[0]] >= 0]
         if keep:
-            drawn.setdefault(panel_of[path], []).append(_read_rows(path, np.concatenate(keep)))
-            paths_of.setdefault(panel_of[path], []).append(path)
+            drawn.setdefault(panel_of[path], []).append((path, np.concatenate(keep)))
+    paths_of = {panel: [path for path, _ in parts] for panel, parts in drawn.items()}
 
     counts, annotations, agreements = [], [], []
-    # each panel's drawn parts freed as soon as they are pooled
-    pools = {panel: ad.concat(drawn.pop(panel), merge="same", uns_merge="first")
-             for panel in list(drawn)}
+    pools = {panel: _pool(drawn.pop(panel)) for panel in list(drawn)}
 
     # The panels' SOMs train at once (the compiled loop releases the GIL), each in one
     # thread; a single panel's SOM shares its steps between two (flowsom's n_jobs). Each
@@ -302,16 +301,16 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-#: The obs columns clustering reads: each event's sample and deepest gate.
+#: The obs columns mapping reads: each event's sample and deepest gate.
 _OBS_READ = ("sample_id", "population")
 #: Rows of a timepoint file read at a time.
 _CHUNK = 65_536
 
 
-def _chunks(path: Path, rows: np.ndarray | None = None) -> Iterator[ad.AnnData]:
+def _chunks(path: Path) -> Iterator[ad.AnnData]:
     """A timepoint file's ``X``, ``var``, ``uns`` and, of ``obs``, its names, samples and
-    deepest gates, ``_CHUNK`` rows at a time (``rows``: only those, ascending). Clustering
-    reads no layer and no gate column, and never a whole file."""
+    deepest gates, ``_CHUNK`` rows at a time. Mapping reads no layer and no gate column, and
+    never a whole file."""
     with h5py.File(path, "r") as f:
         group, n = f["obs"], f["X"].shape[0]
         key = group.attrs["_index"]
@@ -319,42 +318,57 @@ def _chunks(path: Path, rows: np.ndarray | None = None) -> Iterator[ad.AnnData]:
         columns = {c: _column_reader(group[c]) for c in _OBS_READ if c in group}
         for a in range(0, max(n, 1), _CHUNK):  # an empty file still gives its columns
             b = min(n, a + _CHUNK)
-            at = slice(a, b) if rows is None else rows[(rows >= a) & (rows < b)]
-            if rows is not None and not at.size:
-                continue
-            names = group[key].asstr()[a:b] if rows is None else group[key].asstr()[a:b][at - a]
-            obs = pd.DataFrame({c: read(a, b, at) for c, read in columns.items()},
-                               index=pd.Index(names, name=None if key == "_index" else key))
-            X = f["X"][a:b] if rows is None else f["X"][a:b][at - a]
-            yield ad.AnnData(X=X, obs=obs, var=var, uns=uns)
+            obs = pd.DataFrame({c: read(a, b) for c, read in columns.items()},
+                               index=pd.Index(group[key].asstr()[a:b],
+                                              name=None if key == "_index" else key))
+            yield ad.AnnData(X=f["X"][a:b], obs=obs, var=var, uns=uns)
 
 
 def _column_reader(node: h5py.Group | h5py.Dataset):
-    """``read(a, b, at)``: an obs column's values at rows ``at`` of the block ``a:b`` (a
-    categorical keeps every category, as anndata reads it)."""
+    """``read(a, b)``: an obs column's rows ``a:b`` (a categorical keeps every category, as
+    anndata reads it)."""
     if node.attrs.get("encoding-type") == "categorical":
         categories = read_elem(node["categories"])
         ordered = bool(node.attrs.get("ordered", False))
-
-        def read(a: int, b: int, at: slice | np.ndarray) -> pd.Categorical:
-            codes = node["codes"][a:b]
-            codes = codes if isinstance(at, slice) else codes[at - a]
-            return pd.Categorical.from_codes(codes, categories=categories, ordered=ordered)
-        return read
-
-    def read_plain(a: int, b: int, at: slice | np.ndarray) -> np.ndarray:
-        values = node[a:b]
-        return values if isinstance(at, slice) else values[at - a]
-    return read_plain
+        return lambda a, b: pd.Categorical.from_codes(node["codes"][a:b], categories=categories,
+                                                      ordered=ordered)
+    return lambda a, b: node[a:b]
 
 
-def _read_rows(path: Path, rows: np.ndarray) -> ad.AnnData:
-    """The given rows of a timepoint file, in the given order (what fitting and annotating
-    read), read a chunk at a time."""
-    ascending = np.sort(rows)
-    parts = list(_chunks(path, ascending))
-    got = ad.concat(parts, merge="same", uns_merge="first") if len(parts) > 1 else parts[0]
-    return got[np.searchsorted(ascending, rows)].copy()
+def _pool(parts: list[tuple[Path, np.ndarray]]) -> ad.AnnData:
+    """One panel's training pool: of each file the given rows in the given order, files in
+    order. Fitting, thresholds and annotation read ``X`` (with ``var`` and ``uns``) and
+    nothing else, so the pool holds only that, filled in place a chunk of rows at a time; its
+    names are row numbers in an Arrow string index (~8 bytes an event; the files' names as
+    Python strings cost ~75, and pooling them through ``anndata.concat`` held every value
+    twice). Markers are those every file has, in the first file's order (as
+    ``anndata.concat``'s inner join)."""
+    with h5py.File(parts[0][0], "r") as f:
+        var, uns = read_elem(f["var"]), read_elem(f["uns"]) if "uns" in f else {}
+    names, dtypes = var.index, []
+    for path, _ in parts:
+        with h5py.File(path, "r") as f:
+            names = names.intersection(pd.Index(read_elem(f["var"]).index), sort=False)
+            dtypes.append(f["X"].dtype)
+    dtype = np.result_type(*dtypes)  # float32 files pool as float32, a float64 one widens all
+    X = np.empty((sum(len(rows) for _, rows in parts), len(names)), dtype)
+    start = 0
+    for path, rows in parts:
+        # read in ascending row order, a chunk at a time; each value to its place in `rows`
+        order = np.argsort(rows, kind="stable")
+        ascending = rows[order]
+        with h5py.File(path, "r") as f:
+            stored = f["X"]
+            cols = pd.Index(read_elem(f["var"]).index).get_indexer(names)
+            for a in range(0, stored.shape[0], _CHUNK):
+                lo, hi = np.searchsorted(ascending, [a, a + _CHUNK])
+                if lo < hi:
+                    values = stored[a:min(a + _CHUNK, stored.shape[0])][ascending[lo:hi] - a]
+                    X[start + order[lo:hi]] = values[:, cols]
+        start += len(rows)
+    index = pd.Index(pd.array(pa.array(np.arange(len(X))).cast(pa.string()),
+                              dtype="string[pyarrow]"))
+    return ad.AnnData(X=X, obs=pd.DataFrame(index=index), var=var.loc[names], uns=uns)
 
 
 def _sample_counts(parts: list[pd.DataFrame], panel: str) -> pd.DataFrame:

@@ -434,20 +434,33 @@ def test_max_events_caps_the_pooled_fitting_events(run, tmp_path) -> None:
         assert f"panel {panel}: fitted on {1000 // n} events per sample" in result.output
 
 
-def test_rows_read_a_chunk_at_a_time_are_the_files_rows(run, monkeypatch) -> None:
-    """The pool's events are read 997 rows at a time, in any order asked: the same values,
-    samples and deepest gates as the whole file read and indexed."""
+def test_the_pool_holds_the_files_rows_a_chunk_at_a_time(run, monkeypatch, tmp_path) -> None:
+    """The training pool reads its events 997 rows at a time, in any order asked: each file's
+    rows as the whole file read and indexed, files one after another; only X (names are row
+    numbers); markers every file has, in the first file's order, widened to the widest dtype."""
     from immunoprofile import cluster
 
     monkeypatch.setattr(cluster, "_CHUNK", 997)
-    path = sorted((run[1] / "anndata").glob("W0_*.h5ad"))[0]
-    whole = ad.read_h5ad(path)
-    rows = np.random.default_rng(2).permutation(whole.n_obs)[: whole.n_obs // 3]
-    got = cluster._read_rows(path, rows)
-    np.testing.assert_array_equal(got.X, whole.X[rows])
-    assert list(got.obs_names) == list(whole.obs_names[rows])
-    for column in ("sample_id", "population"):
-        assert got.obs[column].astype(str).tolist() == whole.obs[column].astype(str)[rows].tolist()
+    paths = sorted((run[1] / "anndata").glob("W*_treg.h5ad"))[:2]
+    wholes = [ad.read_h5ad(p) for p in paths]
+    rng = np.random.default_rng(2)
+    rows = [rng.permutation(w.n_obs)[: w.n_obs // 3] for w in wholes]
+    pooled = cluster._pool(list(zip(paths, rows)))
+    np.testing.assert_array_equal(pooled.X, np.vstack([w.X[r] for w, r in zip(wholes, rows)]))
+    assert pooled.X.dtype == wholes[0].X.dtype and list(pooled.var_names) == list(
+        wholes[0].var_names)
+    assert list(pooled.obs_names[:3]) == ["0", "1", "2"] and pooled.obs.shape[1] == 0
+    assert pooled.uns.keys() == wholes[0].uns.keys()
+
+    values = np.arange(12.0).reshape(4, 3)
+    first = ad.AnnData(X=values.astype(np.float32), var=pd.DataFrame(index=["a", "b", "c"]))
+    second = ad.AnnData(X=values[:, :2] + 100, var=pd.DataFrame(index=["c", "a"]))
+    first.write_h5ad(tmp_path / "first.h5ad")
+    second.write_h5ad(tmp_path / "second.h5ad")
+    pooled = cluster._pool([(tmp_path / "first.h5ad", np.array([3, 0])),
+                            (tmp_path / "second.h5ad", np.array([1]))])
+    assert list(pooled.var_names) == ["a", "c"] and pooled.X.dtype == np.float64
+    np.testing.assert_array_equal(pooled.X, [[9, 11], [0, 2], [104, 103]])
 
 
 def test_a_table_written_in_pieces_reads_back_whole(tmp_path) -> None:
