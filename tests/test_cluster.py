@@ -313,18 +313,25 @@ def test_two_threads_pick_the_nearest_code_a_single_search_picks() -> None:
 
 def test_som_threads_follow_n_jobs_and_the_machine(monkeypatch) -> None:
     """n_jobs=None or 1: one thread; 2 or more: two; -1: two only for grids of 200 codes or
-    more with two cores free, and one inside a pool worker (one core each)."""
+    more with two usable cores (affinity, container quota), and one inside a pool worker
+    (one core each); -2 as scikit-learn's; 0 is refused."""
     import os
 
-    from immunoprofile.tl._flowsom import _som_threads
+    from immunoprofile.errors import ImmunoprofileError
+    from immunoprofile.tl._flowsom import _som_threads, _usable_cores
 
     # (dask's nanny leaves OMP_NUM_THREADS=1 in a process that started a LocalCluster)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert _som_threads(None, 400) == 1 and _som_threads(1, 400) == 1
     assert _som_threads(2, 36) == 2 and _som_threads(8, 400) == 2
     assert _som_threads(-1, 100) == 1
-    free = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    free = _usable_cores()
+    assert 1 <= free <= (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else os.cpu_count())
     assert _som_threads(-1, 400) == (2 if free >= 2 else 1)
+    assert _som_threads(-free, 400) == 1  # scikit-learn's -2: all cores but one
+    with pytest.raises(ImmunoprofileError, match="n_jobs=0"):
+        _som_threads(0, 400)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert _som_threads(-1, 400) == 1
 
@@ -348,6 +355,30 @@ def test_two_threads_on_a_busy_machine_give_the_same_codes() -> None:
     with ThreadPoolExecutor(2) as pool:
         shared = list(pool.map(lambda seed: train(2, seed), (0, 1)))
     assert all(np.array_equal(a, b) for a, b in zip(single, shared))
+
+
+def test_the_first_thread_finishes_alone_with_the_same_codes() -> None:
+    """When the threads keep waiting for each other the second stops and the first goes on
+    with both halves of the grid: asked at the first, a middle, a pass's first (where the
+    pass's movement is summed over both halves) and the last step, the codes are one
+    thread's (the second stops wherever it is then; the hand-over is tested whatever the
+    step). A radius that is no finite grid distance is refused."""
+    from immunoprofile.tl._som import train_codes
+
+    rng = np.random.default_rng(4)
+    X = np.vstack([rng.normal(m, 0.7, size=(700, 5)) for m in (0.0, 3.0)])
+    start = X[rng.choice(len(X), 7 * 6, replace=False)]
+
+    def train(threads: int, alone_at: int = -1) -> np.ndarray:
+        return train_codes(X, start.copy(), 7, 6, 0.05, 0.01, 3.0, 0.0, 3, 2,
+                           threads=threads, alone_at=alone_at)
+
+    single = train(1)
+    for alone_at in (0, 1, 999, len(X), 3 * len(X) - 1):
+        assert np.array_equal(train(2, alone_at), single), alone_at
+    for radius in (np.inf, np.nan, 2.0**70, -1.0):
+        with pytest.raises(ValueError, match="radius_start"):
+            train_codes(X, start.copy(), 7, 6, 0.05, 0.01, radius, 0.0, 1, 0)
 
 
 def test_nearest_code_is_the_first_of_equal_square_roots() -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from anndata import AnnData
 
 from immunoprofile.errors import ImmunoprofileError
-from immunoprofile.tl._handshake import CAN_YIELD
+from immunoprofile.tl._som import CAN_YIELD
 
 # Names that are not fluorescence markers of a cell: scatter, the clock and dyes that only say
 # whether a cell was alive. Compared case-insensitively; scatter by prefix (FSC-A, SSC-H, ...).
@@ -142,6 +142,9 @@ _SHARED_FROM = 200
 
 def _som_threads(n_jobs: int | None, n_codes: int) -> int:
     """Threads for :func:`~immunoprofile.tl._som.train_codes` (see ``flowsom(n_jobs=)``)."""
+    if n_jobs == 0:
+        raise ImmunoprofileError("n_jobs=0 trains the SOM in no thread: use 1, 2, or -1 for "
+                                 "two where two cores are free")
     if n_jobs is not None and n_jobs > 0:
         return min(int(n_jobs), 2)
     if (n_jobs is None or n_codes < _SHARED_FROM or os.environ.get("OMP_NUM_THREADS") == "1"
@@ -149,8 +152,22 @@ def _som_threads(n_jobs: int | None, n_codes: int) -> int:
         # one thread: as asked, a small grid, inside a pool worker (one core each), or where
         # a waiting thread cannot give its core away
         return 1
-    free = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 2 if (free or 1) >= 2 else 1
+    # as scikit-learn's n_jobs: -1 every core this process may use, -2 all but one, ...
+    return 2 if _usable_cores() + 1 + n_jobs >= 2 else 1
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, and a container's CPU quota (cgroup
+    v2 ``cpu.max``, e.g. ``docker --cpus=1``) where one is set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limits:
+            quota, period = limits.read().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file (macOS, older Linux): the affinity
+        pass
+    return cores or 1
 
 
 def flowsom(
@@ -209,9 +226,11 @@ def flowsom(
     n_jobs
         Threads training the SOM: 1, or 2 (each holds every other row of the grid and they
         trade each step's nearest code: ~1.45× faster on a 20 × 20 grid). ``-1`` (default)
-        takes two where two cores are free to this process and the grid has at least 200
-        codes (below that a step is too short to share). The codes, nodes and clusters are
-        the same whatever the number (tested).
+        takes two where this process may use two cores (affinity and container quota) and
+        the grid has at least 200 codes (below that a step is too short to share); ``-2``
+        and below leave cores out as in scikit-learn. If the cores turn out busy with other
+        work, the two threads notice their waiting and one finishes alone. The codes, nodes
+        and clusters are the same whatever the number (tested).
 
     Returns
     -------
