@@ -59,7 +59,7 @@ def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha
     each holds every other row of the grid, finds its own nearest code and moves its own
     codes, and they trade nearest codes at each step. Each code sees the same operations as
     with one thread, so the codes are equal too. When a thread spends over a quarter of its
-    time waiting for the other in two windows of 32,768 steps running (the cores are busy
+    time waiting for the other in three windows of 32,768 steps running (the cores are busy
     with other work, and each wait lasts until the other thread is scheduled again), the
     second stops and the first finishes alone,
     holding both halves; ``alone_at`` asks for that at a given step (for tests).
@@ -102,10 +102,11 @@ _STEP, _READ, _NEAREST, _ALONE, _STOPPED = 0, 2, 4, 6, 7
 #: other thread is normally at most a step, ~0.1 µs, behind).
 _SPINS = 2_000
 #: Steps over which each thread compares its time waiting for the other with the time
-#: elapsed (~20 ms when both run): over a quarter in two windows running, the first thread
-#: goes on alone (one such window happens on an idle machine, when the system stops a thread
-#: for a millisecond or two).
+#: elapsed (~20 ms when both run): over a quarter in ``_STRIKES`` windows running, the first
+#: thread goes on alone (single such windows happen on an idle machine, when the system stops
+#: a thread for a millisecond or two).
 _WINDOW = 32_768
+_STRIKES = 3
 
 
 @njit(cache=True, nogil=True)
@@ -139,7 +140,7 @@ def _train_rows(p: int, data: np.ndarray, held0: np.ndarray, held1: np.ndarray, 
         if shared and (asked or k % _WINDOW == _WINDOW - 1):
             now = _now(clock)
             strikes = strikes + 1 if 4 * waited > now - window else 0
-            if asked or strikes == 2:
+            if asked or strikes == _STRIKES:
                 store_release(flags, _ALONE * _LINE, 1)
             window, waited = now, 0
         at = k
