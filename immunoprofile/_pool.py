@@ -65,6 +65,31 @@ def one_thread() -> Iterator[None]:
         yield
 
 
+#: A container's CPU quota (cgroup v2), as ``docker --cpus`` sets it.
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (``taskset``, a scheduler's
+    allocation), capped by a container's CPU quota where one is set (``os.cpu_count()``
+    counts the machine's)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open(_CPU_MAX) as limits:
+            quota, period = limits.read().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota (macOS, older Linux): the affinity
+        pass
+    return cores or 1
+
+
+def in_pool_worker() -> bool:
+    """True in a worker of a local pool (``worker_init`` gave every library one thread, as
+    each worker has one core): no threads of its own either."""
+    return os.environ.get("OMP_NUM_THREADS") == "1"
+
+
 def in_threads(kernel: Callable[..., None], n: int, *args: object,
                min_items: int = 100_000) -> None:
     """``kernel(start, stop, *args)`` over ``[0, n)`` in one slice per core, in threads.
@@ -75,8 +100,7 @@ def in_threads(kernel: Callable[..., None], n: int, *args: object,
     before this returns. One slice inside pool workers (``worker_init`` sets one thread) or
     below ``min_items`` items per slice.
     """
-    slices = 1 if os.environ.get("OMP_NUM_THREADS") == "1" else \
-        max(1, min(os.cpu_count() or 1, n // min_items))
+    slices = 1 if in_pool_worker() else max(1, min(usable_cores(), n // min_items))
     if slices == 1:
         kernel(0, n, *args)
         return
@@ -100,6 +124,6 @@ def _threads() -> ThreadPoolExecutor:
     with _THREADS_LOCK:
         if pid not in _THREADS:
             _THREADS.clear()
-            _THREADS[pid] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+            _THREADS[pid] = ThreadPoolExecutor(max_workers=max(1, usable_cores() - 1),
                                                thread_name_prefix="immunoprofile")
         return _THREADS[pid]

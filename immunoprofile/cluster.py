@@ -22,7 +22,6 @@ chunk.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 from anndata.io import read_elem
 
+from immunoprofile._pool import usable_cores
 from immunoprofile.assemble import assemble_run
 from immunoprofile.errors import ImmunoprofileError
 from immunoprofile.run import Run
@@ -217,7 +217,7 @@ def cluster_run(
         flowsom(pooled, markers=markers, n_clusters=n_clusters, xdim=xdim, ydim=ydim,
                 random_state=seed, key_added=KEY, n_jobs=som_jobs)
 
-    with ThreadPoolExecutor(max_workers=min(len(pools), os.cpu_count() or 1) or 1) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(pools), usable_cores()) or 1) as pool:
         list(pool.map(fit, pools.values()))
     for panel, paths in paths_of.items():
         pooled = pools[panel]

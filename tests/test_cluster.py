@@ -6,6 +6,7 @@ once per session by :func:`clustered_run`, which ``test_tl`` and ``test_pl_embed
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -311,29 +312,35 @@ def test_two_threads_pick_the_nearest_code_a_single_search_picks() -> None:
     assert first_of_two(np.inf, 5, np.inf, 2) == 2 and first_of_two(np.inf, 5, 3.0, 8) == 8
 
 
-def test_som_threads_follow_n_jobs_and_the_machine(monkeypatch) -> None:
-    """n_jobs=None or 1: one thread; 2 or more: two; -1: two only for grids of 200 codes or
-    more with two usable cores (affinity, container quota), and one inside a pool worker
-    (one core each); -2 as scikit-learn's; 0 is refused."""
-    import os
-
-    from immunoprofile.errors import ImmunoprofileError
-    from immunoprofile.tl._flowsom import _som_threads, _usable_cores
+def test_som_threads_follow_n_jobs_and_the_machine(monkeypatch, tmp_path) -> None:
+    """n_jobs=None or 1: one thread; 2 or more: two; -1 (0 or below, as every n_jobs here):
+    two only for grids of 200 codes or more where the process may use two cores, and one
+    inside a pool worker (one core each). The cores usable are the affinity's, capped by a
+    container's CPU quota (cgroup v2 cpu.max)."""
+    from immunoprofile import _pool
+    from immunoprofile.tl._flowsom import _som_threads
 
     # (dask's nanny leaves OMP_NUM_THREADS=1 in a process that started a LocalCluster)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_pool, "_CPU_MAX", str(tmp_path / "absent"))
+    free = _pool.usable_cores()
+    assert free == (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count())
     assert _som_threads(None, 400) == 1 and _som_threads(1, 400) == 1
     assert _som_threads(2, 36) == 2 and _som_threads(8, 400) == 2
     assert _som_threads(-1, 100) == 1
-    free = _usable_cores()
-    assert 1 <= free <= (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else os.cpu_count())
-    assert _som_threads(-1, 400) == (2 if free >= 2 else 1)
-    assert _som_threads(-free, 400) == 1  # scikit-learn's -2: all cores but one
-    with pytest.raises(ImmunoprofileError, match="n_jobs=0"):
-        _som_threads(0, 400)
+    for n_jobs in (-1, 0, -5):
+        assert _som_threads(n_jobs, 400) == min(free, 2)
+    quota = tmp_path / "cpu.max"
+    for text, cores in (("max 100000\n", free), ("100000 100000\n", 1),
+                        ("250000 100000\n", min(free, 2)), ("50000 100000\n", 1)):
+        quota.write_text(text)
+        monkeypatch.setattr(_pool, "_CPU_MAX", str(quota))
+        assert _pool.usable_cores() == cores, text
+    assert _som_threads(-1, 400) == 1  # a quota of half a core
+    monkeypatch.setattr(_pool, "_CPU_MAX", str(tmp_path / "absent"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert _som_threads(-1, 400) == 1
+    assert _som_threads(-1, 400) == 1 and _pool.in_pool_worker()
 
 
 def test_two_threads_on_a_busy_machine_give_the_same_codes() -> None:

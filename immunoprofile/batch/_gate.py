@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunoprofile._pool import usable_cores
 from immunoprofile._version import __version__
 from immunoprofile.batch._executors import Task, check_scheduler, run_dask, run_local
 from immunoprofile.batch._parts import DEFAULT_PLOTTER, Plotter, done_record, read_parts
@@ -167,7 +168,7 @@ def gate_samples(
 def _gate_locked(run: Run, sheet: SampleSheet, templates: list[Template],
                  settings: BatchSettings, *, workers: int | None, scheduler: str | None,
                  resume: bool, progress, plotter, t0: float) -> BatchResult:
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     rows = sheet_rows(sheet)
     overrides = read_overrides(run.overrides_path)
     # An absolute run folder: dask workers run in their own working directory (on another

@@ -11,7 +11,6 @@ it survives an ``.h5ad`` round trip and other events can be mapped onto the same
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from immunoprofile._pool import in_pool_worker
 from immunoprofile.errors import ImmunoprofileError
+from immunoprofile.tl._parallel import resolve_jobs
 from immunoprofile.tl._som import CAN_YIELD
 
 # Names that are not fluorescence markers of a cell: scatter, the clock and dyes that only say
@@ -142,32 +143,13 @@ _SHARED_FROM = 200
 
 def _som_threads(n_jobs: int | None, n_codes: int) -> int:
     """Threads for :func:`~immunoprofile.tl._som.train_codes` (see ``flowsom(n_jobs=)``)."""
-    if n_jobs == 0:
-        raise ImmunoprofileError("n_jobs=0 trains the SOM in no thread: use 1, 2, or -1 for "
-                                 "two where two cores are free")
     if n_jobs is not None and n_jobs > 0:
         return min(int(n_jobs), 2)
-    if (n_jobs is None or n_codes < _SHARED_FROM or os.environ.get("OMP_NUM_THREADS") == "1"
-            or not CAN_YIELD):
-        # one thread: as asked, a small grid, inside a pool worker (one core each), or where
-        # a waiting thread cannot give its core away
+    if n_jobs is None or n_codes < _SHARED_FROM or in_pool_worker() or not CAN_YIELD:
+        # one thread: as asked, a small grid, a pool worker's one core, or where a waiting
+        # thread cannot give its core away
         return 1
-    # as scikit-learn's n_jobs: -1 every core this process may use, -2 all but one, ...
-    return 2 if _usable_cores() + 1 + n_jobs >= 2 else 1
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity, and a container's CPU quota (cgroup
-    v2 ``cpu.max``, e.g. ``docker --cpus=1``) where one is set."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as limits:
-            quota, period = limits.read().split()[:2]
-        if quota != "max":
-            cores = min(cores or 1, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file (macOS, older Linux): the affinity
-        pass
-    return cores or 1
+    return min(resolve_jobs(n_jobs), 2)
 
 
 def flowsom(
@@ -226,9 +208,9 @@ def flowsom(
     n_jobs
         Threads training the SOM: 1, or 2 (each holds every other row of the grid and they
         trade each step's nearest code: ~1.45× faster on a 20 × 20 grid). ``-1`` (default)
-        takes two where this process may use two cores (affinity and container quota) and
-        the grid has at least 200 codes (below that a step is too short to share); ``-2``
-        and below leave cores out as in scikit-learn. If the cores turn out busy with other
+        (and 0 or below, as everywhere in immunoprofile) takes two where this process may use
+        two cores (affinity and container quota) and the grid has at least 200 codes (below
+        that a step is too short to share). If the cores turn out busy with other
         work, the two threads notice their waiting and one finishes alone. The codes, nodes
         and clusters are the same whatever the number (tested).
 

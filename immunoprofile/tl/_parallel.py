@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 
-from immunoprofile._pool import one_thread, pool_context, worker_init
+from immunoprofile._pool import one_thread, pool_context, usable_cores, worker_init
 from immunoprofile.tl._models import fit_contrasts
 
 #: Below this many models a pool costs more than it saves.
@@ -25,11 +25,12 @@ Job = tuple
 
 
 def resolve_jobs(n_jobs: int | None) -> int:
-    """``None`` or 1: in this process; ``-1`` (or 0): every core; otherwise that many."""
+    """``None`` or 1: in this process; ``-1`` (or 0, or below): every core this process may
+    use (:func:`~immunoprofile._pool.usable_cores`); otherwise that many."""
     if n_jobs is None:
         return 1
     if n_jobs <= 0:
-        return os.cpu_count() or 1
+        return usable_cores()
     return int(n_jobs)
 
 
