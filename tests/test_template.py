@@ -245,3 +245,26 @@ def test_template_hash_follows_the_content_not_the_object() -> None:
     assert template_hash(changed) != first
     treg.version = treg.version + ".2"
     assert template_hash(treg) not in (first, template_hash(changed))
+
+
+def test_recent_results_keep_the_last_keys_and_compute_each_once() -> None:
+    """The memo behind template hashes and mixture fits: a key's result is computed once,
+    the oldest key is dropped first, and eight threads asking at once get the same values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from immunoprofile._memo import RecentResults
+
+    calls: list[int] = []
+
+    def square(k: int):
+        return lambda: calls.append(k) or k * k
+
+    memo: RecentResults[int] = RecentResults(2)
+    assert [memo.get(k, square(k)) for k in (1, 2, 1, 3, 2, 1)] == [1, 4, 1, 9, 4, 1]
+    assert calls == [1, 2, 3, 1] and len(memo) == 2  # 1 dropped when 3 came, 2 kept
+    memo.clear()
+    assert len(memo) == 0
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda k: memo.get(k % 2, square(k % 2)), range(64))) == \
+            [k % 2 for k in range(64)]
+    assert len(memo) == 2

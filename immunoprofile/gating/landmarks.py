@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, maximum_filter
 from scipy.signal import find_peaks
+
+from immunoprofile._memo import RecentResults
 
 # 1.4826 × MAD is the SD of normally distributed data.
 MAD_TO_SD = 1.4826
@@ -557,22 +558,18 @@ def _mixture(pts: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, 
     # sums, hence the scale's last bits, follows the array's layout)
     key = (hashlib.sha256(np.ascontiguousarray(pts).tobytes()).digest(), pts.shape,
            pts.dtype.str, pts.strides, components)
-    kept = _MIXTURES.get(key)
-    if kept is not None:
-        return kept
-    # Fitted on standardised axes: FSC and SSC differ in scale by up to an order of magnitude.
-    scale = np.std(pts, axis=0) + 1e-12
-    gmm = GaussianMixture(n_components=components, random_state=0,
-                          covariance_type="full").fit(pts / scale)
-    fitted = (gmm.weights_, gmm.means_ * scale, gmm.covariances_ * np.outer(scale, scale))
-    for array in fitted:  # shared by every caller of the same window
-        array.setflags(write=False)
-    with _MIXTURES_LOCK:  # samples may be gated in threads (a dask worker's)
-        while len(_MIXTURES) >= 4:
-            _MIXTURES.pop(next(iter(_MIXTURES)))
-        _MIXTURES[key] = fitted
-    return fitted
+
+    def fit() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Standardised axes: FSC and SSC differ in scale by up to an order of magnitude.
+        scale = np.std(pts, axis=0) + 1e-12
+        gmm = GaussianMixture(n_components=components, random_state=0,
+                              covariance_type="full").fit(pts / scale)
+        fitted = (gmm.weights_, gmm.means_ * scale, gmm.covariances_ * np.outer(scale, scale))
+        for array in fitted:  # shared by every caller of the same window
+            array.setflags(write=False)
+        return fitted
+
+    return _MIXTURES.get(key, fit)
 
 
-_MIXTURES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-_MIXTURES_LOCK = threading.Lock()
+_MIXTURES: RecentResults[tuple[np.ndarray, np.ndarray, np.ndarray]] = RecentResults(4)

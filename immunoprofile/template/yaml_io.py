@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import threading
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 import yaml
 
 from immunoprofile._atomic import file_name_problem
+from immunoprofile._memo import RecentResults
 from immunoprofile.errors import TemplateError
 from immunoprofile.template.model import (
     BooleanGate,
@@ -76,19 +76,11 @@ def template_hash(template: Template) -> str:
     # Every sample of a batch asks for the same templates' hashes: the YAML dump (~5 ms) is
     # done once per template content, found by its pickle (~0.1 ms; equal for equal content).
     content = hashlib.sha256(pickle.dumps(template)).digest()
-    digest = _HASHES.get(content)
-    if digest is None:
-        text = yaml.safe_dump(template_to_dict(template), sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        with _HASHES_LOCK:  # samples may be gated in threads (a dask worker's)
-            if len(_HASHES) >= 256:
-                _HASHES.clear()
-            _HASHES[content] = digest
-    return digest
+    return _HASHES.get(content, lambda: hashlib.sha256(yaml.safe_dump(
+        template_to_dict(template), sort_keys=True).encode()).hexdigest())
 
 
-_HASHES: dict[bytes, str] = {}
-_HASHES_LOCK = threading.Lock()
+_HASHES: RecentResults[str] = RecentResults(256)
 
 
 def load_template(source: str | Path | Template) -> Template:
