@@ -345,21 +345,24 @@ def _pool(parts: list[tuple[Path, np.ndarray]]) -> ad.AnnData:
     ``anndata.concat``'s inner join)."""
     with h5py.File(parts[0][0], "r") as f:
         var, uns = read_elem(f["var"]), read_elem(f["uns"]) if "uns" in f else {}
-    names, dtypes = var.index, []
+    markers, dtypes = [], []
     for path, _ in parts:
         with h5py.File(path, "r") as f:
-            names = names.intersection(pd.Index(read_elem(f["var"]).index), sort=False)
+            markers.append(pd.Index(read_elem(f["var"]).index))
             dtypes.append(f["X"].dtype)
+    names = var.index
+    for found in markers:
+        names = names.intersection(found, sort=False)
     dtype = np.result_type(*dtypes)  # float32 files pool as float32, a float64 one widens all
     X = np.empty((sum(len(rows) for _, rows in parts), len(names)), dtype)
     start = 0
-    for path, rows in parts:
+    for (path, rows), found in zip(parts, markers):
         # read in ascending row order, a chunk at a time; each value to its place in `rows`
         order = np.argsort(rows, kind="stable")
         ascending = rows[order]
+        cols = found.get_indexer(names)
         with h5py.File(path, "r") as f:
             stored = f["X"]
-            cols = pd.Index(read_elem(f["var"]).index).get_indexer(names)
             for a in range(0, stored.shape[0], _CHUNK):
                 lo, hi = np.searchsorted(ascending, [a, a + _CHUNK])
                 if lo < hi:
