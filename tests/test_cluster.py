@@ -364,6 +364,32 @@ def test_two_threads_on_a_busy_machine_give_the_same_codes() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(single, shared))
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity "
+                    "(Linux) to give the process one core")
+def test_two_threads_on_one_core_hand_over_to_one() -> None:
+    """Two threads on one core (the other busy, as it were): every step waits for the other
+    thread to be scheduled, so after three windows of waiting the second stops and the first
+    finishes alone, with one thread's codes."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, numpy as np\n"
+        "from immunoprofile.tl._som import _train, train_codes\n"
+        "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+        "rng = np.random.default_rng(1)\n"
+        "X = rng.normal(size=(40_000, 4))\n"
+        "start = X[:400].copy()\n"
+        "codes = start.copy()\n"
+        "alone = _train(X, codes, 20, 20, 0.05, 0.01, 4.0, 0.0, 4, 0, 2, -1)\n"
+        "single = train_codes(X, start.copy(), 20, 20, 0.05, 0.01, 4.0, 0.0, 4, 0)\n"
+        "print(alone, np.array_equal(codes, single))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=300).stdout.split()
+    alone, same = int(out[0]), out[1]
+    assert 3 * 32_768 <= alone < 160_000 and same == "True", out
+
+
 def test_the_first_thread_finishes_alone_with_the_same_codes() -> None:
     """When the threads keep waiting for each other the second stops and the first goes on
     with both halves of the grid: asked at the first, a middle, a pass's first (where the

@@ -61,9 +61,19 @@ def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha
     with one thread, so the codes are equal too. When a thread spends over a quarter of its
     time waiting for the other in three windows of 32,768 steps running (the cores are busy
     with other work, and each wait lasts until the other thread is scheduled again), the
-    second stops and the first finishes alone,
-    holding both halves; ``alone_at`` asks for that at a given step (for tests).
+    second stops and the first finishes alone, holding both halves; ``alone_at`` asks for
+    that at a given step (for tests).
     """
+    _train(data, codes, xdim, ydim, alpha_start, alpha_end, radius_start, radius_end, rlen,
+           seed, threads, alone_at)
+    return codes
+
+
+def _train(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha_start: float,
+           alpha_end: float, radius_start: float, radius_end: float, rlen: int, seed: int,
+           threads: int, alone_at: int) -> int:
+    """:func:`train_codes`, returning the step before which the second thread stopped for
+    the first to finish alone (-1: it never did, or one thread trained)."""
     if codes.shape[0] != xdim * ydim:
         raise ValueError(f"{codes.shape[0]} codes for a {xdim} × {ydim} grid")
     if not np.isfinite(radius_start) or not 0 <= radius_start < 2**62:
@@ -88,7 +98,7 @@ def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha
         other.join()
     for rows, part in zip(rows_of, held):
         codes[rows] = part.T
-    return codes
+    return int(flags[_STOPPED * _LINE]) - 1
 
 
 #: Flag slots of the two threads' handshake, two cache lines (16 int64) each: the step each
