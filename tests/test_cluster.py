@@ -396,19 +396,20 @@ def test_the_first_thread_finishes_alone_with_the_same_codes() -> None:
     pass's movement is summed over both halves) and the last step, the codes are one
     thread's (the second stops wherever it is then; the hand-over is tested whatever the
     step). A radius that is no finite grid distance is refused."""
-    from immunoprofile.tl._som import train_codes
+    from immunoprofile.tl._som import _train, train_codes
 
     rng = np.random.default_rng(4)
     X = np.vstack([rng.normal(m, 0.7, size=(700, 5)) for m in (0.0, 3.0)])
     start = X[rng.choice(len(X), 7 * 6, replace=False)]
-
-    def train(threads: int, alone_at: int = -1) -> np.ndarray:
-        return train_codes(X, start.copy(), 7, 6, 0.05, 0.01, 3.0, 0.0, 3, 2,
-                           threads=threads, alone_at=alone_at)
-
-    single = train(1)
+    single = train_codes(X, start.copy(), 7, 6, 0.05, 0.01, 3.0, 0.0, 3, 2)
     for alone_at in (0, 1, 999, len(X), 3 * len(X) - 1):
-        assert np.array_equal(train(2, alone_at), single), alone_at
+        codes = start.copy()
+        stopped = _train(X, codes, 7, 6, 0.05, 0.01, 3.0, 0.0, 3, 2, 2, alone_at)
+        # the second stops before this step or, a step ahead, before the next (after the
+        # last step there is none: -1)
+        after = alone_at + 1 if alone_at + 1 < 3 * len(X) else -1
+        assert stopped in (alone_at, after), stopped
+        assert np.array_equal(codes, single), alone_at
     for radius in (np.inf, np.nan, 2.0**70, -1.0):
         with pytest.raises(ValueError, match="radius_start"):
             train_codes(X, start.copy(), 7, 6, 0.05, 0.01, radius, 0.0, 1, 0)

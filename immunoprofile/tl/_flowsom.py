@@ -203,14 +203,14 @@ def flowsom(
         SOM's time grows with the events it sees (~0.95 µs per event and pass on a 20 × 20
         grid and 15 markers in one thread, ~0.67 µs in two, see ``n_jobs``): a million
         events train in ~6.6 s on two cores, 100,000 in ~0.7 s, and mapping a million
-        takes ~0.4 s more. A subsample's clusters differ
-        from the full fit's about as much as another seed's do (benchmarks/README.md).
+        takes ~0.4 s more. A subsample's clusters differ from the full fit's about as much
+        as another seed's do (benchmarks/README.md).
     n_jobs
         Threads training the SOM: 1, or 2 (each holds every other row of the grid and they
-        trade each step's nearest code: ~1.45× faster on a 20 × 20 grid). ``-1`` (default)
-        (and 0 or below, as everywhere in immunoprofile) takes two where this process may use
-        two cores (affinity and container quota) and the grid has at least 200 codes (below
-        that a step is too short to share). If the cores turn out busy with other
+        trade each step's nearest code: ~1.45× faster on a 20 × 20 grid). ``-1`` (default;
+        0 or below alike, as every ``n_jobs`` in immunoprofile) takes two where this process
+        may use two cores (affinity and container quota) and the grid has at least 200 codes
+        (below that a step is too short to share). If the cores turn out busy with other
         work, the two threads notice their waiting and one finishes alone. The codes, nodes
         and clusters are the same whatever the number (tested).
 

@@ -39,7 +39,7 @@ _CLOCK = getattr(time, "CLOCK_MONOTONIC", 1)
 
 def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha_start: float,
                 alpha_end: float, radius_start: float, radius_end: float, rlen: int,
-                seed: int, threads: int = 1, *, alone_at: int = -1) -> np.ndarray:
+                seed: int, threads: int = 1) -> np.ndarray:
     """Train ``codes`` in place on ``rlen`` passes of random events (Kohonen's online SOM).
 
     Each step draws one event, finds its nearest code (Euclidean) and moves every code
@@ -61,19 +61,19 @@ def train_codes(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha
     with one thread, so the codes are equal too. When a thread spends over a quarter of its
     time waiting for the other in three windows of 32,768 steps running (the cores are busy
     with other work, and each wait lasts until the other thread is scheduled again), the
-    second stops and the first finishes alone, holding both halves; ``alone_at`` asks for
-    that at a given step (for tests).
+    second stops and the first finishes alone, holding both halves.
     """
     _train(data, codes, xdim, ydim, alpha_start, alpha_end, radius_start, radius_end, rlen,
-           seed, threads, alone_at)
+           seed, threads)
     return codes
 
 
 def _train(data: np.ndarray, codes: np.ndarray, xdim: int, ydim: int, alpha_start: float,
            alpha_end: float, radius_start: float, radius_end: float, rlen: int, seed: int,
-           threads: int, alone_at: int) -> int:
+           threads: int, alone_at: int = -1) -> int:
     """:func:`train_codes`, returning the step before which the second thread stopped for
-    the first to finish alone (-1: it never did, or one thread trained)."""
+    the first to finish alone (-1: it never did, or one thread trained); ``alone_at`` asks
+    for that at a given step (for tests)."""
     if codes.shape[0] != xdim * ydim:
         raise ValueError(f"{codes.shape[0]} codes for a {xdim} × {ydim} grid")
     if not np.isfinite(radius_start) or not 0 <= radius_start < 2**62:
